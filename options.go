@@ -1,0 +1,462 @@
+// This file holds Option, every With* constructor, the defaults they start
+// from, and the validation of the finished options. The transport that uses
+// them is in transport.go, the retry layer in retry.go.
+
+package keepalive
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/hashicorp/go-retryablehttp"
+)
+
+// Pool and timeout defaults. Each one is what NewClient uses when the
+// matching option is not given.
+const (
+	// DefaultMaxIdleConns is the idle connections kept across all hosts.
+	DefaultMaxIdleConns = 1024
+
+	// DefaultMaxIdleConnsPerHost is the idle connections kept per host.
+	// http.DefaultTransport keeps 2, so at any concurrency above 2 it closes
+	// finished connections and dials new ones (thousands for 20,000
+	// requests at 64 concurrent). 256 covers every realistic concurrency
+	// towards one host; idle connections past IdleConnTimeout are closed
+	// anyway, so a burst does not pin them.
+	DefaultMaxIdleConnsPerHost = 256
+
+	// DefaultMaxConnsPerHost is 0: no limit on connections per host, as in
+	// net/http. A limit makes callers queue for a connection instead.
+	DefaultMaxConnsPerHost = 0
+
+	// DefaultIdleConnTimeout is how long an idle connection stays pooled.
+	// It sits below the idle timeouts of the servers a client meets (AWS
+	// ALB 60 s, nginx keepalive_timeout 75 s) so that the client, not the
+	// server, closes an idle connection: a server that closes first races
+	// the next request written on that connection, which then fails with
+	// EOF or a reset.
+	DefaultIdleConnTimeout = 50 * time.Second
+
+	// DefaultConnectTimeout bounds the TCP connect, as urllib3's connect=5.
+	DefaultConnectTimeout = 5 * time.Second
+
+	// DefaultReadTimeout is urllib3's read=10: the longest wait for response
+	// headers, and the longest wait for any one read of the body.
+	DefaultReadTimeout = 10 * time.Second
+
+	// DefaultTLSHandshakeTimeout bounds the TLS handshake, as in
+	// http.DefaultTransport.
+	DefaultTLSHandshakeTimeout = 10 * time.Second
+
+	// DefaultTCPKeepAliveIdle, DefaultTCPKeepAliveInterval and
+	// DefaultTCPKeepAliveCount configure TCP keep-alive probes on every
+	// connection: after 30 s idle, a probe every 15 s, dead after 3 missed.
+	// They find peers that vanished without a FIN (a rebooted host, a NAT
+	// that dropped the mapping) while a connection sits in the pool.
+	DefaultTCPKeepAliveIdle     = 30 * time.Second
+	DefaultTCPKeepAliveInterval = 15 * time.Second
+	DefaultTCPKeepAliveCount    = 3
+
+	// DefaultHTTP2PingInterval and DefaultHTTP2PingTimeout configure HTTP/2
+	// health checks: a ping after 30 s without a frame, and the connection
+	// is closed if the ping is not answered within 15 s. Without them a
+	// dead HTTP/2 connection keeps taking requests until the OS gives up.
+	DefaultHTTP2PingInterval = 30 * time.Second
+	DefaultHTTP2PingTimeout  = 15 * time.Second
+)
+
+// Retry defaults.
+const (
+	// DefaultMaxRetries is urllib3's Retry.DEFAULT: 3 retries, 4 attempts.
+	DefaultMaxRetries = 3
+
+	// DefaultBackoffInitial and DefaultBackoffMax bound the exponential
+	// backoff between attempts: 100 ms, 200 ms, 400 ms... up to 5 s, each
+	// randomised by +-50% (DefaultBackoffJitter) so that clients that
+	// failed together do not retry together.
+	DefaultBackoffInitial = 100 * time.Millisecond
+	DefaultBackoffMax     = 5 * time.Second
+
+	// DefaultBackoffJitter is the randomization factor of the backoff:
+	// each wait is drawn uniformly from [w*(1-j), w*(1+j)], capped at the
+	// maximum backoff.
+	DefaultBackoffJitter = 0.5
+
+	// DefaultMaxRetryAfter is the longest Retry-After the client waits for.
+	// A server that asks for more gets its response returned to the caller
+	// at once: no request sleeps for an hour because a header said so.
+	DefaultMaxRetryAfter = 30 * time.Second
+
+	// DefaultBodyBuffer is 0: a request body without GetBody is never
+	// buffered, so it is sent once and not retried.
+	DefaultBodyBuffer = 0
+
+	// DefaultMaxDrain is how many bytes of a discarded response body are
+	// read before a retry so that its connection goes back to the pool. A
+	// longer body is closed unread, which costs one connection, not the
+	// bandwidth and time of reading it.
+	DefaultMaxDrain = 64 << 10
+)
+
+// DefaultRetryStatuses returns the statuses retried by default: urllib3's
+// status_forcelist of the project's origin, [429, 500, 501, 502, 503, 504].
+// 501 Not Implemented rarely heals on a retry; drop it with
+// WithRetryStatuses(429, 500, 502, 503, 504).
+func DefaultRetryStatuses() []int {
+	return []int{
+		http.StatusTooManyRequests,
+		http.StatusInternalServerError,
+		http.StatusNotImplemented,
+		http.StatusBadGateway,
+		http.StatusServiceUnavailable,
+		http.StatusGatewayTimeout,
+	}
+}
+
+// DefaultRetryMethods returns the methods retried by default: the idempotent
+// methods of RFC 9110 section 9.2.2.
+func DefaultRetryMethods() []string {
+	return []string{
+		http.MethodGet,
+		http.MethodHead,
+		http.MethodOptions,
+		http.MethodTrace,
+		http.MethodPut,
+		http.MethodDelete,
+	}
+}
+
+// An Option configures NewClient and NewTransport. Options are applied in
+// order; a later option overrides an earlier one of the same kind.
+type Option interface {
+	apply(*options)
+}
+
+type optionFunc func(*options)
+
+func (f optionFunc) apply(o *options) { f(o) }
+
+// WithMaxIdleConns sets the idle connections kept across all hosts.
+// Default DefaultMaxIdleConns; zero means no limit; negative is an error.
+func WithMaxIdleConns(n int) Option {
+	return optionFunc(func(o *options) {
+		o.maxIdleConns = n
+		o.check("WithMaxIdleConns", n >= 0, "must not be negative, got %d", n)
+	})
+}
+
+// WithMaxIdleConnsPerHost sets the idle connections kept per host. Default
+// DefaultMaxIdleConnsPerHost; zero means the default (as in net/http, where
+// zero means 2); negative is an error. Set it at least to the concurrency
+// you send to one host, or finished connections are closed and redialed.
+func WithMaxIdleConnsPerHost(n int) Option {
+	return optionFunc(func(o *options) {
+		o.maxIdleConnsPerHost = n
+		if n == 0 {
+			o.maxIdleConnsPerHost = DefaultMaxIdleConnsPerHost
+		}
+		o.check("WithMaxIdleConnsPerHost", n >= 0, "must not be negative, got %d", n)
+	})
+}
+
+// WithMaxConnsPerHost limits the connections per host, dialing, active and
+// idle together; requests past the limit wait for a connection. Default
+// DefaultMaxConnsPerHost; zero means no limit; negative is an error.
+func WithMaxConnsPerHost(n int) Option {
+	return optionFunc(func(o *options) {
+		o.maxConnsPerHost = n
+		o.check("WithMaxConnsPerHost", n >= 0, "must not be negative, got %d", n)
+	})
+}
+
+// WithIdleConnTimeout sets how long an idle connection stays pooled. Default
+// DefaultIdleConnTimeout; zero means idle connections are never closed by
+// age; negative is an error. Keep it below the server's idle timeout.
+func WithIdleConnTimeout(d time.Duration) Option {
+	return durationOption("WithIdleConnTimeout", d, func(o *options) { o.idleConnTimeout = d })
+}
+
+// WithConnectTimeout bounds the TCP connect. Default DefaultConnectTimeout;
+// zero means no limit but the operating system's; negative is an error.
+func WithConnectTimeout(d time.Duration) Option {
+	return durationOption("WithConnectTimeout", d, func(o *options) { o.connectTimeout = d })
+}
+
+// WithReadTimeout bounds the wait for response headers after the request is
+// written, and the wait for each read of the response body; a body that
+// keeps trickling is never cut off, a stall longer than d fails the read
+// with an error that wraps ErrReadTimeout. Default DefaultReadTimeout; zero
+// means no limit; negative is an error. It is urllib3's Timeout(read=).
+func WithReadTimeout(d time.Duration) Option {
+	return durationOption("WithReadTimeout", d, func(o *options) { o.readTimeout = d })
+}
+
+// WithTLSHandshakeTimeout bounds the TLS handshake. Default
+// DefaultTLSHandshakeTimeout; zero means no limit; negative is an error.
+func WithTLSHandshakeTimeout(d time.Duration) Option {
+	return durationOption("WithTLSHandshakeTimeout", d, func(o *options) { o.tlsHandshakeTimeout = d })
+}
+
+// WithTLSConfig sets the TLS configuration of new connections; it is cloned,
+// so later changes to c have no effect. Default and nil: the system roots
+// and Go's defaults. HTTP/2 stays on with a custom configuration.
+func WithTLSConfig(c *tls.Config) Option {
+	return optionFunc(func(o *options) {
+		o.tlsConfig = nil
+		if c != nil {
+			o.tlsConfig = c.Clone()
+		}
+	})
+}
+
+// WithProxy sets the function that picks the proxy of a request. Default
+// http.ProxyFromEnvironment (HTTP_PROXY, HTTPS_PROXY, NO_PROXY), as in
+// http.DefaultTransport; pass NoProxy to use none; nil is an error.
+func WithProxy(proxy func(*http.Request) (*url.URL, error)) Option {
+	return optionFunc(func(o *options) {
+		o.proxy = proxy
+		o.check("WithProxy", proxy != nil, "nil proxy func (use keepalive.NoProxy for none)")
+	})
+}
+
+// NoProxy is a proxy function that sends every request directly.
+func NoProxy(*http.Request) (*url.URL, error) { return nil, nil }
+
+// WithMaxRetries sets how many times a request may be retried after its
+// first attempt. Default DefaultMaxRetries; zero disables retries; negative
+// is an error.
+func WithMaxRetries(n int) Option {
+	return optionFunc(func(o *options) {
+		o.maxRetries = n
+		o.check("WithMaxRetries", n >= 0, "must not be negative, got %d", n)
+	})
+}
+
+// WithRetryStatuses replaces the response statuses that are retried.
+// Default DefaultRetryStatuses(); no codes means no status is retried; a
+// code outside 100-599 is an error. It has no effect with WithCheckRetry,
+// whose policy decides instead.
+func WithRetryStatuses(codes ...int) Option {
+	return optionFunc(func(o *options) {
+		o.retryStatuses = statusSet{}
+		for _, c := range codes {
+			if !o.check("WithRetryStatuses", c >= 100 && c <= 599, "status %d outside 100-599", c) {
+				continue
+			}
+			o.retryStatuses.add(c)
+		}
+	})
+}
+
+// WithRetryMethods replaces the methods that may be retried after the
+// request may have reached the server. Default DefaultRetryMethods(); no
+// methods means only requests with an Idempotency-Key header, and requests
+// whose connection was never made, are retried; an empty or malformed
+// method is an error. Methods are case-sensitive, as in HTTP.
+//
+// Add a method only if every request your program sends with it is
+// idempotent: a retried POST may be processed twice.
+func WithRetryMethods(methods ...string) Option {
+	return optionFunc(func(o *options) {
+		o.retryMethods = map[string]bool{}
+		for _, m := range methods {
+			if !o.check("WithRetryMethods", validMethod(m), "malformed method %q", m) {
+				continue
+			}
+			o.retryMethods[m] = true
+		}
+	})
+}
+
+// WithBackoff sets the exponential backoff between attempts: the first
+// wait is about initial, each next one doubles, none exceeds max. Each wait
+// is jittered by +-50%. Defaults DefaultBackoffInitial and
+// DefaultBackoffMax; zero initial means retries are sent without waiting;
+// negative values, or initial above max, are an error.
+func WithBackoff(initial, max time.Duration) Option {
+	return optionFunc(func(o *options) {
+		o.backoffInitial, o.backoffMax = initial, max
+		o.check("WithBackoff", initial >= 0 && max >= 0, "negative duration (initial %v, max %v)", initial, max)
+		o.check("WithBackoff", initial <= max, "initial %v above max %v", initial, max)
+	})
+}
+
+// WithMaxRetryAfter sets the longest Retry-After (on 429 and 503) the client
+// waits for; if a server asks for longer, the response is returned to the
+// caller at once instead. Default DefaultMaxRetryAfter; zero means any
+// positive Retry-After ends the retries; negative is an error.
+func WithMaxRetryAfter(d time.Duration) Option {
+	return durationOption("WithMaxRetryAfter", d, func(o *options) { o.maxRetryAfter = d })
+}
+
+// WithBodyBuffer lets a request whose body has no GetBody be retried when
+// its body fits in maxBytes: up to maxBytes+1 bytes are read into memory
+// before the first attempt; a longer body is streamed and sent once.
+// Requests built by http.NewRequest from a bytes.Buffer, bytes.Reader or
+// strings.Reader have GetBody and need no buffer. Default DefaultBodyBuffer;
+// zero means no buffering; negative is an error.
+func WithBodyBuffer(maxBytes int64) Option {
+	return optionFunc(func(o *options) {
+		o.bodyBuffer = maxBytes
+		o.check("WithBodyBuffer", maxBytes >= 0, "must not be negative, got %d", maxBytes)
+	})
+}
+
+// WithCheckRetry replaces the retry policy with a go-retryablehttp one, such
+// as retryablehttp.DefaultRetryPolicy or a policy of your own. The policy
+// sees transport errors wrapped in *url.Error, as it does inside
+// go-retryablehttp. It decides whether an outcome is worth retrying; the
+// safety rules still hold (only idempotent or keyed requests, replayable
+// bodies, the retry and Retry-After limits, the caller's context). If the
+// policy returns an error, the response is closed and the error returned.
+// Default: the status list and the rules of
+// retryablehttp.ErrorPropagatedRetryPolicy; nil is an error.
+func WithCheckRetry(check retryablehttp.CheckRetry) Option {
+	return optionFunc(func(o *options) {
+		o.checkRetry = check
+		o.check("WithCheckRetry", check != nil, "nil CheckRetry")
+	})
+}
+
+// WithLogger sets the logger for retry decisions (at debug level) and
+// give-ups (at warn level). Logged URLs have their password and query values
+// redacted, and no header values are logged. Default and nil: silent.
+func WithLogger(l *slog.Logger) Option {
+	return optionFunc(func(o *options) { o.logger = l })
+}
+
+// Private implementation past this point.
+
+// options is the finished configuration. errs collects what was wrong with
+// the options as they were applied; NewTransport reports them all.
+type options struct {
+	maxIdleConns        int
+	maxIdleConnsPerHost int
+	maxConnsPerHost     int
+	idleConnTimeout     time.Duration
+	connectTimeout      time.Duration
+	readTimeout         time.Duration
+	tlsHandshakeTimeout time.Duration
+	tlsConfig           *tls.Config
+	proxy               func(*http.Request) (*url.URL, error)
+
+	maxRetries     int
+	retryStatuses  statusSet
+	retryMethods   map[string]bool
+	backoffInitial time.Duration
+	backoffMax     time.Duration
+	maxRetryAfter  time.Duration
+	bodyBuffer     int64
+	checkRetry     retryablehttp.CheckRetry
+	logger         *slog.Logger
+
+	errs []error
+}
+
+func defaultOptions() options {
+	o := options{
+		maxIdleConns:        DefaultMaxIdleConns,
+		maxIdleConnsPerHost: DefaultMaxIdleConnsPerHost,
+		maxConnsPerHost:     DefaultMaxConnsPerHost,
+		idleConnTimeout:     DefaultIdleConnTimeout,
+		connectTimeout:      DefaultConnectTimeout,
+		readTimeout:         DefaultReadTimeout,
+		tlsHandshakeTimeout: DefaultTLSHandshakeTimeout,
+		proxy:               http.ProxyFromEnvironment,
+		maxRetries:          DefaultMaxRetries,
+		retryMethods:        map[string]bool{},
+		backoffInitial:      DefaultBackoffInitial,
+		backoffMax:          DefaultBackoffMax,
+		maxRetryAfter:       DefaultMaxRetryAfter,
+		bodyBuffer:          DefaultBodyBuffer,
+	}
+	for _, c := range DefaultRetryStatuses() {
+		o.retryStatuses.add(c)
+	}
+	for _, m := range DefaultRetryMethods() {
+		o.retryMethods[m] = true
+	}
+	return o
+}
+
+// buildOptions applies opts over the defaults and returns every problem
+// found, each naming its option.
+func buildOptions(opts []Option) (options, error) {
+	o := defaultOptions()
+	for i, opt := range opts {
+		if opt == nil {
+			o.errs = append(o.errs, fmt.Errorf("keepalive: option %d is nil", i))
+			continue
+		}
+		opt.apply(&o)
+	}
+	if len(o.errs) > 0 {
+		return o, errors.Join(o.errs...)
+	}
+	return o, nil
+}
+
+// check records an error naming option unless ok; it returns ok.
+func (o *options) check(option string, ok bool, format string, args ...any) bool {
+	if !ok {
+		o.errs = append(o.errs, &OptionError{Option: option, Reason: fmt.Sprintf(format, args...)})
+	}
+	return ok
+}
+
+// OptionError reports an invalid option passed to NewClient or NewTransport.
+type OptionError struct {
+	Option string // the constructor, such as "WithMaxRetries"
+	Reason string
+}
+
+func (e *OptionError) Error() string {
+	return "keepalive: invalid " + e.Option + ": " + e.Reason
+}
+
+func durationOption(name string, d time.Duration, set func(*options)) Option {
+	return optionFunc(func(o *options) {
+		set(o)
+		o.check(name, d >= 0, "must not be negative, got %v", d)
+	})
+}
+
+// statusSet is a bitmap of the statuses 100-599: a lookup on every response
+// costs a shift, not a map access.
+type statusSet [10]uint64
+
+func (s *statusSet) add(code int) { s[code/64] |= 1 << (code % 64) }
+
+func (s *statusSet) has(code int) bool {
+	return code >= 0 && code < 640 && s[code/64]&(1<<(code%64)) != 0
+}
+
+// validMethod reports whether m is an RFC 9110 token, as net/http requires.
+func validMethod(m string) bool {
+	if m == "" {
+		return false
+	}
+	for i := 0; i < len(m); i++ {
+		c := m[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case c < 0x80 && isTokenPunct(c):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func isTokenPunct(c byte) bool {
+	switch c {
+	case '!', '#', '$', '%', '&', '\'', '*', '+', '-', '.', '^', '_', '`', '|', '~':
+		return true
+	}
+	return false
+}

@@ -1,0 +1,204 @@
+// This file holds Transport: the tuned http.Transport underneath (pool,
+// dialer, timeouts, HTTP/2 health checks), the dial counter, the read
+// timeout on response bodies, and Stats. The retry layer that Transport's
+// RoundTrip runs is in retry.go; options are in options.go.
+
+package keepalive
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+)
+
+// Transport is an http.RoundTripper that sends requests over a tuned,
+// pooled http.Transport and retries the ones that failed and may safely be
+// sent again (see the package documentation for the rules).
+//
+// A Transport holds a pool of connections: create one and reuse it, rather
+// than one per request. It is safe for concurrent use by multiple
+// goroutines. The zero value is not usable; call NewTransport.
+type Transport struct {
+	base   *http.Transport
+	policy policy
+	opts   options
+	stats  counters
+}
+
+var _ http.RoundTripper = (*Transport)(nil)
+
+// NewTransport returns a Transport configured by opts over the defaults. It
+// returns an error, naming each invalid option, if any option is invalid.
+func NewTransport(opts ...Option) (*Transport, error) {
+	o, err := buildOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	t := &Transport{opts: o, policy: newPolicy(o)}
+	t.base = t.newBase()
+	return t, nil
+}
+
+// Stats are counters of a Transport since it was created. They only grow.
+type Stats struct {
+	Requests   int64 // calls to RoundTrip
+	Attempts   int64 // requests sent to the underlying transport, retries included
+	Retries    int64 // attempts after the first of their request
+	GaveUp     int64 // requests that ran out of retries, or whose wait for the next attempt was refused
+	Dials      int64 // new connections opened (TCP connect succeeded)
+	DialErrors int64 // TCP connects that failed
+}
+
+// Stats returns the counters so far. It is safe to call concurrently with
+// requests; each counter is read atomically, the set as a whole is not a
+// snapshot.
+func (t *Transport) Stats() Stats {
+	return Stats{
+		Requests:   t.stats.requests.Load(),
+		Attempts:   t.stats.attempts.Load(),
+		Retries:    t.stats.retries.Load(),
+		GaveUp:     t.stats.gaveUp.Load(),
+		Dials:      t.stats.dials.Load(),
+		DialErrors: t.stats.dialErrors.Load(),
+	}
+}
+
+// CloseIdleConnections closes the idle connections of the pool. Connections
+// in use are not interrupted. The Transport never calls it by itself.
+func (t *Transport) CloseIdleConnections() { t.base.CloseIdleConnections() }
+
+// ErrReadTimeout is matched, with errors.Is, by the error of a response body
+// read that waited for data longer than the read timeout.
+var ErrReadTimeout = errors.New("keepalive: read timeout")
+
+// ReadTimeoutError is returned by a response body read that waited longer
+// than the read timeout (WithReadTimeout) for data. The body is closed and
+// its connection discarded. It is a net.Error whose Timeout() is true.
+type ReadTimeoutError struct {
+	Timeout time.Duration
+}
+
+func (e *ReadTimeoutError) Error() string {
+	return fmt.Sprintf("keepalive: read timeout: no response body data for %v", e.Timeout)
+}
+
+// Is reports whether target is ErrReadTimeout.
+func (e *ReadTimeoutError) Is(target error) bool { return target == ErrReadTimeout }
+
+// Private implementation past this point.
+
+type counters struct {
+	requests, attempts, retries, gaveUp atomic.Int64
+	dials, dialErrors                   atomic.Int64
+}
+
+func (t *Transport) newBase() *http.Transport {
+	o := &t.opts
+	dialer := &net.Dialer{
+		Timeout: o.connectTimeout,
+		KeepAliveConfig: net.KeepAliveConfig{
+			Enable:   true,
+			Idle:     DefaultTCPKeepAliveIdle,
+			Interval: DefaultTCPKeepAliveInterval,
+			Count:    DefaultTCPKeepAliveCount,
+		},
+	}
+	return &http.Transport{
+		Proxy: o.proxy,
+		// Counting in the dialer costs two atomic adds per connection, where
+		// an httptrace.ClientTrace would cost allocations on every request.
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				t.stats.dialErrors.Add(1)
+				return nil, &dialError{err: err}
+			}
+			t.stats.dials.Add(1)
+			return c, nil
+		},
+		// A custom DialContext or TLS config turns HTTP/2 off unless forced.
+		ForceAttemptHTTP2:     true,
+		TLSClientConfig:       o.tlsConfig,
+		TLSHandshakeTimeout:   o.tlsHandshakeTimeout,
+		MaxIdleConns:          o.maxIdleConns,
+		MaxIdleConnsPerHost:   o.maxIdleConnsPerHost,
+		MaxConnsPerHost:       o.maxConnsPerHost,
+		IdleConnTimeout:       o.idleConnTimeout,
+		ResponseHeaderTimeout: o.readTimeout,
+		ExpectContinueTimeout: time.Second,
+		HTTP2: &http.HTTP2Config{
+			SendPingTimeout: DefaultHTTP2PingInterval,
+			PingTimeout:     DefaultHTTP2PingTimeout,
+		},
+	}
+}
+
+// dialError marks an error of the dialer: the request it was for was never
+// written, so it may be sent again whatever its method.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+// Timeout keeps a dial timeout a net.Error timeout, as the dialer's own
+// error is.
+func (e *dialError) Timeout() bool {
+	var ne net.Error
+	return errors.As(e.err, &ne) && ne.Timeout()
+}
+
+// wrapBody puts the read timeout on resp's body. A read deadline on the
+// connection would do it for HTTP/1 only, and a deadline left on a pooled
+// connection fails its next request; a timer per body read works for both
+// protocols and ends with the body.
+func (t *Transport) wrapBody(resp *http.Response) *http.Response {
+	d := t.opts.readTimeout
+	if d <= 0 || resp.Body == nil || resp.Body == http.NoBody ||
+		resp.StatusCode == http.StatusSwitchingProtocols { // its body is an io.ReadWriteCloser
+		return resp
+	}
+	b := &timeoutBody{rc: resp.Body, d: d}
+	b.timer = time.AfterFunc(d, b.expire)
+	b.timer.Stop()
+	resp.Body = b
+	return resp
+}
+
+// timeoutBody fails a Read that waits longer than d: a timer armed for the
+// duration of each Read closes the body, which unblocks the Read on both
+// HTTP/1 and HTTP/2. Time between Reads (the caller processing) is not
+// counted, so a slow but steady body is never cut off.
+type timeoutBody struct {
+	rc    io.ReadCloser
+	d     time.Duration
+	timer *time.Timer
+	fired atomic.Bool
+}
+
+func (b *timeoutBody) Read(p []byte) (int, error) {
+	if b.fired.Load() {
+		return 0, &ReadTimeoutError{Timeout: b.d}
+	}
+	b.timer.Reset(b.d)
+	n, err := b.rc.Read(p)
+	b.timer.Stop()
+	if err != nil && b.fired.Load() {
+		return n, &ReadTimeoutError{Timeout: b.d}
+	}
+	return n, err
+}
+
+func (b *timeoutBody) expire() {
+	b.fired.Store(true)
+	b.rc.Close()
+}
+
+func (b *timeoutBody) Close() error {
+	b.timer.Stop()
+	return b.rc.Close()
+}
