@@ -6,12 +6,10 @@ import (
 	"go.uber.org/goleak"
 )
 
-// TestMain fails the run if any test leaves a goroutine behind. Idle
-// connections of http.DefaultTransport are closed first: their read and
-// write loops are pool state, not leaks. Every keepalive Transport a test
-// creates must be closed by that test (see newTestTransport).
+// TestMain fails the run if any test leaves a goroutine behind. Pooled
+// connections keep read and
+// write loops are pool state, not leaks, so every Transport a test creates
+// must have its idle connections closed by that test (newTestTransport does).
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.Cleanup(func(int) {}),
-	)
+	goleak.VerifyTestMain(m)
 }
