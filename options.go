@@ -324,10 +324,37 @@ func WithCheckRetry(check retryablehttp.CheckRetry) Option {
 }
 
 // WithLogger sets the logger for retry decisions (at debug level) and
-// give-ups (at warn level). Logged URLs have their password and query values
-// redacted, and no header values are logged. Default and nil: silent.
+// give-ups (at warn level). Each record carries the fields of the matching
+// Observer event as attributes: method, url, host, attempt, status, error,
+// reason, wait, and retry_after for retries. Logged URLs have their
+// password and query values redacted, and no header values are logged.
+// Default and nil: silent.
 func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(o *options) { o.logger = l })
+}
+
+// WithObserver adds o to the observers of the Transport. Unlike other
+// options it accumulates: every observer given gets every event, in the
+// order the options were given. Default: none.
+func WithObserver(o Observer) Option {
+	return optionFunc(func(opts *options) { opts.observer = opts.observer.merge(o) })
+}
+
+// WithAttemptTransport wraps the RoundTripper that each attempt is sent
+// through: wrap is called once, by NewTransport, with the tuned
+// http.Transport, and the RoundTripper it returns sends every attempt,
+// retries each on its own. Use it for middleware that must see attempts
+// rather than requests, such as otelhttp.NewTransport for a client span per
+// attempt; AttemptFromContext tells such middleware the attempt number.
+// Given more than once, each wrap wraps the result of the previous one.
+// Default: none, attempts go straight to the http.Transport; a nil wrap,
+// or one that returns nil, is an error.
+func WithAttemptTransport(wrap func(http.RoundTripper) http.RoundTripper) Option {
+	return optionFunc(func(o *options) {
+		if o.check("WithAttemptTransport", wrap != nil, "nil wrap func") {
+			o.attemptWraps = append(o.attemptWraps, wrap)
+		}
+	})
 }
 
 // Private implementation past this point.
@@ -354,6 +381,9 @@ type options struct {
 	bodyBuffer     int64
 	checkRetry     retryablehttp.CheckRetry
 	logger         *slog.Logger
+
+	observer     Observer
+	attemptWraps []func(http.RoundTripper) http.RoundTripper
 
 	errs []error
 }

@@ -19,7 +19,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"math"
 	"net/http"
 	"net/url"
@@ -76,10 +75,9 @@ func (e *RetryError) Unwrap() []error {
 // RoundTrip sends req, and sends it again while the outcome is worth a retry
 // and the request may safely be repeated. It implements http.RoundTripper.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	t.stats.requests.Add(1)
+	t.countRequest(req)
 	if t.policy.maxRetries == 0 {
-		t.stats.attempts.Add(1)
-		resp, err := t.base.RoundTrip(req)
+		resp, err := t.attempt(req, 1)
 		if err != nil {
 			return nil, err
 		}
@@ -292,22 +290,26 @@ func (t *Transport) roundTripRetry(req *http.Request) (*http.Response, error) {
 	}
 	var bo *backoff.ExponentialBackOff
 	for attempt := 1; ; attempt++ {
-		t.stats.attempts.Add(1)
-		resp, err := t.base.RoundTrip(r)
+		resp, err := t.attempt(r, attempt)
 		if err == nil && t.policy.check == nil && !t.policy.statuses.has(resp.StatusCode) {
 			return t.finish(req, resp), nil // the success path: nothing more to decide
 		}
 		now := time.Now()
 		d := t.policy.decide(req, resp, err, attempt, replayable, now)
 		switch d.verdict {
-		case done, unsafe:
+		case done:
+			return t.giveUp(req, resp, err, attempt, false)
+		case unsafe:
+			t.observeGiveUp(req, resp, err, attempt, GiveUpNotReplayable, 0)
 			return t.giveUp(req, resp, err, attempt, false)
 		case exhausted:
+			t.observeGiveUp(req, resp, err, attempt, GiveUpExhausted, 0)
 			return t.giveUp(req, resp, err, attempt, true)
 		case retryAfterTooFar:
-			t.log(ctx, "keepalive: not retrying: Retry-After past the limit", req, resp, err, attempt, d.retryAfter)
+			t.observeGiveUp(req, resp, err, attempt, GiveUpRetryAfter, d.retryAfter)
 			return t.giveUp(req, resp, err, attempt, true)
 		case policyError:
+			t.observeGiveUp(req, resp, err, attempt, GiveUpPolicy, 0)
 			status := 0
 			if resp != nil {
 				status = resp.StatusCode
@@ -324,23 +326,25 @@ func (t *Transport) roundTripRetry(req *http.Request) (*http.Response, error) {
 			wait = t.policy.nextWait(bo)
 		}
 		if dl, ok := ctx.Deadline(); ok && wait >= dl.Sub(now) {
-			t.log(ctx, "keepalive: not retrying: the wait would pass the context deadline", req, resp, err, attempt, wait)
+			t.observeGiveUp(req, resp, err, attempt, GiveUpDeadline, wait)
 			return t.giveUp(req, resp, err, attempt, true)
 		}
-		t.log(ctx, "keepalive: retrying", req, resp, err, attempt, wait)
+		t.observeRetry(req, resp, err, attempt, wait, d.retryAfter > 0)
 		status := 0
 		if resp != nil {
 			status = resp.StatusCode
 			drain(resp.Body)
 		}
 		if serr := sleep(ctx, wait); serr != nil {
+			t.observeGiveUp(req, resp, err, attempt, GiveUpCanceled, wait)
 			t.stats.gaveUp.Add(1)
 			return nil, t.retryError(req, attempt, status, err, serr)
 		}
 		if r, err = nextAttempt(req, r); err != nil {
+			t.observeGiveUp(req, resp, err, attempt, GiveUpBody, 0)
 			return nil, t.retryError(req, attempt, status, nil, err)
 		}
-		t.stats.retries.Add(1)
+		t.countRetry(r)
 	}
 }
 
@@ -468,26 +472,6 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-timer.C:
 		return nil
 	}
-}
-
-func (t *Transport) log(ctx context.Context, msg string, req *http.Request, resp *http.Response, err error, attempt int, wait time.Duration) {
-	l := t.opts.logger
-	if l == nil || !l.Enabled(ctx, slog.LevelDebug) {
-		return
-	}
-	attrs := []slog.Attr{
-		slog.String("method", req.Method),
-		slog.String("url", redactURL(req.URL)),
-		slog.Int("attempt", attempt),
-		slog.Duration("wait", wait),
-	}
-	if resp != nil {
-		attrs = append(attrs, slog.Int("status", resp.StatusCode))
-	}
-	if err != nil {
-		attrs = append(attrs, slog.String("error", scrub(err.Error(), urlPassword(req.URL))))
-	}
-	l.LogAttrs(ctx, slog.LevelDebug, msg, attrs...)
 }
 
 const redacted = "xxxxx"

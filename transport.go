@@ -28,6 +28,10 @@ type Transport struct {
 	policy policy
 	opts   options
 	stats  counters
+
+	hosts           *hostTable        // per-host counters: observer.go
+	inner           http.RoundTripper // what attempts are sent through: base, maybe wrapped
+	observeAttempts bool              // attempts need more than counting
 }
 
 var _ http.RoundTripper = (*Transport)(nil)
@@ -39,34 +43,40 @@ func NewTransport(opts ...Option) (*Transport, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Transport{opts: o, policy: newPolicy(o)}
+	t := &Transport{opts: o, policy: newPolicy(o), hosts: newHostTable()}
 	t.base = t.newBase()
+	if err := t.initObserving(); err != nil {
+		return nil, err
+	}
 	return t, nil
 }
 
-// Stats are counters of a Transport since it was created. They only grow.
+// Stats are counters of a Transport, or of one host of it (HostStats),
+// since it was created. They only grow, except Reused, which is derived.
 type Stats struct {
-	Requests   int64 // calls to RoundTrip
-	Attempts   int64 // requests sent to the underlying transport, retries included
-	Retries    int64 // attempts after the first of their request
-	GaveUp     int64 // requests that ran out of retries, or whose wait for the next attempt was refused
-	Dials      int64 // new connections opened (TCP connect succeeded)
-	DialErrors int64 // TCP connects that failed
+	Requests      int64 // calls to RoundTrip
+	Attempts      int64 // requests sent to the underlying transport, retries included
+	Retries       int64 // attempts after the first of their request
+	GaveUp        int64 // requests that ran out of retries, or whose wait for the next attempt was refused
+	BudgetRefused int64 // retries the retry budget refused
+	Dials         int64 // new connections opened (TCP connect succeeded)
+	DialErrors    int64 // TCP connects that failed
+
+	// Reused is the attempts that did not open a connection: Attempts -
+	// Dials - DialErrors, never below zero. It is counted from the dialer,
+	// free of any per-request cost. Once no request is in flight it is
+	// exact but for two rare cases: a connection dialed and never used (its
+	// request took another one that came free first) lowers it by one, and
+	// an attempt that failed before it got a connection, other than by a
+	// failed dial, raises it by one. For each attempt's own answer, use
+	// Observer.TraceConns.
+	Reused int64
 }
 
-// Stats returns the counters so far. It is safe to call concurrently with
-// requests; each counter is read atomically, the set as a whole is not a
-// snapshot.
-func (t *Transport) Stats() Stats {
-	return Stats{
-		Requests:   t.stats.requests.Load(),
-		Attempts:   t.stats.attempts.Load(),
-		Retries:    t.stats.retries.Load(),
-		GaveUp:     t.stats.gaveUp.Load(),
-		Dials:      t.stats.dials.Load(),
-		DialErrors: t.stats.dialErrors.Load(),
-	}
-}
+// Stats returns the counters of all hosts so far. It is safe to call
+// concurrently with requests; each counter is read atomically, the set as
+// a whole is not a snapshot.
+func (t *Transport) Stats() Stats { return t.stats.snapshot() }
 
 // CloseIdleConnections closes the idle connections of the pool. Connections
 // in use are not interrupted. The Transport never calls it by itself.
@@ -94,6 +104,7 @@ func (e *ReadTimeoutError) Is(target error) bool { return target == ErrReadTimeo
 
 type counters struct {
 	requests, attempts, retries, gaveUp atomic.Int64
+	budgetRefused                       atomic.Int64
 	dials, dialErrors                   atomic.Int64
 }
 
@@ -114,11 +125,10 @@ func (t *Transport) newBase() *http.Transport {
 		// an httptrace.ClientTrace would cost allocations on every request.
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			c, err := dialer.DialContext(ctx, network, addr)
+			t.countDial(addr, err)
 			if err != nil {
-				t.stats.dialErrors.Add(1)
 				return nil, &dialError{err: err}
 			}
-			t.stats.dials.Add(1)
 			return c, nil
 		},
 		// A custom DialContext or TLS config turns HTTP/2 off unless forced.
