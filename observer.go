@@ -212,7 +212,8 @@ type DialEvent struct {
 // AttemptFromContext returns the number of the attempt (1 for the first)
 // whose request carries ctx. It reports false outside a RoundTripper
 // installed with WithAttemptTransport: only then does a Transport put the
-// number in the context, which costs 3 allocations per attempt.
+// number in the context, which costs 2 allocations (about 370 bytes) per
+// attempt.
 func AttemptFromContext(ctx context.Context) (int, bool) {
 	n, ok := ctx.Value(attemptKey{}).(int)
 	return n, ok
