@@ -993,3 +993,52 @@ func TestRedactURL(t *testing.T) {
 	}
 	assert.Empty(t, redactURL(nil))
 }
+
+func TestDialerSetsTCPKeepAliveProbes(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	tr := newTestTransport(t)
+	c, err := tr.base.DialContext(context.Background(), "tcp", ln.Addr().String())
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	require.NoError(t, err)
+	opt := func(level, name int) int {
+		var v int
+		var serr error
+		require.NoError(t, raw.Control(func(fd uintptr) { v, serr = syscall.GetsockoptInt(int(fd), level, name) }))
+		require.NoError(t, serr)
+		return v
+	}
+	assert.Equal(t, 1, opt(syscall.SOL_SOCKET, syscall.SO_KEEPALIVE))
+	assert.Equal(t, int(DefaultTCPKeepAliveIdle/time.Second), opt(syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE))
+	assert.Equal(t, int(DefaultTCPKeepAliveInterval/time.Second), opt(syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL))
+	assert.Equal(t, DefaultTCPKeepAliveCount, opt(syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT))
+	assert.EqualValues(t, 1, tr.Stats().Dials)
+}
+
+func TestRetryAfterOnlyOn429And503(t *testing.T) {
+	for _, code := range []int{429, 503, 500} {
+		t.Run(strconv.Itoa(code), func(t *testing.T) {
+			var n atomic.Int64
+			srv, _ := newServer(t, false, func(w http.ResponseWriter, r *http.Request) {
+				if n.Add(1) == 1 {
+					w.Header().Set("Retry-After", "3600")
+					w.WriteHeader(code)
+				}
+			})
+			c, tr := newTestClient(t, fastRetries)
+			resp, err := c.Get(srv.URL)
+			require.NoError(t, err)
+			resp.Body.Close()
+			if code == 500 { // Retry-After means nothing here: the backoff applies
+				assert.Equal(t, 200, resp.StatusCode)
+				assert.EqualValues(t, 2, tr.Stats().Attempts)
+				return
+			}
+			assert.Equal(t, code, resp.StatusCode, "an hour is past the cap: returned at once")
+			assert.EqualValues(t, 1, tr.Stats().Attempts)
+		})
+	}
+}
