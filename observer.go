@@ -245,13 +245,22 @@ func (t *Transport) HostStats() map[string]Stats {
 	return out
 }
 
+// Reused returns the attempts that did not open a connection: Attempts -
+// Dials - DialErrors, never below zero. It is counted from the dialer, free
+// of any per-request cost. Once no request is in flight it is exact but
+// for two rare cases: a connection dialed and never used (its request took
+// another one that came free first) lowers it by one, and an attempt that
+// failed before it got a connection, other than by a failed dial, raises
+// it by one. For each attempt's own answer, use Observer.TraceConns.
+func (s Stats) Reused() int64 { return max(0, s.Attempts-s.Dials-s.DialErrors) }
+
 // ReuseRatio is Reused / Attempts: the share of attempts sent over a
 // connection that was already open. It is 0 before the first attempt.
 func (s Stats) ReuseRatio() float64 {
 	if s.Attempts == 0 {
 		return 0
 	}
-	return float64(s.Reused) / float64(s.Attempts)
+	return float64(s.Reused()) / float64(s.Attempts)
 }
 
 // Private implementation past this point.
@@ -483,7 +492,7 @@ func (t *Transport) eventAttrs(req *http.Request, host string, attempt, status i
 
 // snapshot reads the counters into Stats.
 func (c *counters) snapshot() Stats {
-	s := Stats{
+	return Stats{
 		Requests:      c.requests.Load(),
 		Attempts:      c.attempts.Load(),
 		Retries:       c.retries.Load(),
@@ -492,8 +501,6 @@ func (c *counters) snapshot() Stats {
 		Dials:         c.dials.Load(),
 		DialErrors:    c.dialErrors.Load(),
 	}
-	s.Reused = max(0, s.Attempts-s.Dials-s.DialErrors)
-	return s
 }
 
 // hostCounters are the counters of one host.

@@ -57,7 +57,7 @@ func ExampleTransport_HostStats() {
 
 	for _, st := range tr.HostStats() { // one host here
 		fmt.Printf("requests %d, attempts %d, retries %d, dials %d, reused %d (%.0f%%)\n",
-			st.Requests, st.Attempts, st.Retries, st.Dials, st.Reused, 100*st.ReuseRatio())
+			st.Requests, st.Attempts, st.Retries, st.Dials, st.Reused(), 100*st.ReuseRatio())
 	}
 	// Output:
 	// requests 3, attempts 4, retries 1, dials 1, reused 3 (75%)

@@ -309,7 +309,7 @@ func TestObserverSeesFailedDials(t *testing.T) {
 	hs := tr.HostStats()[addr]
 	assert.Equal(t, int64(2), hs.DialErrors)
 	assert.Equal(t, int64(2), hs.Attempts)
-	assert.Zero(t, hs.Reused, "no attempt got a connection")
+	assert.Zero(t, hs.Reused(), "no attempt got a connection")
 	require.Len(t, rec.giveUps, 1)
 	assert.Equal(t, GiveUpExhausted, rec.giveUps[0].Reason)
 }

@@ -38,11 +38,13 @@ func TestHostStatsCountEachHostApart(t *testing.T) {
 
 	hs := tr.HostStats()
 	require.Len(t, hs, 2)
-	wantA := Stats{Requests: 3, Attempts: 4, Retries: 1, Dials: 1, Reused: 3}
-	wantB := Stats{Requests: 2, Attempts: 2, Dials: 1, Reused: 1}
+	wantA := Stats{Requests: 3, Attempts: 4, Retries: 1, Dials: 1}
+	wantB := Stats{Requests: 2, Attempts: 2, Dials: 1}
 	assert.Equal(t, wantA, hs[hostOf(t, a.URL)])
 	assert.Equal(t, wantB, hs[hostOf(t, b.URL)])
-	assert.Equal(t, Stats{Requests: 5, Attempts: 6, Retries: 1, Dials: 2, Reused: 4}, tr.Stats())
+	assert.Equal(t, Stats{Requests: 5, Attempts: 6, Retries: 1, Dials: 2}, tr.Stats())
+	assert.Equal(t, int64(3), hs[hostOf(t, a.URL)].Reused())
+	assert.Equal(t, int64(4), tr.Stats().Reused())
 	assert.InDelta(t, 0.75, hs[hostOf(t, a.URL)].ReuseRatio(), 1e-9)
 	assert.InDelta(t, 4.0/6, tr.Stats().ReuseRatio(), 1e-9)
 	assert.Equal(t, a.Connections()+b.Connections(), int(tr.Stats().Dials), "the dial counter agrees with the servers")
@@ -50,6 +52,7 @@ func TestHostStatsCountEachHostApart(t *testing.T) {
 
 func TestReuseRatioOfNothingIsZero(t *testing.T) {
 	assert.Zero(t, Stats{}.ReuseRatio())
+	assert.Zero(t, Stats{Attempts: 1, Dials: 1, DialErrors: 1}.Reused(), "never below zero")
 	tr := newTestTransport(t)
 	assert.Empty(t, tr.HostStats())
 	assert.Equal(t, Stats{}, tr.Stats())
@@ -69,7 +72,7 @@ func TestReusedMatchesTraceConnsOverManyRequests(t *testing.T) {
 	get(t, c, s.URL)
 	get(t, c, s.URL)
 	require.Equal(t, 1, traced, "one after another, they agree exactly")
-	require.Equal(t, int64(1), tr.Stats().Reused)
+	require.Equal(t, int64(1), tr.Stats().Reused())
 
 	const workers, each = 8, 25
 	var wg sync.WaitGroup
@@ -88,10 +91,10 @@ func TestReusedMatchesTraceConnsOverManyRequests(t *testing.T) {
 	// a request that took another one that came free first, and that no
 	// request used since: the counter counts them, the trace never sees
 	// them.
-	unusedDials := int64(traced) - st.Reused
+	unusedDials := int64(traced) - st.Reused()
 	assert.GreaterOrEqual(t, unusedDials, int64(0))
 	assert.Less(t, unusedDials, st.Dials, "at least one dialed connection was used")
-	assert.Greater(t, st.Reused, int64(workers*each/2), "the pool works")
+	assert.Greater(t, st.Reused(), int64(workers*each/2), "the pool works")
 }
 
 func TestStatsAreSafeToReadDuringRequests(t *testing.T) {
@@ -135,7 +138,7 @@ func TestStatsAreSafeToReadDuringRequests(t *testing.T) {
 		sum.GaveUp += s.GaveUp
 		sum.Dials += s.Dials
 		sum.DialErrors += s.DialErrors
-		sum.Reused += s.Reused
+		sum.BudgetRefused += s.BudgetRefused
 	}
 	assert.Equal(t, total, sum, "the hosts add up to the total")
 	assert.Equal(t, int64(n), total.Requests)
@@ -197,10 +200,10 @@ func TestHostStatsStopAtTheLimit(t *testing.T) {
 	assert.Equal(t, int64(1), hs[OtherHosts].Requests)
 }
 
-// rawServer answers each request on a connection with a fixed "200 ok",
+// zeroAllocServer answers each request on a connection with a fixed "200 ok",
 // allocating nothing per request, so that allocation counts (which are
 // process-wide) measure the client alone. It expects bodiless requests.
-func rawServer(tb testing.TB) string {
+func zeroAllocServer(tb testing.TB) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(tb, err)
 	var (
@@ -294,7 +297,7 @@ func TestSuccessPathAddsNoAllocations(t *testing.T) {
 	if raceEnabled() {
 		t.Skip("the race detector makes allocation counts vary")
 	}
-	url := rawServer(t)
+	url := zeroAllocServer(t)
 	req, err := http.NewRequest(http.MethodGet, url, nil)
 	require.NoError(t, err)
 	// Without GC, sync.Pools are never emptied, so counts repeat exactly.
@@ -334,7 +337,7 @@ func TestSuccessPathAddsNoAllocations(t *testing.T) {
 //
 //	go test -run '^$' -bench ObserverCost -benchmem
 func BenchmarkObserverCost(b *testing.B) {
-	url := rawServer(b)
+	url := zeroAllocServer(b)
 	req, err := http.NewRequest(http.MethodGet, url, nil)
 	require.NoError(b, err)
 	plain := newTestTransport(b)

@@ -52,7 +52,8 @@ func NewTransport(opts ...Option) (*Transport, error) {
 }
 
 // Stats are counters of a Transport, or of one host of it (HostStats),
-// since it was created. They only grow, except Reused, which is derived.
+// since it was created. They only grow. Reused and ReuseRatio derive
+// connection reuse from them.
 type Stats struct {
 	Requests      int64 // calls to RoundTrip
 	Attempts      int64 // requests sent to the underlying transport, retries included
@@ -61,16 +62,6 @@ type Stats struct {
 	BudgetRefused int64 // retries the retry budget refused
 	Dials         int64 // new connections opened (TCP connect succeeded)
 	DialErrors    int64 // TCP connects that failed
-
-	// Reused is the attempts that did not open a connection: Attempts -
-	// Dials - DialErrors, never below zero. It is counted from the dialer,
-	// free of any per-request cost. Once no request is in flight it is
-	// exact but for two rare cases: a connection dialed and never used (its
-	// request took another one that came free first) lowers it by one, and
-	// an attempt that failed before it got a connection, other than by a
-	// failed dial, raises it by one. For each attempt's own answer, use
-	// Observer.TraceConns.
-	Reused int64
 }
 
 // Stats returns the counters of all hosts so far. It is safe to call
