@@ -184,7 +184,7 @@ func (r GiveUpReason) String() string {
 // requests that ran out of retries or whose wait was refused.
 func (r GiveUpReason) counted() bool {
 	switch r {
-	case GiveUpExhausted, GiveUpRetryAfter, GiveUpDeadline, GiveUpCanceled:
+	case GiveUpExhausted, GiveUpRetryAfter, GiveUpDeadline, GiveUpCanceled, GiveUpBudget:
 		return true
 	}
 	return false
@@ -314,10 +314,10 @@ func (t *Transport) countRequest(req *http.Request) {
 	t.hosts.forURL(req.URL).requests.Add(1)
 }
 
-// attempt sends r, attempt number n of its request, through the inner
+// sendAttempt sends r, attempt number n of its request, through the inner
 // RoundTripper, counting it and telling the observers. With no observer
 // it costs two atomic adds and a map lookup.
-func (t *Transport) attempt(r *http.Request, n int) (*http.Response, error) {
+func (t *Transport) sendAttempt(r *http.Request, n int) (*http.Response, error) {
 	hc := t.hosts.forURL(r.URL)
 	t.stats.attempts.Add(1)
 	hc.attempts.Add(1)
@@ -438,8 +438,8 @@ func (t *Transport) observeGiveUp(req *http.Request, resp *http.Response, err er
 // that the retry budget refused.
 func (t *Transport) observeBudgetRefused(req *http.Request, attempt int) {
 	hc := t.hosts.forURL(req.URL)
-	t.stats.budgetRefused.Add(1)
-	hc.budgetRefused.Add(1)
+	t.stats.budgetRefusals.Add(1)
+	hc.budgetRefusals.Add(1)
 	if f := t.opts.observer.OnBudgetRefused; f != nil {
 		f(BudgetRefusedEvent{Request: req, Host: hc.key, Attempt: attempt})
 	}
@@ -493,13 +493,13 @@ func (t *Transport) eventAttrs(req *http.Request, host string, attempt, status i
 // snapshot reads the counters into Stats.
 func (c *counters) snapshot() Stats {
 	return Stats{
-		Requests:      c.requests.Load(),
-		Attempts:      c.attempts.Load(),
-		Retries:       c.retries.Load(),
-		GaveUp:        c.gaveUp.Load(),
-		BudgetRefused: c.budgetRefused.Load(),
-		Dials:         c.dials.Load(),
-		DialErrors:    c.dialErrors.Load(),
+		Requests:       c.requests.Load(),
+		Attempts:       c.attempts.Load(),
+		Retries:        c.retries.Load(),
+		GaveUp:         c.gaveUp.Load(),
+		BudgetRefusals: c.budgetRefusals.Load(),
+		Dials:          c.dials.Load(),
+		DialErrors:     c.dialErrors.Load(),
 	}
 }
 

@@ -329,8 +329,8 @@ func TestBudgetAndBreakerHookPoints(t *testing.T) {
 
 	assert.Equal(t, []BudgetRefusedEvent{{Request: req, Host: "example.com:80", Attempt: 2}}, rec.budget)
 	assert.Equal(t, []BreakerChangeEvent{{Host: "example.com:80", From: "closed", To: "open"}}, rec.breakers)
-	assert.Equal(t, int64(1), tr.Stats().BudgetRefused)
-	assert.Equal(t, int64(1), tr.HostStats()["example.com:80"].BudgetRefused)
+	assert.Equal(t, int64(1), tr.Stats().BudgetRefusals)
+	assert.Equal(t, int64(1), tr.HostStats()["example.com:80"].BudgetRefusals)
 	recs := decodeLogs(t, &logs)
 	require.Len(t, recs, 2)
 	assert.Equal(t, "keepalive: retry budget refused a retry", recs[0]["msg"])

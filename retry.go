@@ -84,7 +84,7 @@ func (e *RetryError) Unwrap() []error {
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	t.countRequest(req)
 	if t.policy.maxRetries == 0 {
-		resp, err := t.attempt(req, 1)
+		resp, err := t.sendAttempt(req, 1)
 		if err != nil {
 			return nil, err
 		}
@@ -297,7 +297,7 @@ func (t *Transport) roundTripRetry(req *http.Request) (*http.Response, error) {
 	}
 	var bo *backoff.ExponentialBackOff
 	for attempt := 1; ; attempt++ {
-		resp, err := t.attempt(r, attempt)
+		resp, err := t.sendAttempt(r, attempt)
 		if err == nil && t.policy.check == nil && !t.policy.statuses.has(resp.StatusCode) {
 			return t.finish(req, resp), nil // the success path: nothing more to decide
 		}

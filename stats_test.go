@@ -138,7 +138,7 @@ func TestStatsAreSafeToReadDuringRequests(t *testing.T) {
 		sum.GaveUp += s.GaveUp
 		sum.Dials += s.Dials
 		sum.DialErrors += s.DialErrors
-		sum.BudgetRefused += s.BudgetRefused
+		sum.BudgetRefusals += s.BudgetRefusals
 	}
 	assert.Equal(t, total, sum, "the hosts add up to the total")
 	assert.Equal(t, int64(n), total.Requests)

@@ -55,13 +55,13 @@ func NewTransport(opts ...Option) (*Transport, error) {
 // since it was created. They only grow. Reused and ReuseRatio derive
 // connection reuse from them.
 type Stats struct {
-	Requests      int64 // calls to RoundTrip
-	Attempts      int64 // requests sent to the underlying transport, retries included
-	Retries       int64 // attempts after the first of their request
-	GaveUp        int64 // requests that ran out of retries, or whose wait for the next attempt was refused
-	BudgetRefused int64 // retries the retry budget refused
-	Dials         int64 // new connections opened (TCP connect succeeded)
-	DialErrors    int64 // TCP connects that failed
+	Requests       int64 // calls to RoundTrip
+	Attempts       int64 // requests sent to the underlying transport, retries included
+	Retries        int64 // attempts after the first of their request
+	GaveUp         int64 // requests that ran out of retries, or whose wait for the next attempt was refused
+	BudgetRefusals int64 // retries the retry budget refused
+	Dials          int64 // new connections opened (TCP connect succeeded)
+	DialErrors     int64 // TCP connects that failed
 }
 
 // Stats returns the counters of all hosts so far. It is safe to call
@@ -103,7 +103,7 @@ func (e *ReadTimeoutError) Temporary() bool { return true }
 
 type counters struct {
 	requests, attempts, retries, gaveUp atomic.Int64
-	budgetRefused                       atomic.Int64
+	budgetRefusals                      atomic.Int64
 	dials, dialErrors                   atomic.Int64
 }
 
