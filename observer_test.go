@@ -429,3 +429,31 @@ func TestEventReasonsHaveNames(t *testing.T) {
 	assert.Equal(t, "new", ConnNew.String())
 	assert.Equal(t, "unknown", ConnUnknown.String())
 }
+
+func TestObserverAndHostStatsOverBothProtocols(t *testing.T) {
+	protos(t, func(t *testing.T, useTLS bool) {
+		s, opts := newServer(t, useTLS, script(503, 200))
+		var rec recorder
+		c, tr := newTestClient(t, append(opts, fastRetries, WithObserver(rec.observer(true)))...)
+		resp, err := c.Get(s.URL)
+		require.NoError(t, err)
+		assert.Equal(t, "attempt 2: 200", readBody(t, resp))
+
+		require.Len(t, rec.ends, 2)
+		wantProto := 1
+		if useTLS {
+			wantProto = 2
+		}
+		assert.Equal(t, wantProto, rec.ends[1].Response.ProtoMajor)
+		assert.Equal(t, ConnNew, rec.ends[0].Conn)
+		assert.Equal(t, ConnReused, rec.ends[1].Conn)
+		require.Len(t, rec.retries, 1)
+		assert.Equal(t, 503, rec.retries[0].Status)
+		host := hostOf(t, s.URL)
+		hs := tr.HostStats()
+		require.Contains(t, hs, host)
+		assert.Equal(t, Stats{Requests: 1, Attempts: 2, Retries: 1, Dials: 1}, hs[host])
+		assert.Equal(t, int64(1), hs[host].Reused())
+		assert.Equal(t, int64(1), s.conns.Load())
+	})
+}
