@@ -199,7 +199,7 @@ type BudgetRefusedEvent struct {
 
 // BreakerChangeEvent is a circuit breaker that changed state.
 type BreakerChangeEvent struct {
-	Host     string // the HostStats key of the breaker, or "" for a breaker of the whole Transport
+	Host     string // the host the breaker guards: the request URL's host, with its port if the URL names one
 	From, To string // "closed", "open" or "half-open"
 }
 
@@ -449,8 +449,8 @@ func (t *Transport) observeBudgetRefused(req *http.Request, attempt int) {
 	}
 }
 
-// observeBreakerChange reports that the circuit breaker of host ("" for
-// the whole Transport) went from one state to another.
+// observeBreakerChange reports that the circuit breaker of host went from
+// one state to another.
 func (t *Transport) observeBreakerChange(host, from, to string) {
 	if f := t.opts.observer.OnBreakerChange; f != nil {
 		f(BreakerChangeEvent{Host: host, From: from, To: to})
