@@ -66,7 +66,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func measure(ctx context.Context, cfg *config, stdout, stderr io.Writer) (err error) {
 	targets, cleanup, err := setUp(ctx, cfg)
 	if err != nil {
-		return err
+		return interrupted(ctx, err)
 	}
 	defer func() {
 		if cerr := cleanup(); cerr != nil && err == nil {
@@ -76,7 +76,7 @@ func measure(ctx context.Context, cfg *config, stdout, stderr io.Writer) (err er
 	body := make([]byte, cfg.bodySize)
 	for _, t := range targets {
 		if err := probe(ctx, cfg, t.url, body); err != nil {
-			return err
+			return interrupted(ctx, err)
 		}
 	}
 
@@ -132,11 +132,23 @@ func measure(ctx context.Context, cfg *config, stdout, stderr io.Writer) (err er
 	}
 	switch {
 	case rep.Interrupted:
-		return errors.New("interrupted; the results above are partial")
+		return fmt.Errorf("%w; the results above are partial", errInterrupted)
 	case rep.Errors > 0:
 		return fmt.Errorf("%d requests failed; the first errors are in the report", rep.Errors)
 	}
 	return nil
+}
+
+// errInterrupted is the error of a run stopped by a signal.
+var errInterrupted = errors.New("interrupted")
+
+// interrupted returns errInterrupted instead of err if ctx has ended: a
+// request cut off by Ctrl-C says nothing about the endpoint.
+func interrupted(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return errInterrupted
+	}
+	return err
 }
 
 // setUp starts what the targets need: nothing for -url, the embedded server,

@@ -364,3 +364,53 @@ func (w *cancelOnWrite) Write(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+func TestPercentileIsNearestRank(t *testing.T) {
+	ms := func(v ...int) []time.Duration {
+		out := make([]time.Duration, len(v))
+		for i, x := range v {
+			out[i] = time.Duration(x) * time.Millisecond
+		}
+		return out
+	}
+	hundred := make([]int, 100)
+	for i := range hundred {
+		hundred[i] = i + 1
+	}
+	tests := []struct {
+		name   string
+		sorted []time.Duration
+		p      int
+		want   time.Duration
+	}{
+		{"no latencies give zero", nil, 50, 0},
+		{"one latency is every percentile", ms(7), 99, 7 * time.Millisecond},
+		{"p50 of 1..100 is 50", ms(hundred...), 50, 50 * time.Millisecond},
+		{"p99 of 1..100 is 99", ms(hundred...), 99, 99 * time.Millisecond},
+		{"p99 of four is the largest", ms(1, 2, 3, 4), 99, 4 * time.Millisecond},
+		{"p50 of four is the second", ms(1, 2, 3, 4), 50, 2 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			assert.Equal(t, tt.want, percentile(tt.sorted, tt.p))
+		})
+	}
+}
+
+func TestCommasGroupsThousands(t *testing.T) {
+	tests := []struct {
+		give float64
+		prec int
+		want string
+	}{
+		{0, 0, "0"},
+		{999, 0, "999"},
+		{1000, 0, "1,000"},
+		{1234567.891, 1, "1,234,567.9"},
+		{-20000, 0, "-20,000"},
+		{15019.64, 1, "15,019.6"},
+	}
+	for _, tt := range tests {
+		assert.Equal(t, tt.want, commas(tt.give, tt.prec), "%v", tt.give)
+	}
+}

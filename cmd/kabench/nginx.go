@@ -81,7 +81,8 @@ type nginxProcess struct {
 }
 
 // errNoNginx is returned when -proxy nginx finds no nginx binary.
-var errNoNginx = errors.New("-proxy nginx: no nginx on PATH (install it, for example apt-get install nginx-light)")
+var errNoNginx = errors.New("-proxy nginx: no nginx on PATH (install it, for example with apt-get install nginx-light; " +
+	"Debian puts it in /usr/sbin, which a user's PATH may lack)")
 
 // startNginx starts nginx in front of upstream (host:port) and returns once
 // it accepts connections on both ports, or fails within timeout.

@@ -14,6 +14,7 @@ import (
 // and a kill of the group takes the workers along with the master.
 func setProcessGroup(cmd *exec.Cmd) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	setParentDeathSignal(cmd.SysProcAttr)
 }
 
 // quitProcess sends SIGQUIT: nginx's graceful shutdown.
