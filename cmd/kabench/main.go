@@ -22,7 +22,6 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
-	"sync/atomic"
 	"syscall"
 )
 
@@ -88,40 +87,21 @@ func measure(ctx context.Context, cfg *config, stdout, stderr io.Writer) (err er
 	rep.writeHeader(out)
 
 	var p *progress
-	done := new(atomic.Int64)
 	if isTerminal(stderr) {
 		p = startProgress(stderr)
-		done = &p.done
 	}
-	for _, t := range targets {
-		for _, name := range cfg.clients {
-			res := clientResult{Setup: t.setup, Client: name, Description: describe[name]}
-			for i := range cfg.runs {
-				p.set(fmt.Sprintf("%s, %s: run %d/%d", t.setup, name, i+1, cfg.runs), cfg.requests)
-				r, err := measureRun(ctx, cfg, name, t, body, done)
-				if err != nil {
-					p.stop()
-					return err
-				}
-				res.Runs = append(res.Runs, r)
-				rep.Errors += r.Errors
-				if ctx.Err() != nil {
-					break
-				}
-			}
-			res.Average = average(res.Runs)
-			rep.Results = append(rep.Results, res)
-			p.clear()
-			rep.writeClient(out, &rep.Results[len(rep.Results)-1])
-			if ctx.Err() != nil {
-				break
-			}
-		}
-		if ctx.Err() != nil {
-			break
-		}
-	}
+	results, err := measureAll(ctx, cfg, targets, body, p)
 	p.stop()
+	if err != nil {
+		return err
+	}
+	rep.Results = results
+	for i := range rep.Results {
+		for _, r := range rep.Results[i].Runs {
+			rep.Errors += r.Errors
+		}
+		rep.writeClient(out, &rep.Results[i])
+	}
 	rep.Interrupted = ctx.Err() != nil
 	rep.compare()
 	rep.writeSummary(out)

@@ -51,6 +51,54 @@ type clientResult struct {
 	// VsBaseline is the difference of the average requests per second to
 	// the baseline's, in percent; nil for the baseline itself.
 	VsBaseline *float64 `json:"vs_baseline_percent,omitempty"`
+
+	target target
+}
+
+// runDone, if set, is called after every run. Tests use it to interrupt a
+// measurement at a known point.
+var runDone func()
+
+// measureAll measures every client against every target, cfg.runs times.
+// It goes in rounds, run 1 of every client, then run 2 of every client, so
+// that a machine that slows down for a while (other jobs, thermal limits)
+// slows every client alike rather than the one measured at the time. A
+// result for each client and target that got at least one run is returned;
+// after an interrupt, that is fewer.
+func measureAll(ctx context.Context, cfg *config, targets []target, body []byte, p *progress) ([]clientResult, error) {
+	var results []clientResult
+	for _, t := range targets {
+		for _, name := range cfg.clients {
+			results = append(results, clientResult{Setup: t.setup, Client: name, Description: describe[name], target: t})
+		}
+	}
+	done := new(atomic.Int64)
+	if p != nil {
+		done = &p.done
+	}
+rounds:
+	for round := range cfg.runs {
+		for i := range results {
+			if ctx.Err() != nil {
+				break rounds
+			}
+			res := &results[i]
+			p.set(fmt.Sprintf("run %d/%d: %s, %s", round+1, cfg.runs, res.Setup, res.Client), cfg.requests)
+			r, err := measureRun(ctx, cfg, res.Client, res.target, body, done)
+			if err != nil {
+				return nil, err
+			}
+			res.Runs = append(res.Runs, r)
+			if runDone != nil {
+				runDone()
+			}
+		}
+	}
+	results = slices.DeleteFunc(results, func(r clientResult) bool { return len(r.Runs) == 0 })
+	for i := range results {
+		results[i].Average = average(results[i].Runs)
+	}
+	return results, nil
 }
 
 // probe sends one request with a client of its own and fails unless the
@@ -307,18 +355,6 @@ func (p *progress) set(label string, total int) {
 	p.mu.Lock()
 	p.label, p.total = label, int64(total)
 	p.done.Store(0)
-	p.mu.Unlock()
-}
-
-// clear removes the line, so that a table can be printed, until the next
-// set.
-func (p *progress) clear() {
-	if p == nil {
-		return
-	}
-	p.mu.Lock()
-	p.label = ""
-	fmt.Fprint(p.w, "\r\033[K")
 	p.mu.Unlock()
 }
 

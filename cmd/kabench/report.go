@@ -97,7 +97,7 @@ func (r *report) writeHeader(w io.Writer) {
 		body = fmt.Sprintf(", %d-byte body", r.BodyBytes)
 	}
 	fmt.Fprintf(w, "kabench: %s %s%s\n", r.Method, where, body)
-	fmt.Fprintf(w, "%s per run, concurrency %d, %s per client, a new client per run; %s %s, %s\n\n",
+	fmt.Fprintf(w, "%s per run, concurrency %d, %s per client in rounds, a new client per run; %s %s, %s\n\n",
 		plural(r.Requests, "request"), r.Concurrency, plural(r.Runs, "run"), r.Go, r.Platform, plural(r.CPUs, "CPU"))
 }
 
