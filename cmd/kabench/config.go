@@ -83,7 +83,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.bodySize, "body", 0, "request body size in `bytes`")
 	fs.StringVar(&clients, "clients", strings.Join(allClients, ","), "comma-separated clients to measure, in order")
 	fs.BoolVar(&c.json, "json", false, "print the result as JSON on stdout instead of tables")
-	fs.DurationVar(&c.timeout, "timeout", defaultTimeout, "per request timeout (whole exchange, retries included); also bounds nginx start and stop")
+	fs.DurationVar(&c.timeout, "timeout", defaultTimeout, "per request timeout (whole exchange, retries included); also bounds the probe and nginx start and stop")
 	fs.IntVar(&c.maxErrors, "max-errors", defaultMaxErrors, "stop a run after this many failed requests; 0 means never")
 	fs.StringVar(&c.proxy, "proxy", "", "put a proxy in front of the embedded server: only \"nginx\"")
 	fs.Usage = func() {

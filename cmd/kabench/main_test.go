@@ -262,6 +262,40 @@ func TestFailedRequestsAreReportedAndRetriesCounted(t *testing.T) {
 	assert.GreaterOrEqual(t, keep.Retries, int64(10))
 }
 
+// A server that answers the probe and then stalls: every request ends at
+// -timeout, and the runs stop at -max-errors instead of waiting out
+// every request.
+func TestStalledRequestsEndAtTheTimeout(t *testing.T) {
+	var hits atomic.Int64
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hits.Add(1) > 1 {
+			select {
+			case <-r.Context().Done():
+			case <-release:
+			}
+			return
+		}
+		w.Write([]byte("ok"))
+	}))
+	t.Cleanup(func() {
+		close(release)
+		srv.Close()
+	})
+
+	r := runKabench(t, nil, nil, "-url", srv.URL, "-n", "1000", "-c", "2", "-runs", "1",
+		"-clients", "nokeepalive,keepalive", "-timeout", "300ms", "-max-errors", "4", "-json")
+	assert.Equal(t, exitFailure, r.code)
+	rep := decode(t, r.stdout)
+	for _, client := range []string{clientNoKeepAlive, clientKeepAlive} {
+		run := find(t, rep, "direct", client).Runs[0]
+		assert.True(t, run.Aborted, client)
+		assert.Zero(t, run.Requests, client)
+		assert.Contains(t, run.FirstError, "context deadline exceeded", client)
+		assert.Zero(t, run.Retries, "a request past its deadline is not retried")
+	}
+}
+
 func TestTooManyErrorsStopTheRun(t *testing.T) {
 	var hits atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -142,7 +142,7 @@ func newRequest(ctx context.Context, method, url string, body []byte) (*http.Req
 // a new client, and returns what it saw. done counts finished requests for
 // the progress line.
 func measureRun(ctx context.Context, cfg *config, name string, t target, body []byte, done *atomic.Int64) (runResult, error) {
-	client, err := newClient(name, cfg.timeout)
+	client, err := newClient(name)
 	if err != nil {
 		return runResult{}, err
 	}
@@ -173,7 +173,7 @@ func measureRun(ctx context.Context, cfg *config, name string, t target, body []
 				if i >= int64(cfg.requests) {
 					return
 				}
-				d, err := doRequest(ctx, client.Client, cfg.method, t.url, body)
+				d, err := doRequest(ctx, client.Client, cfg, t.url, body)
 				done.Add(1)
 				if err != nil {
 					if ctx.Err() == nil { // not a request cut off by the end of the run
@@ -220,9 +220,13 @@ func serverConns(t target) int64 {
 }
 
 // doRequest sends one request and reads its response to the end, as a
-// client must for its connection to be reused. It returns the latency.
-func doRequest(ctx context.Context, c *http.Client, method, url string, body []byte) (time.Duration, error) {
+// client must for its connection to be reused; all of it within
+// cfg.timeout. It returns the latency.
+func doRequest(ctx context.Context, c *http.Client, cfg *config, url string, body []byte) (time.Duration, error) {
 	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
+	defer cancel()
+	method := cfg.method
 	req, err := newRequest(ctx, method, url, body)
 	if err != nil {
 		return 0, err
