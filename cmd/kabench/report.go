@@ -141,6 +141,9 @@ func (r *report) writeClient(w io.Writer, res *clientResult) {
 // writeSummary writes every client's average side by side, with the
 // difference to the baseline.
 func (r *report) writeSummary(w io.Writer) {
+	if len(r.Results) == 0 {
+		return
+	}
 	fmt.Fprintf(w, "Summary (averages; difference in requests/s to %s)\n", r.Baseline)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	setups, clients := []string{"Setup"}, []string{"Client"}
