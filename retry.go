@@ -78,8 +78,7 @@ func (e *RetryError) Unwrap() []error {
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	t.stats.requests.Add(1)
 	if t.policy.maxRetries == 0 {
-		t.stats.attempts.Add(1)
-		resp, err := t.base.RoundTrip(req)
+		resp, err := t.send(req)
 		if err != nil {
 			return nil, err
 		}
@@ -185,7 +184,8 @@ func (p *policy) worthRetry(ctx context.Context, req *http.Request, resp *http.R
 }
 
 // neverRetry reports errors no policy may retry: the caller's cancellation,
-// and TLS failures that a new attempt would only repeat.
+// an open circuit (breaker.go), and TLS failures that a new attempt would
+// only repeat.
 func neverRetry(err error) bool {
 	var (
 		unknownAuthority x509.UnknownAuthorityError
@@ -194,7 +194,7 @@ func neverRetry(err error) bool {
 		verification     *tls.CertificateVerificationError
 		recordHeader     tls.RecordHeaderError
 	)
-	return errors.Is(err, context.Canceled) ||
+	return errors.Is(err, context.Canceled) || errors.Is(err, ErrCircuitOpen) ||
 		errors.As(err, &unknownAuthority) || errors.As(err, &hostname) ||
 		errors.As(err, &invalid) || errors.As(err, &verification) ||
 		errors.As(err, &recordHeader)
@@ -290,10 +290,10 @@ func (t *Transport) roundTripRetry(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
+	t.budget.deposit(req.URL.Host, time.Now())
 	var bo *backoff.ExponentialBackOff
 	for attempt := 1; ; attempt++ {
-		t.stats.attempts.Add(1)
-		resp, err := t.base.RoundTrip(r)
+		resp, err := t.attempt(req, r, replayable) // hedge.go
 		if err == nil && t.policy.check == nil && !t.policy.statuses.has(resp.StatusCode) {
 			return t.finish(req, resp), nil // the success path: nothing more to decide
 		}
@@ -325,6 +325,11 @@ func (t *Transport) roundTripRetry(req *http.Request) (*http.Response, error) {
 		}
 		if dl, ok := ctx.Deadline(); ok && wait >= dl.Sub(now) {
 			t.log(ctx, "keepalive: not retrying: the wait would pass the context deadline", req, resp, err, attempt, wait)
+			return t.giveUp(req, resp, err, attempt, true)
+		}
+		if !t.budget.withdraw(req.URL.Host, now) { // budget.go
+			t.stats.budgetRefusals.Add(1)
+			t.log(ctx, "keepalive: not retrying: retry budget spent", req, resp, err, attempt, wait)
 			return t.giveUp(req, resp, err, attempt, true)
 		}
 		t.log(ctx, "keepalive: retrying", req, resp, err, attempt, wait)

@@ -24,10 +24,12 @@ import (
 // than one per request. It is safe for concurrent use by multiple
 // goroutines. The zero value is not usable; call NewTransport.
 type Transport struct {
-	base   *http.Transport
-	policy policy
-	opts   options
-	stats  counters
+	base     *http.Transport
+	policy   policy
+	opts     options
+	stats    counters
+	budget   *retryBudget // budget.go; nil: off
+	breakers *breakers    // breaker.go; nil: off
 }
 
 var _ http.RoundTripper = (*Transport)(nil)
@@ -39,7 +41,10 @@ func NewTransport(opts ...Option) (*Transport, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Transport{opts: o, policy: newPolicy(o)}
+	t := &Transport{opts: o, policy: newPolicy(o), budget: newRetryBudget(o.budget)}
+	if o.breaker != nil {
+		t.breakers = newBreakers(*o.breaker, o.retryStatuses)
+	}
 	t.base = t.newBase()
 	return t, nil
 }
@@ -52,6 +57,12 @@ type Stats struct {
 	GaveUp     int64 // requests that ran out of retries, or whose wait for the next attempt was refused
 	Dials      int64 // new connections opened (TCP connect succeeded)
 	DialErrors int64 // TCP connects that failed
+
+	BudgetRefusals  int64 // retries and hedges not sent because the retry budget was spent
+	AttemptTimeouts int64 // attempts abandoned by WithAttemptTimeout
+	CircuitOpen     int64 // attempts refused by an open circuit (WithCircuitBreaker)
+	Hedges          int64 // hedged attempts sent (WithHedging), counted in Attempts too
+	ConnsExpired    int64 // connections retired by WithConnMaxLifetime
 }
 
 // Stats returns the counters so far. It is safe to call concurrently with
@@ -65,6 +76,12 @@ func (t *Transport) Stats() Stats {
 		GaveUp:     t.stats.gaveUp.Load(),
 		Dials:      t.stats.dials.Load(),
 		DialErrors: t.stats.dialErrors.Load(),
+
+		BudgetRefusals:  t.stats.budgetRefusals.Load(),
+		AttemptTimeouts: t.stats.attemptTimeouts.Load(),
+		CircuitOpen:     t.stats.circuitOpen.Load(),
+		Hedges:          t.stats.hedges.Load(),
+		ConnsExpired:    t.stats.connsExpired.Load(),
 	}
 }
 
@@ -95,6 +112,8 @@ func (e *ReadTimeoutError) Is(target error) bool { return target == ErrReadTimeo
 type counters struct {
 	requests, attempts, retries, gaveUp atomic.Int64
 	dials, dialErrors                   atomic.Int64
+
+	budgetRefusals, attemptTimeouts, circuitOpen, hedges, connsExpired atomic.Int64
 }
 
 func (t *Transport) newBase() *http.Transport {
@@ -108,19 +127,25 @@ func (t *Transport) newBase() *http.Transport {
 			Count:    DefaultTCPKeepAliveCount,
 		},
 	}
+	// Counting in the dialer costs two atomic adds per connection, where
+	// an httptrace.ClientTrace would cost allocations on every request.
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dialer.DialContext(ctx, network, addr)
+		if err != nil {
+			t.stats.dialErrors.Add(1)
+			return nil, &dialError{err: err}
+		}
+		t.stats.dials.Add(1)
+		return t.withLifetime(c), nil // lifetime.go
+	}
+	var dialTLS func(ctx context.Context, network, addr string) (net.Conn, error)
+	if o.connMaxLifetime > 0 {
+		dialTLS = t.dialTLS(dial) // lifetime.go: to see the protocol ALPN chose
+	}
 	return &http.Transport{
-		Proxy: o.proxy,
-		// Counting in the dialer costs two atomic adds per connection, where
-		// an httptrace.ClientTrace would cost allocations on every request.
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := dialer.DialContext(ctx, network, addr)
-			if err != nil {
-				t.stats.dialErrors.Add(1)
-				return nil, &dialError{err: err}
-			}
-			t.stats.dials.Add(1)
-			return c, nil
-		},
+		Proxy:          o.proxy,
+		DialContext:    dial,
+		DialTLSContext: dialTLS,
 		// A custom DialContext or TLS config turns HTTP/2 off unless forced.
 		ForceAttemptHTTP2:     true,
 		TLSClientConfig:       o.tlsConfig,
