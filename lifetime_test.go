@@ -1,0 +1,250 @@
+package keepalive
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// streamBody is a request body that cannot be rewound: http.NewRequest sets
+// no GetBody for it.
+type streamBody struct{ r io.Reader }
+
+func (b *streamBody) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+// lifetimeRequest builds the request kinds a lifetime must not break: no
+// body, a rewindable body, and a body that cannot be rewound, each without
+// Idempotency-Key.
+func lifetimeRequest(t testing.TB, kind int, url, payload string) *http.Request {
+	t.Helper()
+	var (
+		req *http.Request
+		err error
+	)
+	switch kind % 3 {
+	case 0:
+		req, err = http.NewRequest(http.MethodGet, url, nil)
+	case 1:
+		req, err = http.NewRequest(http.MethodPost, url, strings.NewReader(payload))
+	default:
+		req, err = http.NewRequest(http.MethodPost, url, &streamBody{strings.NewReader(payload)})
+		require.Nil(t, req.GetBody)
+	}
+	require.NoError(t, err)
+	return req
+}
+
+// echoOnce answers each request with its body and fails the test if a body
+// arrives twice: a POST must never be processed twice.
+func echoOnce(t *testing.T) http.Handler {
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		if !assert.NoError(t, err) {
+			return
+		}
+		if len(b) > 0 {
+			mu.Lock()
+			dup := seen[string(b)]
+			seen[string(b)] = true
+			mu.Unlock()
+			assert.False(t, dup, "request body %q processed twice", b)
+		}
+		w.Write(b)
+	})
+}
+
+// With a lifetime of 1 ns every connection has expired by its second
+// request: each request must then go out on a new connection, without an
+// error, whatever its method and body.
+func TestConnMaxLifetimeRetiresEveryReusedConnection(t *testing.T) {
+	srv := httptest.NewServer(echoOnce(t))
+	t.Cleanup(srv.Close)
+	c, tr := newTestClient(t, WithConnMaxLifetime(time.Nanosecond))
+	const n = 30
+
+	for i := range n {
+		payload := fmt.Sprintf("request %d", i)
+		resp, err := c.Do(lifetimeRequest(t, i, srv.URL, payload))
+		require.NoError(t, err, "request %d", i)
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		if i%3 != 0 {
+			assert.Equal(t, payload, string(b))
+		}
+	}
+
+	st := tr.Stats()
+	assert.Equal(t, int64(n), st.Dials, "one connection per request")
+	assert.Equal(t, int64(n-1), st.ConnsExpired, "every connection but the last was retired")
+	assert.Equal(t, int64(n), st.Attempts, "net/http resent the requests, not the retry layer")
+	assert.Zero(t, st.Retries)
+}
+
+// The measure: lifetime 200 ms, 5 s of steady traffic from 8
+// goroutines; every connection is replaced, no request fails, no POST is
+// processed twice.
+func TestConnMaxLifetimeUnderSteadyTraffic(t *testing.T) {
+	if testing.Short() {
+		t.Skip("5 s of traffic")
+	}
+	const (
+		lifetime = 200 * time.Millisecond
+		traffic  = 5 * time.Second
+		workers  = 8
+		// Time between the client's age check at its write and the
+		// server reading the request: generous, for loaded machines.
+		slack = 2 * time.Second
+	)
+	type connKey struct{}
+	var (
+		mu      sync.Mutex
+		born    = map[net.Conn]time.Time{}
+		maxAge  time.Duration
+		handled atomic.Int64
+	)
+	echo := echoOnce(t)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		maxAge = max(maxAge, time.Since(born[r.Context().Value(connKey{}).(net.Conn)]))
+		mu.Unlock()
+		handled.Add(1)
+		echo.ServeHTTP(w, r)
+	}))
+	srv.Config.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		mu.Lock()
+		born[c] = time.Now()
+		mu.Unlock()
+		return context.WithValue(ctx, connKey{}, c)
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	c, tr := newTestClient(t, WithConnMaxLifetime(lifetime))
+
+	var (
+		wg       sync.WaitGroup
+		failures atomic.Int64
+		sent     atomic.Int64
+	)
+	stop := time.Now().Add(traffic)
+	for w := range workers {
+		wg.Go(func() {
+			for i := 0; time.Now().Before(stop); i++ {
+				payload := fmt.Sprintf("worker %d request %d", w, i)
+				sent.Add(1)
+				resp, err := c.Do(lifetimeRequest(t, i, srv.URL, payload))
+				if err != nil {
+					failures.Add(1)
+					t.Errorf("request %q: %v", payload, err)
+					continue
+				}
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil || i%3 != 0 && string(b) != payload {
+					failures.Add(1)
+					t.Errorf("request %q: body %q, %v", payload, b, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+
+	st := tr.Stats()
+	mu.Lock()
+	conns, oldest := len(born), maxAge
+	mu.Unlock()
+	t.Logf("%d requests (1/3 GET, 1/3 POST with GetBody, 1/3 streamed POST) in %v over %d connections; "+
+		"%d retired by age; oldest connection at a request: %v; %d failures",
+		sent.Load(), traffic, conns, st.ConnsExpired, oldest.Round(time.Millisecond), failures.Load())
+	assert.Zero(t, failures.Load())
+	assert.Equal(t, sent.Load(), handled.Load(), "every request processed once")
+	assert.Equal(t, int64(conns), st.Dials)
+	// Each connection took its last request within its lifetime (+10%
+	// jitter) plus the slack: all were replaced, over and over.
+	assert.Less(t, oldest, lifetime*11/10+slack)
+	assert.GreaterOrEqual(t, st.ConnsExpired, int64(3*workers), "several generations of connections")
+}
+
+// Over TLS the Transport runs the handshake itself to see the protocol;
+// HTTP/1 connections are retired as in clear text.
+func TestConnMaxLifetimeOverTLS(t *testing.T) {
+	srv := httptest.NewUnstartedServer(echoOnce(t))
+	srv.StartTLS() // HTTP/1 only: EnableHTTP2 is false
+	t.Cleanup(srv.Close)
+	tlsOpt := WithTLSConfig(srv.Client().Transport.(*http.Transport).TLSClientConfig)
+	c, tr := newTestClient(t, tlsOpt, WithConnMaxLifetime(time.Nanosecond))
+	const n = 9
+
+	for i := range n {
+		resp, err := c.Do(lifetimeRequest(t, i, srv.URL, fmt.Sprintf("tls request %d", i)))
+		require.NoError(t, err, "request %d", i)
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		assert.Equal(t, 1, resp.ProtoMajor)
+	}
+	st := tr.Stats()
+	assert.Equal(t, int64(n), st.Dials)
+	assert.Equal(t, int64(n-1), st.ConnsExpired)
+}
+
+// HTTP/2 connections carry concurrent streams and are left alone.
+func TestConnMaxLifetimeLeavesHTTP2Alone(t *testing.T) {
+	srv, tlsOpt := fleetServer(t, true, echoOnce(t))
+	c, tr := newTestClient(t, tlsOpt, WithConnMaxLifetime(time.Nanosecond))
+	const n = 9
+
+	for i := range n {
+		resp, err := c.Do(lifetimeRequest(t, i, srv.URL, fmt.Sprintf("h2 request %d", i)))
+		require.NoError(t, err, "request %d", i)
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		assert.Equal(t, 2, resp.ProtoMajor)
+	}
+	st := tr.Stats()
+	assert.Equal(t, int64(1), st.Dials)
+	assert.Zero(t, st.ConnsExpired)
+}
+
+func TestUnsentBodyHoldsCloseUntilReleased(t *testing.T) {
+	rc := &closeCounter{Reader: strings.NewReader("x")}
+	b := &unsentBody{rc: rc}
+	require.NoError(t, b.Close())
+	assert.Zero(t, rc.closes.Load(), "an unread body's Close is held back")
+	assert.True(t, b.unread())
+	b.release()
+	assert.Equal(t, int32(1), rc.closes.Load())
+
+	rc = &closeCounter{Reader: strings.NewReader("x")}
+	b = &unsentBody{rc: rc}
+	_, _ = b.Read(make([]byte, 1))
+	require.NoError(t, b.Close())
+	assert.Equal(t, int32(1), rc.closes.Load(), "a read body closes at once")
+	assert.False(t, b.unread())
+}
+
+type closeCounter struct {
+	io.Reader
+	closes atomic.Int32
+}
+
+func (c *closeCounter) Close() error { c.closes.Add(1); return nil }
+
+func TestWithConnMaxLifetimeValidation(t *testing.T) {
+	_, err := NewTransport(WithConnMaxLifetime(-time.Second))
+	var oe *OptionError
+	require.ErrorAs(t, err, &oe)
+	assert.Equal(t, "WithConnMaxLifetime", oe.Option)
+}
