@@ -20,10 +20,10 @@ import (
 const (
 	// DefaultAttemptTimeout is 0: no deadline per attempt beyond the read
 	// timeout, which already bounds the wait for response headers.
-	DefaultAttemptTimeout = 0
+	DefaultAttemptTimeout time.Duration = 0
 
 	// DefaultHedgeDelay is 0: no hedged attempts.
-	DefaultHedgeDelay = 0
+	DefaultHedgeDelay time.Duration = 0
 
 	// DefaultMaxHedges is the hedges per attempt that WithHedging(delay, 0)
 	// means: one extra attempt.

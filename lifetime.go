@@ -30,7 +30,7 @@ const (
 	// (a TCP and often a TLS handshake) per lifetime per connection; only
 	// deployments behind such balancers gain from it, and they should pick
 	// it to match how fast they scale: 1 to 5 minutes is typical.
-	DefaultConnMaxLifetime = 0
+	DefaultConnMaxLifetime time.Duration = 0
 
 	// ConnLifetimeJitter spreads connection lifetimes over +-10% of
 	// WithConnMaxLifetime, so that connections dialed together (at start,
@@ -199,21 +199,16 @@ func (t *Transport) dialTLS(dial func(ctx context.Context, network, addr string)
 // tell: net/http may report the read error of the closed connection
 // instead. The trace costs allocations, only on such requests.
 func (t *Transport) roundTripLive(r *http.Request) (*http.Response, error) {
-	if t.opts.connMaxLifetime <= 0 || r.Body == nil || r.Body == http.NoBody || r.GetBody != nil {
+	if t.opts.connMaxLifetime <= 0 {
 		return t.base.RoundTrip(r)
 	}
-	var (
-		conn    atomic.Pointer[lifetimeConn]
-		written atomic.Int64
-	)
-	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		c := asLifetimeConn(info.Conn)
-		if c != nil {
-			written.Store(c.written.Load())
-		}
-		conn.Store(c)
-	}}
-	ctx := httptrace.WithClientTrace(r.Context(), trace)
+	if r.Header.Get("Upgrade") != "" {
+		return t.roundTripUpgrade(r)
+	}
+	if r.Body == nil || r.Body == http.NoBody || r.GetBody != nil {
+		return t.base.RoundTrip(r)
+	}
+	conn, written, ctx := traceConn(r.Context())
 	for resends := 0; ; resends++ {
 		conn.Store(nil)
 		g := &unsentBody{rc: r.Body}
@@ -227,6 +222,41 @@ func (t *Transport) roundTripLive(r *http.Request) (*http.Response, error) {
 			return resp, err
 		}
 	}
+}
+
+// roundTripUpgrade sends a request that may switch protocols (a
+// WebSocket handshake): once it has, the connection is the caller's byte
+// stream, never to be refused.
+func (t *Transport) roundTripUpgrade(r *http.Request) (*http.Response, error) {
+	conn, _, ctx := traceConn(r.Context())
+	resp, err := t.base.RoundTrip(r.WithContext(ctx))
+	if c := conn.Load(); err == nil && resp.StatusCode == http.StatusSwitchingProtocols && c != nil {
+		c.mode.Store(connOpaque)
+	}
+	return resp, err
+}
+
+// traceConn returns ctx with a trace that records the lifetimeConn a
+// request is given and how many bytes had been written on it then.
+func traceConn(ctx context.Context) (*atomic.Pointer[lifetimeConn], *atomic.Int64, context.Context) {
+	conn, written := new(atomic.Pointer[lifetimeConn]), new(atomic.Int64)
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		c := asLifetimeConn(info.Conn)
+		if c != nil {
+			written.Store(c.written.Load())
+		}
+		conn.Store(c)
+	}}
+	return conn, written, httptrace.WithClientTrace(ctx, trace)
+}
+
+// CloseWrite half-closes the connection, for the bodies of 101 Switching
+// Protocols responses (http.Response.Body is then an io.ReadWriteCloser).
+func (c *lifetimeConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
 }
 
 // asLifetimeConn returns the lifetimeConn under c, if there is one.

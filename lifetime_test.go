@@ -248,3 +248,53 @@ func TestWithConnMaxLifetimeValidation(t *testing.T) {
 	require.ErrorAs(t, err, &oe)
 	assert.Equal(t, "WithConnMaxLifetime", oe.Option)
 }
+
+// A connection that switched protocols (a WebSocket) belongs to the caller:
+// its writes after reads are the caller's stream, never refused.
+func TestConnMaxLifetimeLeavesUpgradedConnectionsAlone(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "echo" {
+			return
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if !assert.NoError(t, err) {
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		buf := make([]byte, 4)
+		for {
+			if _, err := io.ReadFull(brw, buf); err != nil {
+				return
+			}
+			conn.Write(buf)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	c, _ := newTestClient(t, WithConnMaxLifetime(time.Nanosecond))
+
+	// A request first, so the upgrade goes out on a reused, expired
+	// connection... which is refused, and the upgrade takes a new one.
+	resp, err := c.Get(srv.URL)
+	require.NoError(t, err)
+	resp.Body.Close()
+	req, err := http.NewRequest(http.MethodGet, srv.URL, nil)
+	require.NoError(t, err)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "echo")
+	resp, err = c.Do(req)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+	rw := resp.Body.(io.ReadWriteCloser)
+	defer rw.Close()
+
+	buf := make([]byte, 4)
+	for _, msg := range []string{"ping", "pong", "last"} { // each write follows a read
+		_, err := io.WriteString(rw, msg)
+		require.NoError(t, err, "write %q", msg)
+		_, err = io.ReadFull(rw, buf)
+		require.NoError(t, err)
+		assert.Equal(t, msg, string(buf))
+	}
+}
