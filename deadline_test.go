@@ -200,3 +200,11 @@ func TestWithAttemptTimeoutValidation(t *testing.T) {
 	require.True(t, errors.As(err, &oe))
 	assert.Equal(t, "WithAttemptTimeout", oe.Option)
 }
+
+// The attempt deadline keeps the body of a 101 writable, and does not cut
+// the connection the caller now owns.
+func TestAttemptTimeoutKeepsUpgradedConnections(t *testing.T) {
+	srv := upgradeEchoServer(t)
+	c, _ := newTestClient(t, WithAttemptTimeout(time.Minute), WithHedging(time.Minute, 1))
+	echoOverUpgrade(t, c, srv.URL)
+}

@@ -107,9 +107,10 @@ var (
 )
 
 // attempt sends one attempt of req: r, hedged when r may be sent more than
-// once (its body is replayable and its method safe to repeat).
+// once (its body is replayable and its method safe to repeat) and does not
+// ask to switch protocols.
 func (t *Transport) attempt(req, r *http.Request, replayable bool) (*http.Response, error) {
-	if t.opts.hedgeDelay > 0 && replayable && t.policy.mayResend(req, nil) {
+	if t.opts.hedgeDelay > 0 && replayable && t.policy.mayResend(req, nil) && req.Header.Get("Upgrade") == "" {
 		return t.hedged(req, r)
 	}
 	return t.send(r)
@@ -149,7 +150,7 @@ func (t *Transport) sendTimed(r *http.Request) (*http.Response, error) {
 	resp, err := t.roundTripLive(r.WithContext(ctx))
 	stopped := timer.Stop()
 	if err == nil && stopped {
-		resp.Body = &cancelBody{rc: resp.Body, cancel: cancel}
+		resp.Body = withCancel(resp.Body, cancel)
 		return resp, nil
 	}
 	if err == nil { // headers came as the timer fired: the body is cut off
@@ -163,6 +164,27 @@ func (t *Transport) sendTimed(r *http.Request) (*http.Response, error) {
 		return nil, &AttemptTimeoutError{Limit: d}
 	}
 	return nil, err
+}
+
+// withCancel returns body, calling cancel once it is done with. The body of
+// a 101 Switching Protocols response stays an io.ReadWriteCloser.
+func withCancel(body io.ReadCloser, cancel context.CancelCauseFunc) io.ReadCloser {
+	if rw, ok := body.(io.ReadWriteCloser); ok {
+		return &cancelRWBody{ReadWriteCloser: rw, cancel: cancel}
+	}
+	return &cancelBody{rc: body, cancel: cancel}
+}
+
+// cancelRWBody is a cancelBody for a connection handed to the caller.
+type cancelRWBody struct {
+	io.ReadWriteCloser
+	cancel context.CancelCauseFunc
+}
+
+func (b *cancelRWBody) Close() error {
+	err := b.ReadWriteCloser.Close()
+	b.cancel(nil)
+	return err
 }
 
 // cancelBody ends its attempt's context once the body is done with: read
@@ -268,7 +290,7 @@ func (t *Transport) hedged(req, first *http.Request) (*http.Response, error) {
 		cancels[win.i](nil)
 		return nil, win.err
 	}
-	win.resp.Body = &cancelBody{rc: win.resp.Body, cancel: cancels[win.i]}
+	win.resp.Body = withCancel(win.resp.Body, cancels[win.i])
 	return win.resp, nil
 }
 

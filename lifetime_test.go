@@ -252,6 +252,21 @@ func TestWithConnMaxLifetimeValidation(t *testing.T) {
 // A connection that switched protocols (a WebSocket) belongs to the caller:
 // its writes after reads are the caller's stream, never refused.
 func TestConnMaxLifetimeLeavesUpgradedConnectionsAlone(t *testing.T) {
+	srv := upgradeEchoServer(t)
+	c, _ := newTestClient(t, WithConnMaxLifetime(time.Nanosecond))
+
+	// A request first, so the upgrade goes out on a reused, expired
+	// connection... which is refused, and the upgrade takes a new one.
+	resp, err := c.Get(srv.URL)
+	require.NoError(t, err)
+	resp.Body.Close()
+	echoOverUpgrade(t, c, srv.URL)
+}
+
+// upgradeEchoServer switches to an echo protocol of 4-byte messages on
+// "Upgrade: echo", and answers 200 otherwise.
+func upgradeEchoServer(t *testing.T) *httptest.Server {
+	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") != "echo" {
 			return
@@ -272,21 +287,22 @@ func TestConnMaxLifetimeLeavesUpgradedConnectionsAlone(t *testing.T) {
 		}
 	}))
 	t.Cleanup(srv.Close)
-	c, _ := newTestClient(t, WithConnMaxLifetime(time.Nanosecond))
+	return srv
+}
 
-	// A request first, so the upgrade goes out on a reused, expired
-	// connection... which is refused, and the upgrade takes a new one.
-	resp, err := c.Get(srv.URL)
-	require.NoError(t, err)
-	resp.Body.Close()
-	req, err := http.NewRequest(http.MethodGet, srv.URL, nil)
+// echoOverUpgrade switches protocols with upgradeEchoServer and exchanges
+// messages, each write after a read.
+func echoOverUpgrade(t *testing.T, c *http.Client, url string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
 	require.NoError(t, err)
 	req.Header.Set("Connection", "Upgrade")
 	req.Header.Set("Upgrade", "echo")
-	resp, err = c.Do(req)
+	resp, err := c.Do(req)
 	require.NoError(t, err)
 	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
-	rw := resp.Body.(io.ReadWriteCloser)
+	rw, ok := resp.Body.(io.ReadWriteCloser)
+	require.True(t, ok, "the body of a 101 is writable")
 	defer rw.Close()
 
 	buf := make([]byte, 4)
