@@ -208,3 +208,32 @@ func TestAttemptTimeoutKeepsUpgradedConnections(t *testing.T) {
 	c, _ := newTestClient(t, WithAttemptTimeout(time.Minute), WithHedging(time.Minute, 1))
 	echoOverUpgrade(t, c, srv.URL)
 }
+
+// A retry is sent only if the deadline leaves time for the wait and another
+// attempt as long as the last one: a 503 that took 600 ms, with 400 ms left,
+// comes back at once instead of a DeadlineExceeded 400 ms later.
+func TestNoAttemptThatTheCallerDeadlineCannotCover(t *testing.T) {
+	var hits atomic.Int64
+	srv, _ := fleetServer(t, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		select { // the condition under test: a slow failure
+		case <-time.After(600 * time.Millisecond):
+		case <-r.Context().Done():
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	c, tr := newTestClient(t, WithBackoff(0, 0))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
+	require.NoError(t, err)
+
+	resp, err := c.Do(req)
+
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	assert.Equal(t, int64(1), hits.Load())
+	assert.Zero(t, tr.Stats().Retries)
+	assert.NoError(t, ctx.Err(), "returned before the deadline")
+}

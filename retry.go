@@ -297,7 +297,8 @@ func (t *Transport) roundTripRetry(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	t.budget.deposit(req.URL.Host, time.Now())
+	started := time.Now() // of the current attempt
+	t.budget.deposit(req.URL.Host, started)
 	var bo *backoff.ExponentialBackOff
 	for attempt := 1; ; attempt++ {
 		resp, err := t.attempt(req, r, replayable) // hedge.go
@@ -330,8 +331,11 @@ func (t *Transport) roundTripRetry(req *http.Request) (*http.Response, error) {
 			}
 			wait = t.policy.nextWait(bo)
 		}
-		if dl, ok := ctx.Deadline(); ok && wait >= dl.Sub(now) {
-			t.log(ctx, "keepalive: not retrying: the wait would pass the context deadline", req, resp, err, attempt, wait)
+		// A retry needs the wait and then about as long as this attempt
+		// took; if the deadline cannot cover both, the caller gets this
+		// outcome now rather than a DeadlineExceeded later.
+		if dl, ok := ctx.Deadline(); ok && wait+now.Sub(started) >= dl.Sub(now) {
+			t.log(ctx, "keepalive: not retrying: the wait and another attempt would pass the context deadline", req, resp, err, attempt, wait)
 			return t.giveUp(req, resp, err, attempt, true)
 		}
 		if !t.budget.withdraw(req.URL.Host, now) { // budget.go
@@ -349,6 +353,7 @@ func (t *Transport) roundTripRetry(req *http.Request) (*http.Response, error) {
 			t.stats.gaveUp.Add(1)
 			return nil, t.retryError(req, attempt, status, err, serr)
 		}
+		started = time.Now()
 		if r, err = nextAttempt(req, r); err != nil {
 			return nil, t.retryError(req, attempt, status, nil, err)
 		}
