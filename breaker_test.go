@@ -57,6 +57,7 @@ func TestCircuitBreakerOpensAfterConsecutiveFailures(t *testing.T) {
 	var coe *CircuitOpenError
 	require.ErrorAs(t, err, &coe)
 	assert.Equal(t, srv.Listener.Addr().String(), coe.Host)
+	assert.Contains(t, err.Error(), "keepalive: circuit open for "+coe.Host)
 	assert.Equal(t, int64(3), hits.Load())
 	assert.Equal(t, int64(2), tr.Stats().CircuitOpen)
 }

@@ -245,3 +245,38 @@ func BenchmarkHedgingTail(b *testing.B) {
 		})
 	}
 }
+
+// An outcome worth a retry does not end a hedged attempt while another
+// attempt may still answer better.
+func TestHedgingWaitsForABetterAnswer(t *testing.T) {
+	var hits atomic.Int64
+	hedgeArrived, firstDone := make(chan struct{}), make(chan struct{})
+	srv, _ := fleetServer(t, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hits.Add(1) == 1 {
+			<-hedgeArrived
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, "first fails")
+			close(firstDone)
+			return
+		}
+		close(hedgeArrived)
+		select {
+		case <-firstDone:
+		case <-r.Context().Done():
+			return
+		}
+		io.WriteString(w, "hedge answers")
+	}))
+	c, tr := newTestClient(t, WithHedging(10*time.Millisecond, 1))
+
+	resp, err := c.Get(srv.URL)
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, "hedge answers", string(body))
+	st := tr.Stats()
+	assert.Equal(t, int64(1), st.Hedges)
+	assert.Zero(t, st.Retries, "the hedge answered: no retry needed")
+}

@@ -314,3 +314,23 @@ func echoOverUpgrade(t *testing.T, c *http.Client, url string) {
 		assert.Equal(t, msg, string(buf))
 	}
 }
+
+func TestSniffProtocol(t *testing.T) {
+	tests := []struct {
+		name string
+		give string
+		want int32
+	}{
+		{"an HTTP/1 request", "GET / HTTP/1.1\r\n", connHTTP1},
+		{"a request to a proxy", "POST http://example.test/ HTTP/1.1\r\n", connHTTP1},
+		{"a TLS ClientHello", "\x16\x03\x01\x02\x00", connOpaque},
+		{"a proxy tunnel", "CONNECT example.test:443 HTTP/1.1\r\n", connOpaque},
+		{"the HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", connOpaque},
+		{"nothing yet", "", connUnknown},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			assert.Equal(t, tt.want, sniffProtocol([]byte(tt.give)))
+		})
+	}
+}
