@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,7 +48,9 @@ const (
 // the method: a POST without Idempotency-Key included); a request whose
 // body cannot be rewound is resent by the Transport, which checks that not
 // a byte of it was read. A response in progress is never cut: a connection
-// is retired only when its next request starts. An expired connection
+// is retired only when its next request starts (a request with Expect:
+// 100-continue keeps its connection until its response; a WebSocket or
+// other 101 upgrade keeps it for good). An expired connection
 // that stays idle is closed by the idle timeout. Stats.ConnsExpired counts
 // the connections retired.
 //
@@ -88,6 +91,7 @@ type lifetimeConn struct {
 	readNew atomic.Bool  // a read returned data since the last write
 	retired atomic.Bool  // a write was refused; net/http closes the connection
 	written atomic.Int64 // bytes written
+	pinned  atomic.Int64 // -1, or written when a pinned request got the connection
 }
 
 // withLifetime wraps a new connection when WithConnMaxLifetime is set.
@@ -97,11 +101,13 @@ func (t *Transport) withLifetime(c net.Conn) net.Conn {
 		return c
 	}
 	jitter := (rand.Float64()*2 - 1) * ConnLifetimeJitter
-	return &lifetimeConn{
+	lc := &lifetimeConn{
 		Conn:    c,
 		expires: time.Now().Add(d + time.Duration(jitter*float64(d))),
 		expired: &t.stats.connsExpired,
 	}
+	lc.pinned.Store(-1)
+	return lc
 }
 
 func (c *lifetimeConn) Read(p []byte) (int, error) {
@@ -120,7 +126,7 @@ func (c *lifetimeConn) Write(p []byte) (int, error) {
 	case connUnknown:
 		c.mode.CompareAndSwap(connUnknown, sniffProtocol(p))
 	case connHTTP1:
-		if c.readNew.Swap(false) && !time.Now().Before(c.expires) {
+		if c.readNew.Swap(false) && !time.Now().Before(c.expires) && c.refusable() {
 			if !c.retired.Swap(true) {
 				c.expired.Add(1)
 			}
@@ -130,6 +136,13 @@ func (c *lifetimeConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	c.written.Add(int64(n))
 	return n, err
+}
+
+// refusable reports whether a write may be refused: any write, unless a
+// request pinned the connection, then only before its first byte.
+func (c *lifetimeConn) refusable() bool {
+	p := c.pinned.Load()
+	return p < 0 || p == c.written.Load()
 }
 
 // sniffProtocol tells HTTP/1 from the rest by a connection's first write:
@@ -189,65 +202,84 @@ func (t *Transport) dialTLS(dial func(ctx context.Context, network, addr string)
 	}
 }
 
-// roundTripLive sends r on the underlying transport. When connections have
-// a lifetime and r's body cannot be rewound, net/http does not resend r
-// after a retired connection refused it: r is sent again here, with the
-// same body, when the connection it was given is the one that refused, not
-// a byte was written on it since it was given, and not a byte of the body
-// was read (net/http writes the headers of such a body before reading it,
-// and the refusal comes at that first write). The error alone does not
-// tell: net/http may report the read error of the closed connection
-// instead. The trace costs allocations, only on such requests.
+// roundTripLive sends r on the underlying transport. Most requests go
+// straight through; three kinds need to know their connection, which a
+// GotConn trace tells (it costs allocations, only for them, only with a
+// lifetime set):
+//
+//   - a body that cannot be rewound: net/http does not resend it after a
+//     retired connection refused it, so it is sent again here, with the
+//     same body, when the connection it was given is the one that refused,
+//     not a byte was written on it since, and not a byte of the body was
+//     read (net/http writes the headers of such a body before reading it,
+//     and the refusal comes at that first write). The error alone does not
+//     tell: net/http may report the closed connection's read error instead.
+//   - Expect: 100-continue: the body is written after the 100 response is
+//     read, which would look like the next request; the connection is
+//     pinned to the request, refusable only before its first byte.
+//   - Upgrade: after a 101 the connection is the caller's byte stream.
 func (t *Transport) roundTripLive(r *http.Request) (*http.Response, error) {
 	if t.opts.connMaxLifetime <= 0 {
 		return t.base.RoundTrip(r)
 	}
-	if r.Header.Get("Upgrade") != "" {
-		return t.roundTripUpgrade(r)
-	}
-	if r.Body == nil || r.Body == http.NoBody || r.GetBody != nil {
+	streamed := r.Body != nil && r.Body != http.NoBody && r.GetBody == nil
+	upgrade := r.Header.Get("Upgrade") != ""
+	pin := upgrade || hasToken(r.Header["Expect"], "100-continue")
+	if !streamed && !pin {
 		return t.base.RoundTrip(r)
 	}
-	conn, written, ctx := traceConn(r.Context())
+	var (
+		conn    atomic.Pointer[lifetimeConn]
+		written atomic.Int64
+	)
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		c := asLifetimeConn(info.Conn)
+		if c != nil {
+			n := c.written.Load()
+			written.Store(n)
+			if pin {
+				c.pinned.Store(n)
+			}
+		}
+		conn.Store(c)
+	}}
+	ctx := httptrace.WithClientTrace(r.Context(), trace)
 	for resends := 0; ; resends++ {
 		conn.Store(nil)
-		g := &unsentBody{rc: r.Body}
 		rr := r.WithContext(ctx)
-		rr.Body = g
+		var g *unsentBody
+		if streamed {
+			g = &unsentBody{rc: r.Body}
+			rr.Body = g
+		}
 		resp, err := t.base.RoundTrip(rr)
 		c := conn.Load()
+		if c != nil && pin {
+			if err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
+				c.mode.Store(connOpaque)
+			}
+			c.pinned.Store(-1)
+		}
 		refused := err != nil && c != nil && c.retired.Load() && c.written.Load() == written.Load()
-		if !refused || !g.unread() || resends >= maxExpiredResends {
-			g.release()
+		if !streamed || !refused || !g.unread() || resends >= maxExpiredResends {
+			if g != nil {
+				g.release()
+			}
 			return resp, err
 		}
 	}
 }
 
-// roundTripUpgrade sends a request that may switch protocols (a
-// WebSocket handshake): once it has, the connection is the caller's byte
-// stream, never to be refused.
-func (t *Transport) roundTripUpgrade(r *http.Request) (*http.Response, error) {
-	conn, _, ctx := traceConn(r.Context())
-	resp, err := t.base.RoundTrip(r.WithContext(ctx))
-	if c := conn.Load(); err == nil && resp.StatusCode == http.StatusSwitchingProtocols && c != nil {
-		c.mode.Store(connOpaque)
-	}
-	return resp, err
-}
-
-// traceConn returns ctx with a trace that records the lifetimeConn a
-// request is given and how many bytes had been written on it then.
-func traceConn(ctx context.Context) (*atomic.Pointer[lifetimeConn], *atomic.Int64, context.Context) {
-	conn, written := new(atomic.Pointer[lifetimeConn]), new(atomic.Int64)
-	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		c := asLifetimeConn(info.Conn)
-		if c != nil {
-			written.Store(c.written.Load())
+// hasToken reports whether a comma-separated header holds token.
+func hasToken(values []string, token string) bool {
+	for _, v := range values {
+		for part := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(part), token) {
+				return true
+			}
 		}
-		conn.Store(c)
-	}}
-	return conn, written, httptrace.WithClientTrace(ctx, trace)
+	}
+	return false
 }
 
 // CloseWrite half-closes the connection, for the bodies of 101 Switching

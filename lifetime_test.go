@@ -334,3 +334,27 @@ func TestSniffProtocol(t *testing.T) {
 		})
 	}
 }
+
+// With Expect: 100-continue the body is written after the 100 response is
+// read, which looks like the start of the next request: the connection,
+// pinned to its request, must not refuse the body (with a 1 ns lifetime
+// every write after a read would otherwise be refused).
+func TestConnMaxLifetimeExpectContinue(t *testing.T) {
+	srv := httptest.NewServer(echoOnce(t))
+	t.Cleanup(srv.Close)
+	c, tr := newTestClient(t, WithConnMaxLifetime(time.Nanosecond))
+	const n = 6
+
+	for i := range n {
+		payload := fmt.Sprintf("continued %d", i)
+		req := lifetimeRequest(t, 1+i%2, srv.URL, payload) // rewindable and streamed POSTs
+		req.Header.Set("Expect", "100-continue")
+		resp, err := c.Do(req)
+		require.NoError(t, err, "request %d", i)
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		assert.Equal(t, payload, string(b))
+	}
+	assert.Equal(t, int64(n), tr.Stats().Dials)
+}
