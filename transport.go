@@ -135,25 +135,19 @@ func (t *Transport) newBase() *http.Transport {
 			Count:    DefaultTCPKeepAliveCount,
 		},
 	}
-	// Counting in the dialer costs two atomic adds per connection, where
-	// an httptrace.ClientTrace would cost allocations on every request.
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := dialer.DialContext(ctx, network, addr)
-		if err != nil {
-			t.stats.dialErrors.Add(1)
-			return nil, &dialError{err: err}
-		}
-		t.stats.dials.Add(1)
-		return t.withLifetime(c), nil // lifetime.go
-	}
-	var dialTLS func(ctx context.Context, network, addr string) (net.Conn, error)
-	if o.connMaxLifetime > 0 {
-		dialTLS = t.dialTLS(dial) // lifetime.go: to see the protocol ALPN chose
-	}
 	return &http.Transport{
-		Proxy:          o.proxy,
-		DialContext:    dial,
-		DialTLSContext: dialTLS,
+		Proxy: o.proxy,
+		// Counting in the dialer costs two atomic adds per connection, where
+		// an httptrace.ClientTrace would cost allocations on every request.
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				t.stats.dialErrors.Add(1)
+				return nil, &dialError{err: err}
+			}
+			t.stats.dials.Add(1)
+			return t.withLifetime(c), nil // lifetime.go
+		},
 		// A custom DialContext or TLS config turns HTTP/2 off unless forced.
 		ForceAttemptHTTP2:     true,
 		TLSClientConfig:       o.tlsConfig,
