@@ -37,7 +37,8 @@ const (
 // ratio x the requests sent to it in that window, plus minPerSecond x the
 // window's seconds. A retry the budget refuses is not sent: the request
 // ends at once with the outcome of its last attempt (its response, or its
-// error in a *RetryError), and Stats.BudgetRefusals counts it. Hedged
+// error, in a *RetryError after more than one attempt), and
+// Stats.BudgetRefusals counts it. The window slides by whole seconds. Hedged
 // attempts (WithHedging) draw from the same budget.
 //
 // The budget is on by default: DefaultRetryBudgetRatio,
