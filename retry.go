@@ -65,6 +65,20 @@ func (e *RetryError) Error() string {
 	return scrub(b.String(), e.secret)
 }
 
+// Timeout reports whether the request ended on a timeout: a read or
+// connect timeout of its last attempt, or the context's deadline. It keeps
+// the net.Error idiom working through *url.Error after retries, as it does
+// for a request that failed on its first attempt.
+func (e *RetryError) Timeout() bool {
+	for _, err := range e.Unwrap() {
+		var ne interface{ Timeout() bool }
+		if errors.As(err, &ne) && ne.Timeout() {
+			return true
+		}
+	}
+	return false
+}
+
 // Unwrap returns Err and, if different, the last attempt's error.
 func (e *RetryError) Unwrap() []error {
 	if e.last != nil {
