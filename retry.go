@@ -216,7 +216,8 @@ func neverRetry(err error) bool {
 
 // mayResend reports whether req may be sent again after an outcome of err:
 // its method is idempotent (or allowed by WithRetryMethods), it carries an
-// idempotency key, or it provably never left because the dial failed.
+// idempotency key, or it provably never left: the dial failed, or the
+// server had closed the pooled connection before the request was written.
 func (p *policy) mayResend(req *http.Request, err error) bool {
 	m := req.Method
 	if m == "" {
@@ -226,8 +227,21 @@ func (p *policy) mayResend(req *http.Request, err error) bool {
 		return true
 	}
 	var de *dialError
-	return err != nil && errors.As(err, &de)
+	return err != nil && (errors.As(err, &de) || isServerClosedIdle(err))
 }
+
+// errServerClosedIdleText is the text of net/http's unexported
+// errServerClosedIdle. The HTTP/1 transport returns that error, undecorated,
+// only when its read loop saw the server close an idle connection before
+// the request was handed to the connection: it closes the connection under
+// the same lock that hands requests over, so not one byte of the request
+// reached the server. net/http resends such requests only when they are
+// idempotent; any request with a replayable body is as safe to resend. A
+// POST that loses the same race after being written fails with another
+// error (EOF, a reset) and is not resent.
+const errServerClosedIdleText = "http: server closed idle connection"
+
+func isServerClosedIdle(err error) bool { return err.Error() == errServerClosedIdleText }
 
 // hasIdempotencyKey follows net/http's isReplayable: the header's presence
 // makes any method safe to repeat.
