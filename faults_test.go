@@ -464,3 +464,26 @@ func TestFaultMalformedResponses(t *testing.T) {
 		assert.Equal(t, int64(1), tr.Stats().Retries)
 	})
 }
+
+func TestFaultPolicyResendsAnUnkeyedPOSTOnlyWhenItProvablyNeverLeft(t *testing.T) {
+	p := newPolicy(defaultOptions())
+	req, err := http.NewRequest(http.MethodPost, "http://127.0.0.1:1/p", strings.NewReader("x"))
+	require.NoError(t, err)
+	tests := []struct {
+		name string
+		err  error
+		want verdict
+	}{
+		{name: "the dial failed", err: &dialError{err: syscall.ECONNREFUSED}, want: retry},
+		{name: "net/http saw the idle connection closed before writing", err: errors.New(errServerClosedIdleText), want: retry},
+		{name: "the connection broke after the request was written", err: io.EOF, want: unsafe},
+		{name: "a reset after writing", err: syscall.ECONNRESET, want: unsafe},
+		{name: "the closed-idle text inside another error", err: errors.New("read: " + errServerClosedIdleText), want: unsafe},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := p.decide(req, nil, tt.err, 1, true, time.Now())
+			assert.Equal(t, tt.want, d.verdict)
+		})
+	}
+}

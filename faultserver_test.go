@@ -312,9 +312,3 @@ func faultOpenFDs(t testing.TB) int {
 	}
 	return len(ents)
 }
-
-// faultSum is the hex SHA-256 of s.
-func faultSum(s string) string {
-	h := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(h[:])
-}

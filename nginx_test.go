@@ -158,17 +158,6 @@ func (s *ngxServer) waitReady(t testing.TB) bool {
 	return false
 }
 
-// reload sends nginx -s reload and waits until the master has started its
-// new workers, as the error log records.
-func (s *ngxServer) reload(t testing.TB) {
-	t.Helper()
-	before := s.logCount("(SIGHUP) received")
-	out, err := exec.Command(s.bin, s.args("-s", "reload")...).CombinedOutput()
-	require.NoError(t, err, "nginx -s reload:\n%s", out)
-	require.Eventually(t, func() bool { return s.logCount("(SIGHUP) received") > before },
-		20*time.Second, 5*time.Millisecond, "nginx did not log the reload")
-}
-
 func (s *ngxServer) logCount(substr string) int {
 	b, _ := os.ReadFile(s.errLog)
 	return bytes.Count(b, []byte(substr))
