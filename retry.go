@@ -359,7 +359,7 @@ func (t *Transport) roundTripRetry(req *http.Request) (*http.Response, error) {
 		status := 0
 		if resp != nil {
 			status = resp.StatusCode
-			drain(resp.Body)
+			drain(resp)
 		}
 		if serr := sleep(ctx, wait); serr != nil {
 			t.stats.gaveUp.Add(1)
@@ -475,9 +475,13 @@ const drainTimeout = time.Second
 
 // drain reads up to DefaultMaxDrain bytes of a discarded response body, so
 // that its connection can go back to the pool, then closes it. A body known
-// to be longer is closed unread.
-func drain(body io.ReadCloser) {
+// to be longer is closed unread: its connection is lost either way.
+func drain(resp *http.Response) {
+	body := resp.Body
 	defer body.Close()
+	if resp.ContentLength > DefaultMaxDrain {
+		return
+	}
 	stop := time.AfterFunc(drainTimeout, func() { body.Close() })
 	defer stop.Stop()
 	_, _ = io.Copy(io.Discard, io.LimitReader(body, DefaultMaxDrain+1))
