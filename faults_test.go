@@ -9,6 +9,7 @@ package keepalive
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -486,4 +487,51 @@ func TestFaultPolicyResendsAnUnkeyedPOSTOnlyWhenItProvablyNeverLeft(t *testing.T
 			assert.Equal(t, tt.want, d.verdict)
 		})
 	}
+}
+
+// faultCountReads wraps the dialer of tr so that the bytes read from every
+// connection are added to the returned counter.
+func faultCountReads(tr *Transport) *atomic.Int64 {
+	n := new(atomic.Int64)
+	dial := tr.base.DialContext
+	tr.base.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &faultReadCounter{Conn: c, n: n}, nil
+	}
+	return n
+}
+
+type faultReadCounter struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c *faultReadCounter) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func TestFaultDiscardedBodyLongerThanTheDrainLimitIsNotRead(t *testing.T) {
+	const declared = 1 << 20
+	srv := newFaultServer(t, faultServe(func(fc *faultConn, r *faultRequest) bool {
+		if r.n > 1 {
+			return faultOK(fc, r)
+		}
+		// All of it sent at once: only the client's choice limits what it reads.
+		_ = fc.writeString(fmt.Sprintf("HTTP/1.1 503 Service Unavailable\r\nContent-Length: %d\r\n\r\n%s",
+			declared, strings.Repeat("d", declared)))
+		fc.waitClosed()
+		return false
+	}))
+	c, tr := newTestClient(t, faultFastRetries(1)...)
+	read := faultCountReads(tr)
+	_, body, err := faultGet(t, c, srv.url("/long"))
+	require.NoError(t, err)
+	assert.True(t, strings.HasPrefix(body, "GET "))
+	assert.Equal(t, int64(1), tr.Stats().Retries)
+	assert.Less(t, read.Load(), int64(DefaultMaxDrain), "a body declared longer than the drain limit was read")
 }

@@ -145,6 +145,16 @@ func (s *faultServer) listenAgain(t testing.TB) {
 	s.serve(ln)
 }
 
+// relisten is listenAgain for a goroutine that may not call require.
+func (s *faultServer) relisten() error {
+	ln, err := net.Listen("tcp", s.addr)
+	if err != nil {
+		return err
+	}
+	s.serve(ln)
+	return nil
+}
+
 func (s *faultServer) close() {
 	s.mu.Lock()
 	if s.closed {
