@@ -294,7 +294,7 @@ func TestFaultTrickledBody(t *testing.T) {
 		require.ErrorIs(t, err, ErrReadTimeout)
 		var rte *ReadTimeoutError
 		require.ErrorAs(t, err, &rte)
-		assert.Equal(t, readTimeout, rte.Timeout)
+		assert.Equal(t, readTimeout, rte.Limit)
 		assert.Equal(t, "01234", body)
 		assert.Equal(t, int64(1), tr.Stats().Attempts)
 	})

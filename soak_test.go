@@ -8,6 +8,7 @@ package keepalive
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -15,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -131,7 +133,9 @@ func TestSoakOnePercentFaults(t *testing.T) {
 	s := &soakServer{rnd: rand.New(rand.NewPCG(1, 2)), arrivals: make(map[string]int, total)}
 	s.faultServer = newFaultServer(t, faultServe(s.serve))
 	c, tr := newTestClient(t, WithMaxRetries(maxRetries), WithBackoff(10*time.Millisecond, 100*time.Millisecond),
-		WithReadTimeout(250*time.Millisecond), WithProxy(NoProxy))
+		// Long enough that no healthy answer times out on a loaded machine
+		// under -race; each injected stall costs one read timeout.
+		WithReadTimeout(2*time.Second), WithProxy(NoProxy))
 
 	// Refusals: at evenly spaced points the server stops listening until
 	// the client has had a connect refused, then listens again.
@@ -166,7 +170,7 @@ func TestSoakOnePercentFaults(t *testing.T) {
 
 	type tally struct{ ok, bodyErr, failed atomic.Int64 }
 	var tallies [ngxKinds]tally
-	var firstErrs, bodyErrs sync.Map
+	var firstErrs sync.Map
 	var next atomic.Int64
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -199,9 +203,11 @@ func TestSoakOnePercentFaults(t *testing.T) {
 				b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<10))
 				resp.Body.Close()
 				switch {
-				case err != nil:
+				case err != nil && (errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.ErrUnexpectedEOF)):
 					tallies[k].bodyErr.Add(1)
-					bodyErrs.LoadOrStore(k, err.Error())
+				case err != nil:
+					tallies[k].failed.Add(1)
+					firstErrs.LoadOrStore(k, "reading body: "+err.Error())
 				case resp.StatusCode != http.StatusOK || string(b) != want:
 					tallies[k].failed.Add(1)
 					firstErrs.LoadOrStore(k, fmt.Sprintf("status %d body %.60q", resp.StatusCode, b))
@@ -251,16 +257,12 @@ func TestSoakOnePercentFaults(t *testing.T) {
 		e, _ := firstErrs.Load(k)
 		assert.Zero(t, tallies[k].failed.Load(), "%v requests lost: %v", k, e)
 	}
-	var bodyErrCount int64
-	var bodyErrMsgs []string
+	var bodyErrs int64
 	for k := range ngxKinds {
-		bodyErrCount += tallies[k].bodyErr.Load()
-		if e, ok := bodyErrs.Load(k); ok {
-			bodyErrMsgs = append(bodyErrMsgs, fmt.Sprint(e))
-		}
+		bodyErrs += tallies[k].bodyErr.Load()
 	}
-	assert.LessOrEqual(t, bodyErrCount, s.injected[soakResetBody].Load(),
-		"a body may only fail where the server reset it: nothing else truncates: %v", bodyErrMsgs)
+	assert.LessOrEqual(t, bodyErrs, s.injected[soakResetBody].Load(),
+		"a body may only break where the server reset it: nothing else truncates")
 	assert.Zero(t, twice, "an unkeyed POST was processed twice")
 	assert.Equal(t, int64(refusals), refused.Load(), "every refusal was met by the client")
 	assert.LessOrEqual(t, st.Attempts, st.Requests*(1+maxRetries))
