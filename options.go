@@ -323,8 +323,8 @@ func WithCheckRetry(check retryablehttp.CheckRetry) Option {
 	})
 }
 
-// WithLogger sets the logger for retry decisions (at debug level) and
-// give-ups (at warn level). Logged URLs have their password and query values
+// WithLogger sets the logger for retry decisions and give-ups, both at
+// debug level. Logged URLs have their password and query values
 // redacted, and no header values are logged. Default and nil: silent.
 func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(o *options) { o.logger = l })

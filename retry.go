@@ -65,11 +65,18 @@ func (e *RetryError) Error() string {
 	return scrub(b.String(), e.secret)
 }
 
-// Timeout reports whether the request ended on a timeout: http.Client's
-// *url.Error asks its cause this, so net.Error checks see through it.
+// Timeout reports whether the request ended on a timeout: a read or
+// connect timeout of its last attempt, or the context's deadline. It keeps
+// the net.Error idiom working through *url.Error after retries, as it does
+// for a request that failed on its first attempt.
 func (e *RetryError) Timeout() bool {
-	var te interface{ Timeout() bool }
-	return errors.As(e.Err, &te) && te.Timeout()
+	for _, err := range e.Unwrap() {
+		var ne interface{ Timeout() bool }
+		if errors.As(err, &ne) && ne.Timeout() {
+			return true
+		}
+	}
+	return false
 }
 
 // Unwrap returns Err and, if different, the last attempt's error.
@@ -209,7 +216,8 @@ func neverRetry(err error) bool {
 
 // mayResend reports whether req may be sent again after an outcome of err:
 // its method is idempotent (or allowed by WithRetryMethods), it carries an
-// idempotency key, or it provably never left because the dial failed.
+// idempotency key, or it provably never left: the dial failed, or the
+// server had closed the pooled connection before the request was written.
 func (p *policy) mayResend(req *http.Request, err error) bool {
 	m := req.Method
 	if m == "" {
@@ -219,8 +227,21 @@ func (p *policy) mayResend(req *http.Request, err error) bool {
 		return true
 	}
 	var de *dialError
-	return err != nil && errors.As(err, &de)
+	return err != nil && (errors.As(err, &de) || isServerClosedIdle(err))
 }
+
+// errServerClosedIdleText is the text of net/http's unexported
+// errServerClosedIdle. The HTTP/1 transport returns that error, undecorated,
+// only when its read loop saw the server close an idle connection before
+// the request was handed to the connection: it closes the connection under
+// the same lock that hands requests over, so not one byte of the request
+// reached the server. net/http resends such requests only when they are
+// idempotent; any request with a replayable body is as safe to resend. A
+// POST that loses the same race after being written fails with another
+// error (EOF, a reset) and is not resent.
+const errServerClosedIdleText = "http: server closed idle connection"
+
+func isServerClosedIdle(err error) bool { return err.Error() == errServerClosedIdleText }
 
 // hasIdempotencyKey follows net/http's isReplayable: the header's presence
 // makes any method safe to repeat.
@@ -347,7 +368,7 @@ func (t *Transport) roundTripRetry(req *http.Request) (*http.Response, error) {
 		status := 0
 		if resp != nil {
 			status = resp.StatusCode
-			drain(resp.Body)
+			drain(resp)
 		}
 		if serr := sleep(ctx, wait); serr != nil {
 			t.stats.gaveUp.Add(1)
@@ -464,9 +485,13 @@ const drainTimeout = time.Second
 
 // drain reads up to DefaultMaxDrain bytes of a discarded response body, so
 // that its connection can go back to the pool, then closes it. A body known
-// to be longer is closed unread.
-func drain(body io.ReadCloser) {
+// to be longer is closed unread: its connection is lost either way.
+func drain(resp *http.Response) {
+	body := resp.Body
 	defer body.Close()
+	if resp.ContentLength > DefaultMaxDrain {
+		return
+	}
 	stop := time.AfterFunc(drainTimeout, func() { body.Close() })
 	defer stop.Stop()
 	_, _ = io.Copy(io.Discard, io.LimitReader(body, DefaultMaxDrain+1))
