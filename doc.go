@@ -40,11 +40,13 @@
 //
 // A request is sent again only when that is safe: its method is idempotent
 // (GET, HEAD, OPTIONS, TRACE, PUT, DELETE; RFC 9110 section 9.2.2), it
-// carries an Idempotency-Key or X-Idempotency-Key header, or its connection
-// was never made. A POST without a key is never sent twice. Its body must
-// be replayable: http.NewRequest sets GetBody for in-memory bodies; other
-// bodies are sent once, unless WithBodyBuffer allows a bounded copy. Bodies
-// are never read whole into memory by default.
+// carries an Idempotency-Key or X-Idempotency-Key header, or it provably
+// never left: its connection was never made, or net/http found the pooled
+// connection closed by the server before writing a byte of it. A POST
+// without a key is never sent twice. Its body must be replayable:
+// http.NewRequest sets GetBody for in-memory bodies; other bodies are sent
+// once, unless WithBodyBuffer allows a bounded copy. Bodies are never read
+// whole into memory by default.
 //
 // Between attempts the client waits with exponential backoff and jitter, or
 // for the Retry-After of a 429 or 503 when it is no longer than

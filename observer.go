@@ -30,8 +30,10 @@ import (
 // close response bodies. Requests carry the URL as the caller wrote it,
 // credentials and query included: redact before logging it.
 type Observer struct {
-	// OnAttemptStart is called before each attempt is sent, retries
-	// included.
+	// OnAttemptStart is called before each attempt is sent, retries and
+	// hedges (WithHedging) included; a hedge has the number of the attempt
+	// it hedges. An attempt refused by an open circuit is not sent and
+	// has no events.
 	OnAttemptStart func(AttemptStartEvent)
 
 	// OnAttemptEnd is called when an attempt got its response headers, or
@@ -46,11 +48,14 @@ type Observer struct {
 	// returned to the caller instead (see GiveUpReason).
 	OnGiveUp func(GiveUpEvent)
 
-	// OnBudgetRefused is called when the retry budget refuses a retry; the
-	// request then gives up with GiveUpBudget.
+	// OnBudgetRefused is called when the retry budget (WithRetryBudget)
+	// refuses a retry, and the request then gives up with GiveUpBudget, or
+	// refuses a hedge (WithHedging).
 	OnBudgetRefused func(BudgetRefusedEvent)
 
-	// OnBreakerChange is called when a circuit breaker changes state.
+	// OnBreakerChange is called when a circuit breaker changes state
+	// (WithCircuitBreaker), while the breaker holds its lock: it must
+	// not send requests.
 	OnBreakerChange func(BreakerChangeEvent)
 
 	// OnDial is called after each TCP connect, whether it succeeded or not.
@@ -151,7 +156,7 @@ const (
 	GiveUpExhausted     GiveUpReason = iota + 1 // no retries left (WithMaxRetries)
 	GiveUpNotReplayable                         // the method is not idempotent and has no Idempotency-Key, or the body cannot be sent again
 	GiveUpRetryAfter                            // the server's Retry-After is past WithMaxRetryAfter
-	GiveUpDeadline                              // the wait would pass the context's deadline
+	GiveUpDeadline                              // the wait and another attempt as long as the last would pass the context's deadline
 	GiveUpCanceled                              // the context ended during the wait
 	GiveUpPolicy                                // the WithCheckRetry policy returned an error
 	GiveUpBody                                  // GetBody failed to rewind the request body
@@ -288,6 +293,11 @@ func chain[E any](a, b func(E)) func(E) {
 	return func(e E) { a(e); b(e) }
 }
 
+// roundTripperFunc makes a method value a RoundTripper.
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
 // attemptKey is the context key of AttemptFromContext.
 type attemptKey struct{}
 
@@ -295,7 +305,7 @@ type attemptKey struct{}
 // RoundTripper attempts go through, and whether attempts need more than a
 // count.
 func (t *Transport) initObserving() error {
-	var rt http.RoundTripper = t.base
+	var rt http.RoundTripper = roundTripperFunc(t.roundTripLive) // lifetime.go
 	for _, wrap := range t.opts.attemptWraps {
 		if rt = wrap(rt); rt == nil {
 			return &OptionError{Option: "WithAttemptTransport", Reason: "wrap returned a nil RoundTripper"}
@@ -322,7 +332,7 @@ func (t *Transport) sendAttempt(r *http.Request, n int) (*http.Response, error) 
 	t.stats.attempts.Add(1)
 	hc.attempts.Add(1)
 	if !t.observeAttempts {
-		return t.inner.RoundTrip(r)
+		return t.sendTimed(r)
 	}
 	return t.observedAttempt(r, n, hc)
 }
@@ -341,10 +351,10 @@ func (t *Transport) observedAttempt(r *http.Request, n int, hc *hostCounters) (*
 		o.OnAttemptStart(AttemptStartEvent{Request: r, Host: hc.key, Attempt: n})
 	}
 	if o.OnAttemptEnd == nil {
-		return t.inner.RoundTrip(r)
+		return t.sendTimed(r)
 	}
 	start := time.Now()
-	resp, err := t.inner.RoundTrip(r)
+	resp, err := t.sendTimed(r) // hedge.go: the attempt deadline, then t.inner
 	e := AttemptEndEvent{Request: r, Host: hc.key, Attempt: n, Response: resp, Err: err, Duration: time.Since(start)}
 	if err == nil {
 		e.Status = resp.StatusCode
@@ -367,6 +377,19 @@ func (c *connTrace) gotConn(info httptrace.GotConnInfo) {
 		c.reuse.Store(uint32(ConnNew))
 	}
 }
+
+// countHost adds one to the counter that pick selects, in total and for
+// the host of u.
+func (t *Transport) countHost(u *url.URL, pick func(*counters) *atomic.Int64) {
+	pick(&t.stats).Add(1)
+	pick(&t.hosts.forURL(u).counters).Add(1)
+}
+
+// Counters for countHost of the features in hedge.go and lifetime.go.
+func circuitOpenCounter(c *counters) *atomic.Int64    { return &c.circuitOpen }
+func attemptTimeoutCounter(c *counters) *atomic.Int64 { return &c.attemptTimeouts }
+func hedgeCounter(c *counters) *atomic.Int64          { return &c.hedges }
+func connExpiredCounter(c *counters) *atomic.Int64    { return &c.connsExpired }
 
 // countRetry counts an attempt after the first of its request.
 func (t *Transport) countRetry(r *http.Request) {
@@ -428,8 +451,8 @@ func (t *Transport) observeGiveUp(req *http.Request, resp *http.Response, err er
 	if f := t.opts.observer.OnGiveUp; f != nil {
 		f(e)
 	}
-	if l := t.logger(req.Context(), slog.LevelWarn); l != nil {
-		l.LogAttrs(req.Context(), slog.LevelWarn, "keepalive: giving up", t.eventAttrs(req, e.Host, attempts, e.Status, err,
+	if l := t.logger(req.Context(), slog.LevelDebug); l != nil {
+		l.LogAttrs(req.Context(), slog.LevelDebug, "keepalive: giving up", t.eventAttrs(req, e.Host, attempts, e.Status, err,
 			slog.String("reason", reason.String()), slog.Duration("wait", wait))...)
 	}
 }
@@ -456,8 +479,8 @@ func (t *Transport) observeBreakerChange(host, from, to string) {
 		f(BreakerChangeEvent{Host: host, From: from, To: to})
 	}
 	ctx := context.Background()
-	if l := t.logger(ctx, slog.LevelWarn); l != nil {
-		l.LogAttrs(ctx, slog.LevelWarn, "keepalive: circuit breaker changed state",
+	if l := t.logger(ctx, slog.LevelDebug); l != nil {
+		l.LogAttrs(ctx, slog.LevelDebug, "keepalive: circuit breaker changed state",
 			slog.String("host", host), slog.String("from", from), slog.String("to", to))
 	}
 }
@@ -500,6 +523,11 @@ func (c *counters) snapshot() Stats {
 		BudgetRefusals: c.budgetRefusals.Load(),
 		Dials:          c.dials.Load(),
 		DialErrors:     c.dialErrors.Load(),
+
+		AttemptTimeouts: c.attemptTimeouts.Load(),
+		CircuitOpen:     c.circuitOpen.Load(),
+		Hedges:          c.hedges.Load(),
+		ConnsExpired:    c.connsExpired.Load(),
 	}
 }
 

@@ -314,28 +314,82 @@ func TestObserverSeesFailedDials(t *testing.T) {
 	assert.Equal(t, GiveUpExhausted, rec.giveUps[0].Reason)
 }
 
-// The retry budget and the circuit breaker report through these; the
-// test drives them directly.
-func TestBudgetAndBreakerHookPoints(t *testing.T) {
+func TestBudgetRefusalIsObserved(t *testing.T) {
+	s := keepalivetest.NewServer(t, keepalivetest.Status(503), keepalivetest.Status(200))
 	var rec recorder
 	var logs bytes.Buffer
-	tr := newTestTransport(t, WithObserver(rec.observer(false)),
+	c, tr := newTestClient(t, WithRetryBudget(0, time.Second, 0), // no retries at all
+		WithObserver(rec.observer(false)),
 		WithLogger(slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
-	req, err := http.NewRequest(http.MethodGet, "http://example.com/x", nil)
+	resp, err := c.Get(s.URL)
 	require.NoError(t, err)
+	assert.Equal(t, 503, resp.StatusCode)
+	readAll(t, resp)
 
-	tr.observeBudgetRefused(req, 2)
-	tr.observeBreakerChange("example.com:80", "closed", "open")
-
-	assert.Equal(t, []BudgetRefusedEvent{{Request: req, Host: "example.com:80", Attempt: 2}}, rec.budget)
-	assert.Equal(t, []BreakerChangeEvent{{Host: "example.com:80", From: "closed", To: "open"}}, rec.breakers)
-	assert.Equal(t, int64(1), tr.Stats().BudgetRefusals)
-	assert.Equal(t, int64(1), tr.HostStats()["example.com:80"].BudgetRefusals)
+	host := hostOf(t, s.URL)
+	require.Len(t, rec.budget, 1)
+	assert.Equal(t, host, rec.budget[0].Host)
+	assert.Equal(t, 1, rec.budget[0].Attempt)
+	require.Len(t, rec.giveUps, 1)
+	assert.Equal(t, GiveUpBudget, rec.giveUps[0].Reason)
+	assert.Equal(t, 503, rec.giveUps[0].Status)
+	assert.Equal(t, []string{"start", "dial", "end", "budget", "giveup"}, rec.order)
+	for _, st := range []Stats{tr.Stats(), tr.HostStats()[host]} {
+		assert.Equal(t, int64(1), st.BudgetRefusals)
+		assert.Equal(t, int64(1), st.GaveUp)
+	}
 	recs := decodeLogs(t, &logs)
 	require.Len(t, recs, 2)
 	assert.Equal(t, "keepalive: retry budget refused a retry", recs[0]["msg"])
-	assert.Equal(t, "WARN", recs[1]["level"])
-	assert.Equal(t, "open", recs[1]["to"])
+	assert.Equal(t, "budget refused", recs[1]["reason"])
+}
+
+func TestBreakerChangesAreObserved(t *testing.T) {
+	s := keepalivetest.NewServer(t, keepalivetest.Status(503))
+	var rec recorder
+	var logs bytes.Buffer
+	c, tr := newTestClient(t, WithBackoff(0, 0),
+		WithCircuitBreaker(CircuitBreaker{ConsecutiveFailures: 2, OpenTimeout: time.Hour}),
+		WithObserver(rec.observer(false)),
+		WithLogger(slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+	_, err := c.Get(s.URL)
+	require.ErrorIs(t, err, ErrCircuitOpen)
+
+	host := hostOf(t, s.URL)
+	assert.Equal(t, []BreakerChangeEvent{{Host: host, From: "closed", To: "open"}}, rec.breakers)
+	assert.Len(t, rec.ends, 2, "the refused attempt was never sent")
+	hs := tr.HostStats()[host]
+	assert.Equal(t, int64(2), hs.Attempts)
+	assert.Equal(t, int64(1), hs.CircuitOpen)
+	assert.Equal(t, tr.Stats().CircuitOpen, hs.CircuitOpen)
+	assert.Contains(t, logs.String(), `"msg":"keepalive: circuit breaker changed state","host":"`+host+`","from":"closed","to":"open"`)
+}
+
+func TestAttemptTimeoutsAndHedgesCountPerHost(t *testing.T) {
+	s := keepalivetest.NewServer(t, keepalivetest.Status(200).Delay(time.Hour), keepalivetest.Status(200))
+	var rec recorder
+	c, tr := newTestClient(t, WithBackoff(0, 0), WithAttemptTimeout(50*time.Millisecond), WithObserver(rec.observer(false)))
+	resp, err := c.Get(s.URL)
+	require.NoError(t, err)
+	readAll(t, resp)
+	hs := tr.HostStats()[hostOf(t, s.URL)]
+	assert.Equal(t, int64(1), hs.AttemptTimeouts)
+	assert.Equal(t, tr.Stats().AttemptTimeouts, hs.AttemptTimeouts)
+	require.Len(t, rec.ends, 2)
+	var ate *AttemptTimeoutError
+	assert.ErrorAs(t, rec.ends[0].Err, &ate, "the hook sees the attempt's own error")
+
+	h := keepalivetest.NewServer(t, keepalivetest.Status(200).Delay(time.Hour), keepalivetest.Status(200))
+	rec = recorder{}
+	c, tr = newTestClient(t, WithHedging(10*time.Millisecond, 1), WithObserver(rec.observer(false)))
+	resp, err = c.Get(h.URL)
+	require.NoError(t, err)
+	readAll(t, resp)
+	hs = tr.HostStats()[hostOf(t, h.URL)]
+	assert.Equal(t, int64(1), hs.Hedges)
+	assert.Equal(t, int64(2), hs.Attempts)
+	require.Len(t, rec.starts, 2)
+	assert.Equal(t, 1, rec.starts[1].Attempt, "a hedge shares its attempt's number")
 }
 
 func decodeLogs(t *testing.T, r io.Reader) []map[string]any {
@@ -374,7 +428,7 @@ func TestLogsCarryTheEventFields(t *testing.T) {
 	assert.Positive(t, retry["wait"])
 	assert.Equal(t, false, retry["retry_after"])
 
-	assert.Equal(t, "WARN", giveUp["level"])
+	assert.Equal(t, "DEBUG", giveUp["level"])
 	assert.Equal(t, "keepalive: giving up", giveUp["msg"])
 	assert.Equal(t, "retries exhausted", giveUp["reason"])
 	assert.EqualValues(t, 2, giveUp["attempt"])

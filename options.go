@@ -323,12 +323,12 @@ func WithCheckRetry(check retryablehttp.CheckRetry) Option {
 	})
 }
 
-// WithLogger sets the logger for retry decisions (at debug level) and
-// give-ups (at warn level). Each record carries the fields of the matching
-// Observer event as attributes: method, url, host, attempt, status, error,
-// reason, wait, and retry_after for retries. Logged URLs have their
-// password and query values redacted, and no header values are logged.
-// Default and nil: silent.
+// WithLogger sets the logger for retry decisions and give-ups, both at
+// debug level. Each record carries the fields of the matching Observer
+// event as attributes: method, url, host, attempt, status, error, reason,
+// wait, and retry_after for retries. Logged URLs have their password and
+// query values redacted, and no header values are logged. Default and nil:
+// silent.
 func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(o *options) { o.logger = l })
 }
@@ -341,9 +341,10 @@ func WithObserver(o Observer) Option {
 }
 
 // WithAttemptTransport wraps the RoundTripper that each attempt is sent
-// through: wrap is called once, by NewTransport, with the tuned
-// http.Transport, and the RoundTripper it returns sends every attempt,
-// retries each on its own. Use it for middleware that must see attempts
+// through: wrap is called once, by NewTransport, with the RoundTripper that
+// sends over the tuned http.Transport, and the RoundTripper it returns
+// sends every attempt, retries and hedges each on its own, inside the
+// circuit breaker and the attempt deadline. Use it for middleware that must see attempts
 // rather than requests, such as otelhttp.NewTransport for a client span per
 // attempt; AttemptFromContext tells such middleware the attempt number.
 // Given more than once, each wrap wraps the result of the previous one.
@@ -382,6 +383,13 @@ type options struct {
 	checkRetry     retryablehttp.CheckRetry
 	logger         *slog.Logger
 
+	budget          budgetConfig    // budget.go; zero: off
+	attemptTimeout  time.Duration   // hedge.go; zero: off
+	hedgeDelay      time.Duration   // hedge.go; zero: off
+	maxHedges       int             // hedge.go
+	breaker         *CircuitBreaker // breaker.go; nil: off
+	connMaxLifetime time.Duration   // lifetime.go; zero: off
+
 	observer     Observer
 	attemptWraps []func(http.RoundTripper) http.RoundTripper
 
@@ -404,6 +412,7 @@ func defaultOptions() options {
 		backoffMax:          DefaultBackoffMax,
 		maxRetryAfter:       DefaultMaxRetryAfter,
 		bodyBuffer:          DefaultBodyBuffer,
+		budget:              defaultBudgetConfig(),
 	}
 	for _, c := range DefaultRetryStatuses() {
 		o.retryStatuses.add(c)

@@ -24,13 +24,15 @@ import (
 // than one per request. It is safe for concurrent use by multiple
 // goroutines. The zero value is not usable; call NewTransport.
 type Transport struct {
-	base   *http.Transport
-	policy policy
-	opts   options
-	stats  counters
+	base     *http.Transport
+	policy   policy
+	opts     options
+	stats    counters
+	budget   *retryBudget // budget.go; nil: off
+	breakers *breakers    // breaker.go; nil: off
 
 	hosts           *hostTable        // per-host counters: observer.go
-	inner           http.RoundTripper // what attempts are sent through: base, maybe wrapped
+	inner           http.RoundTripper // what attempts are sent through: the live transport, maybe wrapped
 	observeAttempts bool              // attempts need more than counting
 }
 
@@ -43,7 +45,10 @@ func NewTransport(opts ...Option) (*Transport, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Transport{opts: o, policy: newPolicy(o), hosts: newHostTable()}
+	t := &Transport{opts: o, policy: newPolicy(o), budget: newRetryBudget(o.budget), hosts: newHostTable()}
+	if o.breaker != nil {
+		t.breakers = newBreakers(*o.breaker, o.retryStatuses, t.observeBreakerChange)
+	}
 	t.base = t.newBase()
 	if err := t.initObserving(); err != nil {
 		return nil, err
@@ -55,13 +60,18 @@ func NewTransport(opts ...Option) (*Transport, error) {
 // since it was created. They only grow. Reused and ReuseRatio derive
 // connection reuse from them.
 type Stats struct {
-	Requests       int64 // calls to RoundTrip
-	Attempts       int64 // requests sent to the underlying transport, retries included
-	Retries        int64 // attempts after the first of their request
-	GaveUp         int64 // requests that ran out of retries, or whose wait for the next attempt was refused
-	BudgetRefusals int64 // retries the retry budget refused
-	Dials          int64 // new connections opened (TCP connect succeeded)
-	DialErrors     int64 // TCP connects that failed
+	Requests   int64 // calls to RoundTrip
+	Attempts   int64 // requests sent to the underlying transport, retries included
+	Retries    int64 // attempts after the first of their request
+	GaveUp     int64 // requests that ran out of retries, or whose wait for the next attempt was refused
+	Dials      int64 // new connections opened (TCP connect succeeded)
+	DialErrors int64 // TCP connects that failed
+
+	BudgetRefusals  int64 // retries and hedges not sent because the retry budget was spent
+	AttemptTimeouts int64 // attempts abandoned by WithAttemptTimeout
+	CircuitOpen     int64 // attempts refused by an open circuit (WithCircuitBreaker)
+	Hedges          int64 // hedged attempts sent (WithHedging), counted in Attempts too
+	ConnsExpired    int64 // connections retired by WithConnMaxLifetime
 }
 
 // Stats returns the counters of all hosts so far. It is safe to call
@@ -103,8 +113,9 @@ func (e *ReadTimeoutError) Temporary() bool { return true }
 
 type counters struct {
 	requests, attempts, retries, gaveUp atomic.Int64
-	budgetRefusals                      atomic.Int64
 	dials, dialErrors                   atomic.Int64
+
+	budgetRefusals, attemptTimeouts, circuitOpen, hedges, connsExpired atomic.Int64
 }
 
 func (t *Transport) newBase() *http.Transport {
@@ -128,7 +139,7 @@ func (t *Transport) newBase() *http.Transport {
 			if err != nil {
 				return nil, &dialError{err: err}
 			}
-			return c, nil
+			return t.withLifetime(c), nil // lifetime.go
 		},
 		// A custom DialContext or TLS config turns HTTP/2 off unless forced.
 		ForceAttemptHTTP2:     true,
