@@ -1002,7 +1002,8 @@ func TestDialerSetsTCPKeepAliveProbes(t *testing.T) {
 	c, err := tr.base.DialContext(context.Background(), "tcp", ln.Addr().String())
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
-	raw, err := c.(*net.TCPConn).SyscallConn()
+	tcp := c.(interface{ NetConn() net.Conn }).NetConn().(*net.TCPConn)
+	raw, err := tcp.SyscallConn()
 	require.NoError(t, err)
 	opt := func(level, name int) int {
 		var v int

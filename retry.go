@@ -96,7 +96,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err != nil {
 			return nil, err
 		}
-		return t.wrapBody(resp), nil
+		return t.finish(req, resp), nil
 	}
 	return t.roundTripRetry(req)
 }

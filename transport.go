@@ -29,6 +29,7 @@ type Transport struct {
 	opts     options
 	stats    counters
 	budget   *retryBudget // budget.go; nil: off
+	gate     *gateTable   // dialgate.go
 	breakers *breakers    // breaker.go; nil: off
 }
 
@@ -41,7 +42,7 @@ func NewTransport(opts ...Option) (*Transport, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Transport{opts: o, policy: newPolicy(o), budget: newRetryBudget(o.budget)}
+	t := &Transport{opts: o, policy: newPolicy(o), budget: newRetryBudget(o.budget), gate: newGateTable()}
 	if o.breaker != nil {
 		t.breakers = newBreakers(*o.breaker, o.retryStatuses)
 	}
@@ -140,7 +141,12 @@ func (t *Transport) newBase() *http.Transport {
 		// Counting in the dialer costs two atomic adds per connection, where
 		// an httptrace.ClientTrace would cost allocations on every request.
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := dialer.DialContext(ctx, network, addr)
+			c, err := t.gate.dial(ctx, addr, func() (net.Conn, error) { // dialgate.go
+				return dialer.DialContext(ctx, network, addr)
+			})
+			if err == errDialNotNeeded {
+				return nil, err
+			}
 			if err != nil {
 				t.stats.dialErrors.Add(1)
 				return nil, &dialError{err: err}
