@@ -24,7 +24,6 @@ package keepalive
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -182,43 +181,11 @@ func (g *gateTable) enter(r *http.Request) (*gateHost, *http.Request) {
 	return h, r.WithContext(ctx)
 }
 
-// leave ends a busy attempt: at once when it failed or has no body, or when
-// its body is read to the end or closed.
-func (h *gateHost) leave(resp *http.Response, err error) {
-	if h == nil {
-		return
-	}
-	if err != nil || resp.Body == nil || resp.Body == http.NoBody || resp.StatusCode == http.StatusSwitchingProtocols {
+// leave ends a busy attempt: when it failed, or when its response body is
+// done with (see body in transport.go).
+func (h *gateHost) leave() {
+	if h != nil {
 		h.busy.Add(-1)
-		return
-	}
-	resp.Body = &gateBody{ReadCloser: resp.Body, h: h}
-}
-
-// gateBody leaves its host's busy count once, at EOF or Close.
-type gateBody struct {
-	io.ReadCloser
-	h    *gateHost
-	left atomic.Bool
-}
-
-func (b *gateBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	if err != nil {
-		b.leave()
-	}
-	return n, err
-}
-
-func (b *gateBody) Close() error {
-	err := b.ReadCloser.Close()
-	b.leave()
-	return err
-}
-
-func (b *gateBody) leave() {
-	if b.left.CompareAndSwap(false, true) {
-		b.h.busy.Add(-1)
 	}
 }
 

@@ -130,7 +130,11 @@ func (t *Transport) send(r *http.Request) (*http.Response, error) {
 	t.stats.attempts.Add(1)
 	gh, r := t.gate.enter(r) // dialgate.go
 	resp, err := t.sendTimed(r)
-	gh.leave(resp, err)
+	if err != nil {
+		gh.leave()
+	} else {
+		resp = t.wrapBody(resp, gh)
+	}
 	if done != nil {
 		done(t.breakers.outcome(r.Context(), resp, err))
 	}

@@ -385,7 +385,7 @@ func (t *Transport) roundTripRetry(req *http.Request) (*http.Response, error) {
 // finish returns the response of the last attempt to the caller.
 func (t *Transport) finish(req *http.Request, resp *http.Response) *http.Response {
 	resp.Request = req
-	return t.wrapBody(resp)
+	return resp
 }
 
 // giveUp ends a request with the outcome of its last attempt: a response is
