@@ -128,7 +128,13 @@ func (t *Transport) send(r *http.Request, n int) (*http.Response, error) {
 			return nil, err
 		}
 	}
+	gh, r := t.gate.enter(r)         // dialgate.go
 	resp, err := t.sendAttempt(r, n) // observer.go: counts, hooks, then sendTimed
+	if err != nil {
+		gh.leave()
+	} else {
+		resp = t.wrapBody(resp, gh)
+	}
 	if done != nil {
 		done(t.breakers.outcome(r.Context(), resp, err))
 	}

@@ -95,7 +95,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err != nil {
 			return nil, err
 		}
-		return t.wrapBody(resp), nil
+		return t.finish(req, resp), nil
 	}
 	return t.roundTripRetry(req)
 }
@@ -391,7 +391,7 @@ func (t *Transport) roundTripRetry(req *http.Request) (*http.Response, error) {
 // finish returns the response of the last attempt to the caller.
 func (t *Transport) finish(req *http.Request, resp *http.Response) *http.Response {
 	resp.Request = req
-	return t.wrapBody(resp)
+	return resp
 }
 
 // giveUp ends a request with the outcome of its last attempt: a response is

@@ -309,7 +309,7 @@ func TestSuccessPathAddsNoAllocations(t *testing.T) {
 		if err != nil {
 			return nil, err
 		}
-		return plain.wrapBody(resp), nil
+		return plain.wrapBody(resp, nil), nil
 	}
 	none := newTestTransport(t)
 	hooks := newTestTransport(t, WithObserver(quietObserver()))
@@ -351,7 +351,7 @@ func BenchmarkObserverCost(b *testing.B) {
 			if err != nil {
 				return nil, err
 			}
-			return plain.wrapBody(resp), nil
+			return plain.wrapBody(resp, nil), nil
 		}},
 		{"no observer", newTestTransport(b).RoundTrip},
 		{"hooks", newTestTransport(b, WithObserver(quietObserver())).RoundTrip},

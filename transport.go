@@ -29,6 +29,7 @@ type Transport struct {
 	opts     options
 	stats    counters
 	budget   *retryBudget // budget.go; nil: off
+	gate     *gateTable   // dialgate.go
 	breakers *breakers    // breaker.go; nil: off
 
 	hosts           *hostTable        // per-host counters: observer.go
@@ -45,7 +46,7 @@ func NewTransport(opts ...Option) (*Transport, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Transport{opts: o, policy: newPolicy(o), budget: newRetryBudget(o.budget), hosts: newHostTable()}
+	t := &Transport{opts: o, policy: newPolicy(o), budget: newRetryBudget(o.budget), gate: newGateTable(), hosts: newHostTable()}
 	if o.breaker != nil {
 		t.breakers = newBreakers(*o.breaker, o.retryStatuses, t.observeBreakerChange)
 	}
@@ -134,7 +135,12 @@ func (t *Transport) newBase() *http.Transport {
 		// Counting in the dialer costs two atomic adds per connection, where
 		// an httptrace.ClientTrace would cost allocations on every request.
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := dialer.DialContext(ctx, network, addr)
+			c, err := t.gate.dial(ctx, addr, func() (net.Conn, error) { // dialgate.go
+				return dialer.DialContext(ctx, network, addr)
+			})
+			if err == errDialNotNeeded {
+				return nil, err
+			}
 			t.countDial(addr, err)
 			if err != nil {
 				return nil, &dialError{err: err}
@@ -172,53 +178,85 @@ func (e *dialError) Timeout() bool {
 	return errors.As(e.err, &ne) && ne.Timeout()
 }
 
-// wrapBody puts the read timeout on resp's body. A read deadline on the
-// connection would do it for HTTP/1 only, and a deadline left on a pooled
-// connection fails its next request; a timer per body read works for both
-// protocols and ends with the body.
-func (t *Transport) wrapBody(resp *http.Response) *http.Response {
+// wrapBody puts the read timeout on resp's body, and makes it leave the dial
+// gate's busy count (gh, nil if untracked) once done with. A read deadline
+// on the connection would do the timeout for HTTP/1 only, and a deadline
+// left on a pooled connection fails its next request; a timer per body
+// read works for both protocols and ends with the body. Every attempt's
+// response gets it, so a discarded response is drained under the read
+// timeout too.
+func (t *Transport) wrapBody(resp *http.Response, gh *gateHost) *http.Response {
 	d := t.opts.readTimeout
-	if d <= 0 || resp.Body == nil || resp.Body == http.NoBody ||
+	if resp.Body == nil || resp.Body == http.NoBody ||
 		resp.StatusCode == http.StatusSwitchingProtocols { // its body is an io.ReadWriteCloser
+		gh.leave() // the connection is back in the pool, or no longer the pool's
 		return resp
 	}
-	b := &timeoutBody{rc: resp.Body, d: d}
-	b.timer = time.AfterFunc(d, b.expire)
-	b.timer.Stop()
+	if d <= 0 && gh == nil {
+		return resp
+	}
+	b := &body{rc: resp.Body, d: d, gate: gh}
+	if d > 0 {
+		b.timer = time.AfterFunc(d, b.expire)
+		b.timer.Stop()
+	}
 	resp.Body = b
 	return resp
 }
 
-// timeoutBody fails a Read that waits longer than d: a timer armed for the
+// body is a response body with the read timeout: a timer armed for the
 // duration of each Read closes the body, which unblocks the Read on both
 // HTTP/1 and HTTP/2. Time between Reads (the caller processing) is not
-// counted, so a slow but steady body is never cut off.
-type timeoutBody struct {
+// counted, so a slow but steady body is never cut off. At its end (an
+// error or EOF from Read, or Close) it leaves the dial gate.
+type body struct {
 	rc    io.ReadCloser
-	d     time.Duration
+	d     time.Duration // 0: no read timeout, and no timer
 	timer *time.Timer
 	fired atomic.Bool
+	gate  *gateHost
+	left  atomic.Bool
 }
 
-func (b *timeoutBody) Read(p []byte) (int, error) {
+func (b *body) Read(p []byte) (int, error) {
+	if b.timer == nil {
+		n, err := b.rc.Read(p)
+		if err != nil {
+			b.leave()
+		}
+		return n, err
+	}
 	if b.fired.Load() {
 		return 0, &ReadTimeoutError{Limit: b.d}
 	}
 	b.timer.Reset(b.d)
 	n, err := b.rc.Read(p)
 	b.timer.Stop()
-	if err != nil && b.fired.Load() {
-		return n, &ReadTimeoutError{Limit: b.d}
+	if err != nil {
+		b.leave()
+		if b.fired.Load() {
+			return n, &ReadTimeoutError{Limit: b.d}
+		}
 	}
 	return n, err
 }
 
-func (b *timeoutBody) expire() {
+func (b *body) expire() {
 	b.fired.Store(true)
 	b.rc.Close()
 }
 
-func (b *timeoutBody) Close() error {
-	b.timer.Stop()
-	return b.rc.Close()
+func (b *body) Close() error {
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+	err := b.rc.Close()
+	b.leave()
+	return err
+}
+
+func (b *body) leave() {
+	if b.left.CompareAndSwap(false, true) {
+		b.gate.leave()
+	}
 }
