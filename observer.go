@@ -324,9 +324,9 @@ func (t *Transport) countRequest(req *http.Request) {
 	t.hosts.forURL(req.URL).requests.Add(1)
 }
 
-// sendAttempt sends r, attempt number n of its request, through the inner
-// RoundTripper, counting it and telling the observers. With no observer
-// it costs two atomic adds and a map lookup.
+// sendAttempt sends r, attempt number n of its request, under the attempt
+// deadline (sendTimed) and through t.inner, counting it and telling the
+// observers. With no observer it costs two atomic adds and a map lookup.
 func (t *Transport) sendAttempt(r *http.Request, n int) (*http.Response, error) {
 	hc := t.hosts.forURL(r.URL)
 	t.stats.attempts.Add(1)
