@@ -1,0 +1,179 @@
+// Command bench measures keepalive side by side with Go's default client
+// and the retry libraries people reach for: go-retryablehttp, resty v2 and
+// failsafe-go. It lives in its own module so that none of them enters the
+// library's go.mod.
+//
+//	cd bench && go run .
+//
+// All clients run in this one process, in alternating rounds: every round
+// runs each client once per cell (scenario x concurrency), in an order
+// rotated from round to round, so load from elsewhere on the machine falls
+// on all of them alike. The server runs in a child process, so the
+// allocations counted here are the clients' own.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+func main() {
+	var (
+		serveFlag = flag.Bool("serve", false, "run as the benchmark server (used internally)")
+		dur       = flag.Duration("d", 400*time.Millisecond, "duration of one client's run in one cell and round")
+		rounds    = flag.Int("rounds", 6, "rounds; every round runs every client once per cell")
+		concFlag  = flag.String("c", "1,8,64", "concurrency levels, comma-separated")
+		clients   = flag.String("clients", "", "clients to run, comma-separated (default all: "+peerNames()+")")
+		scenarios = flag.String("scenarios", "healthy,flaky,put", "what to measure: healthy, flaky (every 4th request 503), put (64 MiB PUT, one 503)")
+		putSize   = flag.Int64("put-size", 64<<20, "bytes of the PUT body")
+	)
+	flag.Parse()
+	if *serveFlag {
+		if err := serve(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench server:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	cfg, err := parseConfig(*dur, *rounds, *concFlag, *clients, *scenarios, *putSize)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		flag.Usage()
+		os.Exit(2)
+	}
+	if err := run(cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type config struct {
+	dur       time.Duration
+	rounds    int
+	conc      []int
+	peers     []peer
+	scenarios []string
+	putSize   int64
+}
+
+func peerNames() string {
+	var names []string
+	for _, p := range peers {
+		names = append(names, p.name)
+	}
+	return strings.Join(names, ",")
+}
+
+func parseConfig(dur time.Duration, rounds int, conc, clients, scenarios string, putSize int64) (config, error) {
+	cfg := config{dur: dur, rounds: rounds, putSize: putSize}
+	if dur <= 0 || rounds <= 0 || putSize <= 0 {
+		return cfg, fmt.Errorf("-d, -rounds and -put-size must be positive")
+	}
+	for _, s := range strings.Split(conc, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n <= 0 || n > 4096 {
+			return cfg, fmt.Errorf("bad concurrency %q", s)
+		}
+		cfg.conc = append(cfg.conc, n)
+	}
+	if clients == "" {
+		clients = peerNames()
+	}
+	for _, name := range strings.Split(clients, ",") {
+		i := slices.IndexFunc(peers, func(p peer) bool { return p.name == strings.TrimSpace(name) })
+		if i < 0 {
+			return cfg, fmt.Errorf("unknown client %q (have %s)", name, peerNames())
+		}
+		cfg.peers = append(cfg.peers, peers[i])
+	}
+	for _, s := range strings.Split(scenarios, ",") {
+		s = strings.TrimSpace(s)
+		if s != "healthy" && s != "flaky" && s != "put" {
+			return cfg, fmt.Errorf("unknown scenario %q", s)
+		}
+		cfg.scenarios = append(cfg.scenarios, s)
+	}
+	return cfg, nil
+}
+
+func run(cfg config) error {
+	srv, err := startServer()
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+
+	fmt.Printf("bench: %s, GOMAXPROCS=%d, NumCPU=%d, %d rounds, %v per run, %s\n\n",
+		runtime.Version(), runtime.GOMAXPROCS(0), runtime.NumCPU(), cfg.rounds, cfg.dur,
+		time.Now().UTC().Format(time.RFC3339))
+
+	var loadScenarios []string
+	for _, s := range cfg.scenarios {
+		if s != "put" {
+			loadScenarios = append(loadScenarios, s)
+		}
+	}
+	cells := map[cellKey]*cellResult{}
+	puts := map[string][]putResult{}
+	putID := 0
+	for round := range cfg.rounds {
+		order := rotate(cfg.peers, round)
+		for _, sc := range loadScenarios {
+			path := "/ok"
+			if sc == "flaky" {
+				path = "/flaky"
+			}
+			for _, c := range cfg.conc {
+				for _, p := range order {
+					r, err := measureLoad(srv, p, srv.base+path, srv.base+"/ok", c, cfg.dur)
+					if err != nil {
+						return err
+					}
+					progress("round %d/%d %-7s c=%-3d %-13s %8.0f req/s  %d new conns  %d failed",
+						round+1, cfg.rounds, sc, c, p.name, float64(r.requests)/r.elapsed.Seconds(), r.newConns, r.errors+r.non200)
+					k := cellKey{sc, c, p.name}
+					if cells[k] == nil {
+						cells[k] = &cellResult{}
+					}
+					cells[k].add(r)
+				}
+			}
+		}
+		if slices.Contains(cfg.scenarios, "put") {
+			for _, p := range order {
+				putID++
+				r, err := measurePut(srv, p, putURL(srv.base, putID), cfg.putSize)
+				if err != nil {
+					return err
+				}
+				progress("round %d/%d put %-13s peak heap %s, status %d, %d attempts",
+					round+1, cfg.rounds, p.name, mib(r.peakHeap), r.status, r.attempts)
+				puts[p.name] = append(puts[p.name], r)
+			}
+		}
+	}
+	for _, sc := range loadScenarios {
+		printLoadTable(cfg, sc, cells)
+	}
+	if slices.Contains(cfg.scenarios, "put") {
+		printPutTable(cfg, puts)
+	}
+	return nil
+}
+
+// rotate returns ps starting at index round: each client takes each
+// position in turn over the rounds.
+func rotate(ps []peer, round int) []peer {
+	k := round % len(ps)
+	return append(slices.Clone(ps[k:]), ps[:k]...)
+}
+
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, format+"\n", args...)
+}
