@@ -25,7 +25,6 @@ import (
 
 func main() {
 	var (
-		serveFlag = flag.Bool("serve", false, "run as the benchmark server (used internally)")
 		dur       = flag.Duration("d", 400*time.Millisecond, "duration of one client's run in one cell and round")
 		rounds    = flag.Int("rounds", 6, "rounds; every round runs every client once per cell")
 		concFlag  = flag.String("c", "1,8,64", "concurrency levels, comma-separated")
@@ -33,14 +32,14 @@ func main() {
 		scenarios = flag.String("scenarios", "healthy,flaky,put", "what to measure: healthy, flaky (every 4th request 503), put (64 MiB PUT, one 503)")
 		putSize   = flag.Int64("put-size", 64<<20, "bytes of the PUT body")
 	)
-	flag.Parse()
-	if *serveFlag {
+	if os.Getenv(serveEnv) == "1" {
 		if err := serve(); err != nil {
 			fmt.Fprintln(os.Stderr, "bench server:", err)
 			os.Exit(1)
 		}
 		return
 	}
+	flag.Parse()
 	cfg, err := parseConfig(*dur, *rounds, *concFlag, *clients, *scenarios, *putSize)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -102,29 +101,46 @@ func parseConfig(dur time.Duration, rounds int, conc, clients, scenarios string,
 	return cfg, nil
 }
 
-func run(cfg config) error {
-	srv, err := startServer()
-	if err != nil {
-		return err
-	}
-	defer srv.stop()
+// results are everything one invocation measured.
+type results struct {
+	cells map[cellKey]*cellResult
+	puts  map[string][]putResult
+}
 
+func run(cfg config) error {
 	fmt.Printf("bench: %s, GOMAXPROCS=%d, NumCPU=%d, %d rounds, %v per run, %s\n\n",
 		runtime.Version(), runtime.GOMAXPROCS(0), runtime.NumCPU(), cfg.rounds, cfg.dur,
 		time.Now().UTC().Format(time.RFC3339))
-
-	var loadScenarios []string
-	for _, s := range cfg.scenarios {
-		if s != "put" {
-			loadScenarios = append(loadScenarios, s)
+	res, err := measureAll(cfg)
+	if err != nil {
+		return err
+	}
+	for _, sc := range cfg.scenarios {
+		if sc != "put" {
+			printLoadTable(cfg, sc, res.cells)
 		}
 	}
-	cells := map[cellKey]*cellResult{}
-	puts := map[string][]putResult{}
+	if slices.Contains(cfg.scenarios, "put") {
+		printPutTable(cfg, res.puts)
+	}
+	return nil
+}
+
+func measureAll(cfg config) (results, error) {
+	res := results{cells: map[cellKey]*cellResult{}, puts: map[string][]putResult{}}
+	srv, err := startServer()
+	if err != nil {
+		return res, err
+	}
+	defer srv.stop()
+
 	putID := 0
 	for round := range cfg.rounds {
 		order := rotate(cfg.peers, round)
-		for _, sc := range loadScenarios {
+		for _, sc := range cfg.scenarios {
+			if sc == "put" {
+				continue
+			}
 			path := "/ok"
 			if sc == "flaky" {
 				path = "/flaky"
@@ -133,15 +149,15 @@ func run(cfg config) error {
 				for _, p := range order {
 					r, err := measureLoad(srv, p, srv.base+path, srv.base+"/ok", c, cfg.dur)
 					if err != nil {
-						return err
+						return res, err
 					}
 					progress("round %d/%d %-7s c=%-3d %-13s %8.0f req/s  %d new conns  %d failed",
 						round+1, cfg.rounds, sc, c, p.name, float64(r.requests)/r.elapsed.Seconds(), r.newConns, r.errors+r.non200)
 					k := cellKey{sc, c, p.name}
-					if cells[k] == nil {
-						cells[k] = &cellResult{}
+					if res.cells[k] == nil {
+						res.cells[k] = &cellResult{}
 					}
-					cells[k].add(r)
+					res.cells[k].add(r)
 				}
 			}
 		}
@@ -150,21 +166,15 @@ func run(cfg config) error {
 				putID++
 				r, err := measurePut(srv, p, putURL(srv.base, putID), cfg.putSize)
 				if err != nil {
-					return err
+					return res, err
 				}
 				progress("round %d/%d put %-13s peak heap %s, status %d, %d attempts",
 					round+1, cfg.rounds, p.name, mib(r.peakHeap), r.status, r.attempts)
-				puts[p.name] = append(puts[p.name], r)
+				res.puts[p.name] = append(res.puts[p.name], r)
 			}
 		}
 	}
-	for _, sc := range loadScenarios {
-		printLoadTable(cfg, sc, cells)
-	}
-	if slices.Contains(cfg.scenarios, "put") {
-		printPutTable(cfg, puts)
-	}
-	return nil
+	return res, nil
 }
 
 // rotate returns ps starting at index round: each client takes each

@@ -1,6 +1,6 @@
 package main
 
-// The server runs in a child process (this binary with -serve), so that its
+// The server runs in a child process (this binary, with serveEnv set), so that its
 // allocations, garbage and goroutines are not counted against the clients
 // measured in the parent.
 
@@ -105,6 +105,11 @@ func serve() error {
 	return nil
 }
 
+// serveEnv set to 1 makes the binary run as the server. The parent starts
+// its own executable with it and no arguments, so that a test binary (whose
+// TestMain checks it) can be the server as well as the command.
+const serveEnv = "KEEPALIVE_BENCH_SERVE"
+
 // server is the parent's handle on the child server process.
 type server struct {
 	cmd   *exec.Cmd
@@ -119,7 +124,8 @@ func startServer() (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, "-serve")
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), serveEnv+"=1")
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
