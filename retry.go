@@ -65,6 +65,13 @@ func (e *RetryError) Error() string {
 	return scrub(b.String(), e.secret)
 }
 
+// Timeout reports whether the request ended on a timeout: http.Client's
+// *url.Error asks its cause this, so net.Error checks see through it.
+func (e *RetryError) Timeout() bool {
+	var te interface{ Timeout() bool }
+	return errors.As(e.Err, &te) && te.Timeout()
+}
+
 // Unwrap returns Err and, if different, the last attempt's error.
 func (e *RetryError) Unwrap() []error {
 	if e.last != nil {

@@ -80,15 +80,23 @@ var ErrReadTimeout = errors.New("keepalive: read timeout")
 // than the read timeout (WithReadTimeout) for data. The body is closed and
 // its connection discarded. It is a net.Error whose Timeout() is true.
 type ReadTimeoutError struct {
-	Timeout time.Duration
+	Limit time.Duration // the read timeout that passed
 }
 
+var _ net.Error = (*ReadTimeoutError)(nil)
+
 func (e *ReadTimeoutError) Error() string {
-	return fmt.Sprintf("keepalive: read timeout: no response body data for %v", e.Timeout)
+	return fmt.Sprintf("keepalive: read timeout: no response body data for %v", e.Limit)
 }
 
 // Is reports whether target is ErrReadTimeout.
 func (e *ReadTimeoutError) Is(target error) bool { return target == ErrReadTimeout }
+
+// Timeout is true: the error is a timeout.
+func (e *ReadTimeoutError) Timeout() bool { return true }
+
+// Temporary is true, as for other timeouts; net.Error requires it.
+func (e *ReadTimeoutError) Temporary() bool { return true }
 
 // Private implementation past this point.
 
@@ -182,13 +190,13 @@ type timeoutBody struct {
 
 func (b *timeoutBody) Read(p []byte) (int, error) {
 	if b.fired.Load() {
-		return 0, &ReadTimeoutError{Timeout: b.d}
+		return 0, &ReadTimeoutError{Limit: b.d}
 	}
 	b.timer.Reset(b.d)
 	n, err := b.rc.Read(p)
 	b.timer.Stop()
 	if err != nil && b.fired.Load() {
-		return n, &ReadTimeoutError{Timeout: b.d}
+		return n, &ReadTimeoutError{Limit: b.d}
 	}
 	return n, err
 }
