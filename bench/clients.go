@@ -8,8 +8,10 @@ import (
 	"context"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/failsafe-go/failsafe-go/failsafehttp"
 	"github.com/go-resty/resty/v2"
@@ -38,6 +40,29 @@ var peers = []peer{
 	{"retryablehttp", newRetryable},
 	{"resty", newResty},
 	{"failsafe", newFailsafe},
+}
+
+// extraPeers run only when named in -clients.
+var extraPeers = []peer{
+	{"bare", newBare},
+}
+
+// newBare is an http.Transport with keepalive's pool and timeout settings
+// and no retry layer: the difference between it and keepalive is what the
+// retry layer and the body read timeout cost.
+func newBare() instance {
+	tr := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: keepalive.DefaultConnectTimeout}).DialContext,
+		ForceAttemptHTTP2:     true,
+		TLSHandshakeTimeout:   keepalive.DefaultTLSHandshakeTimeout,
+		MaxIdleConns:          keepalive.DefaultMaxIdleConns,
+		MaxIdleConnsPerHost:   keepalive.DefaultMaxIdleConnsPerHost,
+		IdleConnTimeout:       keepalive.DefaultIdleConnTimeout,
+		ResponseHeaderTimeout: keepalive.DefaultReadTimeout,
+		ExpectContinueTimeout: time.Second,
+	}
+	return stdInstance(&http.Client{Transport: tr})
 }
 
 func newKeepalive() instance {

@@ -20,7 +20,8 @@ type loadResult struct {
 	newConns       int64 // connections the server accepted during the run
 	serverRequests int64 // requests the server answered, retries included
 	mallocs        uint64
-	goroutinesLeft int // goroutines above the start, after closing idle connections
+	cpu            time.Duration // CPU time of this process during the run
+	goroutinesLeft int           // goroutines above the start, after closing idle connections
 	firstErr       error
 }
 
@@ -60,6 +61,7 @@ func measureLoad(srv *server, p peer, url, warmURL string, c int, d time.Duratio
 	g0 := runtime.NumGoroutine()
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
+	cpu0, _ := processCPU()
 
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -93,6 +95,8 @@ func measureLoad(srv *server, p peer, url, warmURL string, c int, d time.Duratio
 	}
 	wg.Wait()
 	r.elapsed = time.Since(start)
+	cpu1, _ := processCPU()
+	r.cpu = cpu1 - cpu0
 	runtime.ReadMemStats(&m1)
 	r.mallocs = m1.Mallocs - m0.Mallocs
 
@@ -145,6 +149,7 @@ func (c *cellResult) add(r loadResult) {
 	c.newConns += r.newConns
 	c.serverRequests += r.serverRequests
 	c.mallocs += r.mallocs
+	c.cpu += r.cpu
 	c.goroutinesLeft = max(c.goroutinesLeft, r.goroutinesLeft)
 	if c.firstErr == nil {
 		c.firstErr = r.firstErr
@@ -161,8 +166,8 @@ func printLoadTable(cfg config, scenario string, cells map[cellKey]*cellResult) 
 		fmt.Println("## Flaky server: GET, every 4th request answered 503 with an 8 KiB body")
 	}
 	fmt.Println()
-	fmt.Println("| conc | client | req/s | vs keepalive | range | 200s/s | new conns / 1k req | allocs / req | errors | 5xx returned | server hits / req | goroutines left |")
-	fmt.Println("|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Println("| conc | client | req/s | vs keepalive | range | 200s/s | client CPU µs/req | new conns / 1k req | allocs / req | errors | 5xx returned | server hits / req | goroutines left |")
+	fmt.Println("|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, c := range cfg.conc {
 		ours := cells[cellKey{scenario, c, "keepalive"}]
 		for _, p := range cfg.peers {
@@ -183,8 +188,9 @@ func printLoadTable(cfg config, scenario string, cells map[cellKey]*cellResult) 
 			}
 			req := float64(r.requests)
 			ok := float64(r.requests-r.errors-r.non200) / r.elapsed.Seconds()
-			fmt.Printf("| %d | %s | %.0f | %s | %s | %.0f | %.1f | %.1f | %d | %d | %.3f | %d |\n",
+			fmt.Printf("| %d | %s | %.0f | %s | %s | %.0f | %.1f | %.1f | %.1f | %d | %d | %.3f | %d |\n",
 				c, p.name, r.rate(), ratio, spread, ok,
+				float64(r.cpu.Microseconds())/req,
 				1000*float64(r.newConns)/req, float64(r.mallocs)/req,
 				r.errors, r.non200, float64(r.serverRequests)/req, r.goroutinesLeft)
 		}
