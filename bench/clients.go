@@ -45,6 +45,18 @@ var peers = []peer{
 // extraPeers run only when named in -clients.
 var extraPeers = []peer{
 	{"bare", newBare},
+	{"keepalive-nowait", newKeepaliveNoWait},
+}
+
+// newKeepaliveNoWait retries without backoff, as failsafehttp's policy
+// does: against a failing server it shows the cost of the retry path
+// itself, not of the wait.
+func newKeepaliveNoWait() instance {
+	c, err := keepalive.NewClient(keepalive.WithBackoff(0, 0))
+	if err != nil {
+		log.Fatal(err) // cannot happen: the option is valid
+	}
+	return stdInstance(c)
 }
 
 // newBare is an http.Transport with keepalive's pool and timeout settings

@@ -28,7 +28,7 @@ func main() {
 		dur       = flag.Duration("d", 400*time.Millisecond, "duration of one client's run in one cell and round")
 		rounds    = flag.Int("rounds", 6, "rounds; every round runs every client once per cell")
 		concFlag  = flag.String("c", "1,8,64", "concurrency levels, comma-separated")
-		clients   = flag.String("clients", "", "clients to run, comma-separated (default: "+peerNames()+"; also: bare, an http.Transport with keepalive's settings and no retry layer)")
+		clients   = flag.String("clients", "", "clients to run, comma-separated (default: "+peerNames()+"; also: bare, an http.Transport with keepalive's settings and no retry layer, and keepalive-nowait, keepalive retrying without backoff)")
 		scenarios = flag.String("scenarios", "healthy,flaky,put", "what to measure: healthy, flaky (every 4th request 503), put (64 MiB PUT, one 503)")
 		putSize   = flag.Int64("put-size", 64<<20, "bytes of the PUT body")
 	)
@@ -88,7 +88,7 @@ func parseConfig(dur time.Duration, rounds int, conc, clients, scenarios string,
 		all := append(slices.Clone(peers), extraPeers...)
 		i := slices.IndexFunc(all, func(p peer) bool { return p.name == strings.TrimSpace(name) })
 		if i < 0 {
-			return cfg, fmt.Errorf("unknown client %q (have %s, bare)", name, peerNames())
+			return cfg, fmt.Errorf("unknown client %q (have %s, bare, keepalive-nowait)", name, peerNames())
 		}
 		cfg.peers = append(cfg.peers, all[i])
 	}
