@@ -16,11 +16,16 @@ import (
 
 // The benchmarks compare a default *keepalive.Transport with a bare
 // http.Transport tuned the same way, on the success path over loopback. The
-// difference between the two columns is the cost of the retry layer and
-// the read-timeout body wrapper. Compare with
+// difference between the two is the cost of the retry layer and of the
+// read-timeout body wrapper. Compare with
 //
-//	go test -run '^$' -bench BenchmarkTransport -benchmem -count 10 | tee new.txt
+//	go test -run '^$' -bench 'BenchmarkTransport$' -benchmem -count 10 | tee new.txt
 //	benchstat -col /impl new.txt
+//	go test -run '^$' -bench BenchmarkTransportPaired -count 10 | tee paired.txt
+//	benchstat paired.txt
+//
+// The peers (go-retryablehttp, resty, failsafe-go) are measured by the
+// separate module in bench/, so that they stay out of this go.mod.
 
 // benchBody is the request body of the POST benchmarks.
 var benchBody = bytes.Repeat([]byte("k"), 1<<10)
@@ -29,6 +34,9 @@ var benchBody = bytes.Repeat([]byte("k"), 1<<10)
 // own costs are not hidden behind copying.
 var benchResponse = []byte("ok\n")
 
+// BenchmarkTransport runs each case once per transport, as sub-benchmarks
+// impl=bare and impl=keepalive, and reports allocations and the process
+// CPU time per request (cpu-ns/op, client and server together).
 func BenchmarkTransport(b *testing.B) {
 	impls := []struct {
 		name string
