@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,14 +25,6 @@ import (
 )
 
 func main() {
-	var (
-		dur       = flag.Duration("d", 400*time.Millisecond, "duration of one client's run in one cell and round")
-		rounds    = flag.Int("rounds", 6, "rounds; every round runs every client once per cell")
-		concFlag  = flag.String("c", "1,8,64", "concurrency levels, comma-separated")
-		clients   = flag.String("clients", "", "clients to run, comma-separated (default: "+peerNames()+"; also: bare, an http.Transport with keepalive's settings and no retry layer, and keepalive-nowait, keepalive retrying without backoff)")
-		scenarios = flag.String("scenarios", "healthy,flaky,put", "what to measure: healthy, flaky (every 4th request 503), put (64 MiB PUT, one 503)")
-		putSize   = flag.Int64("put-size", 64<<20, "bytes of the PUT body")
-	)
 	if os.Getenv(serveEnv) == "1" {
 		if err := serve(); err != nil {
 			fmt.Fprintln(os.Stderr, "bench server:", err)
@@ -39,17 +32,40 @@ func main() {
 		}
 		return
 	}
+	os.Exit(command())
+}
+
+// command runs the benchmark as the flags say and returns the exit code.
+func command() int {
+	var (
+		dur       = flag.Duration("d", 400*time.Millisecond, "duration of one client's run in one cell and round")
+		rounds    = flag.Int("rounds", 6, "rounds; every round runs every client once per cell")
+		concFlag  = flag.String("c", "1,8,64", "concurrency levels, comma-separated")
+		clients   = flag.String("clients", "", "clients to run, comma-separated (default: "+peerNames()+"; also: bare, an http.Transport with keepalive's settings and no retry layer, and keepalive-nowait, keepalive retrying without backoff)")
+		scenarios = flag.String("scenarios", "healthy,flaky,put", "what to measure: healthy, flaky (every 4th request 503), put (64 MiB PUT, one 503)")
+		putSize   = flag.Int64("put-size", 64<<20, "bytes of the PUT body")
+		cpuProf   = flag.String("cpuprofile", "", "write a CPU profile of the clients to this file")
+	)
 	flag.Parse()
 	cfg, err := parseConfig(*dur, *rounds, *concFlag, *clients, *scenarios, *putSize)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		flag.Usage()
-		os.Exit(2)
+		return 2
+	}
+	if *cpuProf != "" {
+		stop, err := startCPUProfile(*cpuProf)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+		defer stop()
 	}
 	if err := run(cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
-		os.Exit(1)
+		return 1
 	}
+	return 0
 }
 
 type config struct {
@@ -176,6 +192,21 @@ func measureAll(cfg config) (results, error) {
 		}
 	}
 	return res, nil
+}
+
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 // rotate returns ps starting at index round: each client takes each
