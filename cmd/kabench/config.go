@@ -1,0 +1,188 @@
+// This file holds the command line: the flags, their defaults, and the
+// validation that turns them into a config. The measurement is in
+// measure.go, the clients in clients.go, nginx in nginx.go, the output in
+// report.go.
+
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Flag defaults. The default run (three clients, three runs each of
+// defaultRequests requests) takes about 10-20 s on a 2-core machine.
+const (
+	defaultRequests    = 10000
+	defaultConcurrency = 64
+	defaultRuns        = 3
+	defaultMethod      = http.MethodGet
+	defaultTimeout     = 10 * time.Second
+	defaultMaxErrors   = 100
+)
+
+// Client names, in the order they are measured by default. nokeepalive is
+// the baseline the others are compared with.
+const (
+	clientNoKeepAlive = "nokeepalive"
+	clientDefault     = "default"
+	clientKeepAlive   = "keepalive"
+)
+
+var allClients = []string{clientNoKeepAlive, clientDefault, clientKeepAlive}
+
+// proxyNginx is the one value -proxy accepts.
+const proxyNginx = "nginx"
+
+// config is the validated command line.
+type config struct {
+	url         string // empty: measure the embedded server
+	requests    int
+	concurrency int
+	runs        int
+	method      string
+	bodySize    int
+	clients     []string
+	json        bool
+	timeout     time.Duration
+	maxErrors   int
+	proxy       string
+}
+
+// errUsage marks a command line error: exit status 2, as the flag package
+// uses.
+var errUsage = errors.New("usage")
+
+// usageError is a command line error that names its flag.
+type usageError struct {
+	flag, reason string
+}
+
+func (e *usageError) Error() string        { return "invalid -" + e.flag + ": " + e.reason }
+func (e *usageError) Is(target error) bool { return target == errUsage }
+
+// parseFlags parses args into a config. It returns flag.ErrHelp for -h, and
+// an error matching errUsage, naming the flag, for anything invalid.
+func parseFlags(args []string, stderr io.Writer) (config, error) {
+	var c config
+	var clients string
+	fs := flag.NewFlagSet("kabench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.url, "url", "", "measure this HTTP(S) `URL` instead of the embedded server")
+	fs.IntVar(&c.requests, "n", defaultRequests, "requests per run")
+	fs.IntVar(&c.concurrency, "c", defaultConcurrency, "concurrent requests")
+	fs.IntVar(&c.runs, "runs", defaultRuns, "runs per client; each run uses a new client")
+	fs.StringVar(&c.method, "method", defaultMethod, "HTTP method")
+	fs.IntVar(&c.bodySize, "body", 0, "request body size in `bytes`")
+	fs.StringVar(&clients, "clients", strings.Join(allClients, ","), "comma-separated clients to measure, in order")
+	fs.BoolVar(&c.json, "json", false, "print the result as JSON on stdout instead of tables")
+	fs.DurationVar(&c.timeout, "timeout", defaultTimeout, "per request timeout (whole exchange, retries included); also bounds the probe and nginx start and stop")
+	fs.IntVar(&c.maxErrors, "max-errors", defaultMaxErrors, "stop a run after this many failed requests; 0 means never")
+	fs.StringVar(&c.proxy, "proxy", "", "put a proxy in front of the embedded server: only \"nginx\"")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: kabench [flags]\n\n"+
+			"kabench measures HTTP clients with and without keep-alive: %s.\n"+
+			"With no -url it measures an embedded server on 127.0.0.1.\n\nFlags:\n",
+			strings.Join(allClients, ", "))
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return c, err
+		}
+		// The flag package has printed the error and the usage.
+		return c, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return c, &usageError{"url", fmt.Sprintf("unexpected argument %q (give the URL with -url)", fs.Arg(0))}
+	}
+	var err error
+	if c.clients, err = parseClients(clients); err != nil {
+		return c, err
+	}
+	return c, c.validate()
+}
+
+func parseClients(s string) ([]string, error) {
+	var out []string
+	for name := range strings.SplitSeq(s, ",") {
+		name = strings.TrimSpace(name)
+		if name == "" {
+			continue
+		}
+		if !slices.Contains(allClients, name) {
+			return nil, &usageError{"clients", fmt.Sprintf("unknown client %q (want %s)", name, strings.Join(allClients, ", "))}
+		}
+		if slices.Contains(out, name) {
+			return nil, &usageError{"clients", fmt.Sprintf("client %q given twice", name)}
+		}
+		out = append(out, name)
+	}
+	if len(out) == 0 {
+		return nil, &usageError{"clients", "no client given (want some of " + strings.Join(allClients, ", ") + ")"}
+	}
+	return out, nil
+}
+
+func (c *config) validate() error {
+	switch {
+	case c.requests < 1:
+		return &usageError{"n", fmt.Sprintf("must be at least 1, got %d", c.requests)}
+	case c.concurrency < 1:
+		return &usageError{"c", fmt.Sprintf("must be at least 1, got %d", c.concurrency)}
+	case c.runs < 1:
+		return &usageError{"runs", fmt.Sprintf("must be at least 1, got %d", c.runs)}
+	case c.bodySize < 0:
+		return &usageError{"body", fmt.Sprintf("must not be negative, got %d", c.bodySize)}
+	case c.timeout <= 0:
+		return &usageError{"timeout", fmt.Sprintf("must be positive, got %v", c.timeout)}
+	case c.maxErrors < 0:
+		return &usageError{"max-errors", fmt.Sprintf("must not be negative, got %d", c.maxErrors)}
+	case !validMethod(c.method):
+		return &usageError{"method", fmt.Sprintf("%q is not an HTTP method token", c.method)}
+	case c.proxy != "" && c.proxy != proxyNginx:
+		return &usageError{"proxy", fmt.Sprintf("unknown proxy %q (want %q)", c.proxy, proxyNginx)}
+	case c.proxy != "" && c.url != "":
+		return &usageError{"proxy", "puts nginx in front of the embedded server, so it cannot be combined with -url"}
+	}
+	// More workers than requests would only sit idle.
+	c.concurrency = min(c.concurrency, c.requests)
+	if c.url != "" {
+		return checkURL(c.url)
+	}
+	return nil
+}
+
+func checkURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return &usageError{"url", err.Error()}
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return &usageError{"url", fmt.Sprintf("scheme must be http or https, got %q", u.Scheme)}
+	}
+	if u.Host == "" {
+		return &usageError{"url", fmt.Sprintf("no host in %q", s)}
+	}
+	return nil
+}
+
+// validMethod reports whether m is an RFC 9110 token, as net/http requires.
+func validMethod(m string) bool {
+	if m == "" {
+		return false
+	}
+	for _, r := range m {
+		if r > 0x7e || r <= ' ' || strings.ContainsRune(`"(),/:;<=>?@[\]{}`, r) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,371 @@
+// This file holds the measurement: the probe that refuses to measure an
+// endpoint that does not work, the loop of one run (n requests from c
+// workers), latency percentiles, and the progress line.
+
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// target is one endpoint to measure every client against.
+type target struct {
+	setup       string       // how the requests reach the server, for the report
+	url         string       // the URL requested
+	serverConns func() int64 // connections the embedded server accepted; nil for -url
+}
+
+// runResult is the outcome of one run of one client.
+type runResult struct {
+	Requests     int64   `json:"requests"` // answered without error
+	Errors       int64   `json:"errors"`
+	Seconds      float64 `json:"seconds"`
+	RPS          float64 `json:"requests_per_second"`
+	MsPerRequest float64 `json:"ms_per_request"`
+	P50Ms        float64 `json:"p50_ms"`
+	P99Ms        float64 `json:"p99_ms"`
+	NewConns     int64   `json:"new_connections"`
+	ServerConns  *int64  `json:"server_connections,omitempty"`
+	Retries      int64   `json:"retries"`
+	FirstError   string  `json:"first_error,omitempty"`
+	Aborted      bool    `json:"aborted,omitempty"` // stopped early: too many errors or interrupted
+
+	latencies []time.Duration // of the requests without error
+}
+
+// clientResult is every run of one client against one target.
+type clientResult struct {
+	Setup       string      `json:"setup"`
+	Client      string      `json:"client"`
+	Description string      `json:"description"`
+	Runs        []runResult `json:"runs"`
+	Average     runResult   `json:"average"`
+	// VsBaseline is the difference of the average requests per second to
+	// the baseline's, in percent; nil for the baseline itself.
+	VsBaseline *float64 `json:"vs_baseline_percent,omitempty"`
+
+	target target
+}
+
+// runDone, if set, is called after every run. Tests use it to interrupt a
+// measurement at a known point.
+var runDone func()
+
+// measureAll measures every client against every target, cfg.runs times.
+// It goes in rounds, run 1 of every client, then run 2 of every client, so
+// that a machine that slows down for a while (other jobs, thermal limits)
+// slows every client alike rather than the one measured at the time. A
+// result for each client and target that got at least one run is returned;
+// after an interrupt, that is fewer.
+func measureAll(ctx context.Context, cfg *config, targets []target, body []byte, p *progress) ([]clientResult, error) {
+	var results []clientResult
+	for _, t := range targets {
+		for _, name := range cfg.clients {
+			results = append(results, clientResult{Setup: t.setup, Client: name, Description: describe[name], target: t})
+		}
+	}
+	done := new(atomic.Int64)
+	if p != nil {
+		done = &p.done
+	}
+rounds:
+	for round := range cfg.runs {
+		for i := range results {
+			if ctx.Err() != nil {
+				break rounds
+			}
+			res := &results[i]
+			p.set(fmt.Sprintf("run %d/%d: %s, %s", round+1, cfg.runs, res.Setup, res.Client), cfg.requests)
+			r, err := measureRun(ctx, cfg, res.Client, res.target, body, done)
+			if err != nil {
+				return nil, err
+			}
+			res.Runs = append(res.Runs, r)
+			if runDone != nil {
+				runDone()
+			}
+		}
+	}
+	results = slices.DeleteFunc(results, func(r clientResult) bool { return len(r.Runs) == 0 })
+	for i := range results {
+		results[i].Average = average(results[i].Runs)
+	}
+	return results, nil
+}
+
+// probe sends one request with a client of its own and fails unless the
+// endpoint answers it without error. It keeps a benchmark of an endpoint
+// that is down, or answers only errors, from running at all: such a run
+// measures timeouts and retries, not keep-alive.
+func probe(ctx context.Context, cfg *config, url string, body []byte) error {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DisableKeepAlives = true
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: cfg.timeout}
+	req, err := newRequest(ctx, cfg.method, url, body)
+	if err != nil {
+		return err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach %s: %w", url, err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if failed(resp.StatusCode) {
+		return fmt.Errorf("%s answered %q to a probe %s request; kabench measures endpoints that work", url, resp.Status, cfg.method)
+	}
+	return nil
+}
+
+// failed reports whether a status counts as an error: a benchmark of 404s
+// or 503s measures the wrong thing.
+func failed(status int) bool { return status >= 400 }
+
+func newRequest(ctx context.Context, method, url string, body []byte) (*http.Request, error) {
+	if len(body) == 0 {
+		return http.NewRequestWithContext(ctx, method, url, nil)
+	}
+	// A bytes.Reader gives the request a GetBody, so it may be retried.
+	return http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
+}
+
+// measureRun sends cfg.requests requests from cfg.concurrency workers with
+// a new client, and returns what it saw. done counts finished requests for
+// the progress line.
+func measureRun(ctx context.Context, cfg *config, name string, t target, body []byte, done *atomic.Int64) (runResult, error) {
+	client, err := newClient(name)
+	if err != nil {
+		return runResult{}, err
+	}
+	defer client.close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var (
+		next, errs atomic.Int64
+		lats       = make([]time.Duration, cfg.requests)
+		ok         = make([]bool, cfg.requests)
+		firstErr   error
+		errOnce    sync.Once
+		wg         sync.WaitGroup
+	)
+	fail := func(err error) {
+		errOnce.Do(func() { firstErr = err })
+		if n := errs.Add(1); cfg.maxErrors > 0 && n >= int64(cfg.maxErrors) {
+			cancel()
+		}
+	}
+	server0 := serverConns(t)
+	start := time.Now()
+	for range cfg.concurrency {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				i := next.Add(1) - 1
+				if i >= int64(cfg.requests) {
+					return
+				}
+				d, err := doRequest(ctx, client.Client, cfg, t.url, body)
+				done.Add(1)
+				if err != nil {
+					if ctx.Err() == nil { // not a request cut off by the end of the run
+						fail(err)
+					}
+					continue
+				}
+				lats[i], ok[i] = d, true
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+
+	r := runResult{
+		Errors:   errs.Load(),
+		Seconds:  elapsed.Seconds(),
+		NewConns: client.dials(),
+		Retries:  client.retries(),
+		Aborted:  ctx.Err() != nil,
+	}
+	if t.serverConns != nil {
+		n := t.serverConns() - server0
+		r.ServerConns = &n
+	}
+	if firstErr != nil {
+		r.FirstError = firstErr.Error()
+	}
+	for i, d := range lats {
+		if ok[i] {
+			r.latencies = append(r.latencies, d)
+		}
+	}
+	r.Requests = int64(len(r.latencies))
+	r.setRates(cfg.concurrency)
+	return r, nil
+}
+
+func serverConns(t target) int64 {
+	if t.serverConns == nil {
+		return 0
+	}
+	return t.serverConns()
+}
+
+// doRequest sends one request and reads its response to the end, as a
+// client must for its connection to be reused; all of it within
+// cfg.timeout. It returns the latency.
+func doRequest(ctx context.Context, c *http.Client, cfg *config, url string, body []byte) (time.Duration, error) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
+	defer cancel()
+	method := cfg.method
+	req, err := newRequest(ctx, method, url, body)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return 0, fmt.Errorf("%s %s: reading the response: %w", method, url, err)
+	}
+	if failed(resp.StatusCode) {
+		return 0, fmt.Errorf("%s %s: %s", method, url, resp.Status)
+	}
+	return time.Since(start), nil
+}
+
+// setRates fills the rates and percentiles from Requests, Seconds and the
+// latencies. Time per request is ab's: the mean time one of c concurrent
+// users waits for a request, c * elapsed / requests.
+func (r *runResult) setRates(concurrency int) {
+	if r.Requests > 0 && r.Seconds > 0 {
+		r.RPS = float64(r.Requests) / r.Seconds
+		r.MsPerRequest = float64(concurrency) * r.Seconds * 1000 / float64(r.Requests)
+	}
+	slices.Sort(r.latencies)
+	r.P50Ms = ms(percentile(r.latencies, 50))
+	r.P99Ms = ms(percentile(r.latencies, 99))
+}
+
+// percentile returns the nearest-rank p-th percentile of sorted.
+func percentile(sorted []time.Duration, p int) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	rank := (len(sorted)*p + 99) / 100 // ceil(len*p/100), at least 1 for p > 0
+	return sorted[max(rank, 1)-1]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// average sums the runs into their Average row: the mean of the rates and
+// of the counts per run, and the percentiles of all runs' latencies
+// together.
+func average(runs []runResult) runResult {
+	var a runResult
+	var rps, msPer, seconds float64
+	var conns, server, retries, reqs, errs int64
+	var all []time.Duration
+	for _, r := range runs {
+		rps += r.RPS
+		msPer += r.MsPerRequest
+		seconds += r.Seconds
+		reqs += r.Requests
+		errs += r.Errors
+		conns += r.NewConns
+		retries += r.Retries
+		if r.ServerConns != nil {
+			server += *r.ServerConns
+			a.ServerConns = new(int64)
+		}
+		if a.FirstError == "" {
+			a.FirstError = r.FirstError
+		}
+		a.Aborted = a.Aborted || r.Aborted
+		all = append(all, r.latencies...)
+	}
+	n := int64(len(runs))
+	if n == 0 {
+		return a
+	}
+	a.RPS, a.MsPerRequest, a.Seconds = rps/float64(n), msPer/float64(n), seconds/float64(n)
+	a.Requests, a.Errors = roundDiv(reqs, n), roundDiv(errs, n)
+	a.NewConns, a.Retries = roundDiv(conns, n), roundDiv(retries, n)
+	if a.ServerConns != nil {
+		*a.ServerConns = roundDiv(server, n)
+	}
+	slices.Sort(all)
+	a.P50Ms = ms(percentile(all, 50))
+	a.P99Ms = ms(percentile(all, 99))
+	return a
+}
+
+func roundDiv(a, b int64) int64 { return (a + b/2) / b }
+
+// progress prints a progress line on w, rewriting it in place, until stop
+// is called. It is meant for a terminal only.
+type progress struct {
+	w     io.Writer
+	done  atomic.Int64
+	mu    sync.Mutex
+	label string
+	total int64
+	quit  chan struct{}
+	wg    sync.WaitGroup
+}
+
+func startProgress(w io.Writer) *progress {
+	p := &progress{w: w, quit: make(chan struct{})}
+	p.wg.Go(func() {
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-p.quit:
+				fmt.Fprint(p.w, "\r\033[K")
+				return
+			case <-tick.C:
+				// Printing under the lock keeps a line from landing after
+				// clear.
+				p.mu.Lock()
+				if p.label != "" {
+					fmt.Fprintf(p.w, "\r\033[K%s: %d/%d requests", p.label, p.done.Load(), p.total)
+				}
+				p.mu.Unlock()
+			}
+		}
+	})
+	return p
+}
+
+// set starts the count of a new run. Like clear and stop, it does nothing
+// on a nil progress, which is what a non-terminal gets.
+func (p *progress) set(label string, total int) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	p.label, p.total = label, int64(total)
+	p.done.Store(0)
+	p.mu.Unlock()
+}
+
+func (p *progress) stop() {
+	if p == nil {
+		return
+	}
+	close(p.quit)
+	p.wg.Wait()
+}

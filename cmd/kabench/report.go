@@ -1,0 +1,227 @@
+// This file renders the results: a table per client in the shape of the
+// original measurements (Test run 1..N, Average), a summary with the
+// difference to the baseline, and the JSON form for -json.
+
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"runtime"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+)
+
+// report is the whole result; it is what -json prints.
+type report struct {
+	URL         string         `json:"url"`
+	Embedded    bool           `json:"embedded_server"`
+	Proxy       string         `json:"proxy,omitempty"`
+	Method      string         `json:"method"`
+	BodyBytes   int            `json:"body_bytes"`
+	Requests    int            `json:"requests_per_run"`
+	Concurrency int            `json:"concurrency"`
+	Runs        int            `json:"runs"`
+	TimeoutMs   int64          `json:"timeout_ms"`
+	Go          string         `json:"go"`
+	Platform    string         `json:"platform"`
+	CPUs        int            `json:"cpus"`
+	Baseline    string         `json:"baseline,omitempty"`
+	Results     []clientResult `json:"results"`
+	Errors      int64          `json:"errors"` // failed requests over all runs
+	Interrupted bool           `json:"interrupted,omitempty"`
+}
+
+func newReport(cfg *config, url string) *report {
+	return &report{
+		URL:         url,
+		Embedded:    cfg.url == "",
+		Proxy:       cfg.proxy,
+		Method:      cfg.method,
+		BodyBytes:   cfg.bodySize,
+		Requests:    cfg.requests,
+		Concurrency: cfg.concurrency,
+		Runs:        cfg.runs,
+		TimeoutMs:   cfg.timeout.Milliseconds(),
+		Go:          runtime.Version(),
+		Platform:    runtime.GOOS + "/" + runtime.GOARCH,
+		CPUs:        runtime.NumCPU(),
+	}
+}
+
+// compare sets every result's difference to the baseline: the
+// nokeepalive client of the first setup if it was measured, else the first
+// result.
+func (r *report) compare() {
+	if len(r.Results) == 0 {
+		return
+	}
+	base := &r.Results[0]
+	for i := range r.Results {
+		if res := &r.Results[i]; res.Setup == r.Results[0].Setup && res.Client == clientNoKeepAlive {
+			base = res
+			break
+		}
+	}
+	r.Baseline = base.Client + " (" + base.Setup + ")"
+	for i := range r.Results {
+		res := &r.Results[i]
+		if res == base || base.Average.RPS == 0 {
+			continue
+		}
+		d := (res.Average.RPS/base.Average.RPS - 1) * 100
+		res.VsBaseline = &d
+	}
+}
+
+func (r *report) writeJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// writeHeader says what is measured, before the first table.
+func (r *report) writeHeader(w io.Writer) {
+	where := r.URL
+	if r.Embedded {
+		where += " (embedded server"
+		if r.Proxy != "" {
+			where += " behind " + r.Proxy
+		}
+		where += ")"
+	}
+	body := ""
+	if r.BodyBytes > 0 {
+		body = fmt.Sprintf(", %d-byte body", r.BodyBytes)
+	}
+	fmt.Fprintf(w, "kabench: %s %s%s\n", r.Method, where, body)
+	fmt.Fprintf(w, "%s per run, concurrency %d, %s per client in rounds, a new client per run; %s %s, %s\n\n",
+		plural(r.Requests, "request"), r.Concurrency, plural(r.Runs, "run"), r.Go, r.Platform, plural(r.CPUs, "CPU"))
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return commas(float64(n), 0) + " " + noun + "s"
+}
+
+// columns of the per-client and summary tables.
+var columns = []string{"Requests/s", "Time/request (ms)", "p50 (ms)", "p99 (ms)", "New conns", "Server conns", "Errors", "Retries"}
+
+func (r *report) hasServerConns() bool { return r.Embedded }
+
+// writeClient writes the table of one client: a row per run and the
+// average.
+func (r *report) writeClient(w io.Writer, res *clientResult) {
+	fmt.Fprintf(w, "%s, %s: %s\n", res.Setup, res.Client, res.Description)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	labels := make([]string, len(res.Runs)+2)
+	for i := range res.Runs {
+		labels[i+1] = fmt.Sprintf("Test run %d", i+1)
+	}
+	labels[len(labels)-1] = "Average"
+	leftAlign(labels)
+	fmt.Fprintf(tw, "%s\t%s\t\n", labels[0], strings.Join(r.columns(), "\t"))
+	for i := range res.Runs {
+		fmt.Fprintf(tw, "%s\t%s\t\n", labels[i+1], strings.Join(r.cells(&res.Runs[i]), "\t"))
+	}
+	fmt.Fprintf(tw, "%s\t%s\t\n", labels[len(labels)-1], strings.Join(r.cells(&res.Average), "\t"))
+	tw.Flush()
+	for i, run := range res.Runs {
+		if run.Errors > 0 {
+			fmt.Fprintf(w, "run %d: %d errors, the first: %s\n", i+1, run.Errors, run.FirstError)
+		}
+	}
+	fmt.Fprintln(w)
+}
+
+// writeSummary writes every client's average side by side, with the
+// difference to the baseline.
+func (r *report) writeSummary(w io.Writer) {
+	if len(r.Results) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "Summary (averages; difference in requests/s to %s)\n", r.Baseline)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	setups, clients := []string{"Setup"}, []string{"Client"}
+	for _, res := range r.Results {
+		setups, clients = append(setups, res.Setup), append(clients, res.Client)
+	}
+	leftAlign(setups)
+	leftAlign(clients)
+	fmt.Fprintf(tw, "%s\t%s\t%s\tvs baseline\t\n", setups[0], clients[0], strings.Join(r.columns(), "\t"))
+	for i := range r.Results {
+		res := &r.Results[i]
+		diff := "baseline"
+		if res.VsBaseline != nil {
+			diff = fmt.Sprintf("%+.1f%%", *res.VsBaseline)
+		} else if r.Baseline != res.Client+" ("+res.Setup+")" {
+			diff = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", setups[i+1], clients[i+1], strings.Join(r.cells(&res.Average), "\t"), diff)
+	}
+	tw.Flush()
+}
+
+// leftAlign pads labels to one width, so that a right-aligning tabwriter
+// leaves them aligned on the left.
+func leftAlign(labels []string) {
+	w := 0
+	for _, l := range labels {
+		w = max(w, len(l))
+	}
+	for i, l := range labels {
+		labels[i] = l + strings.Repeat(" ", w-len(l))
+	}
+}
+
+func (r *report) columns() []string {
+	if r.hasServerConns() {
+		return columns
+	}
+	return append(columns[:5:5], columns[6:]...)
+}
+
+func (r *report) cells(run *runResult) []string {
+	c := []string{
+		commas(run.RPS, 1),
+		strconv.FormatFloat(run.MsPerRequest, 'f', 3, 64),
+		strconv.FormatFloat(run.P50Ms, 'f', 3, 64),
+		strconv.FormatFloat(run.P99Ms, 'f', 3, 64),
+		commas(float64(run.NewConns), 0),
+	}
+	if r.hasServerConns() {
+		s := "-"
+		if run.ServerConns != nil {
+			s = commas(float64(*run.ServerConns), 0)
+		}
+		c = append(c, s)
+	}
+	return append(c, commas(float64(run.Errors), 0), commas(float64(run.Retries), 0))
+}
+
+// commas formats f with prec decimals and thousands separators.
+func commas(f float64, prec int) string {
+	s := strconv.FormatFloat(f, 'f', prec, 64)
+	intPart, frac, _ := strings.Cut(s, ".")
+	neg := strings.HasPrefix(intPart, "-")
+	intPart = strings.TrimPrefix(intPart, "-")
+	var b strings.Builder
+	if neg {
+		b.WriteByte('-')
+	}
+	for i, d := range intPart {
+		if i > 0 && (len(intPart)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(d)
+	}
+	if frac != "" {
+		b.WriteByte('.')
+		b.WriteString(frac)
+	}
+	return b.String()
+}
