@@ -151,6 +151,18 @@ func measureAll(cfg config) (results, error) {
 	}
 	defer srv.stop()
 
+	// Warm the process up, unmeasured: the first requests of a process pay
+	// for heap growth and first-time initialisation, and would be charged
+	// to whichever client ran first.
+	warmUp := max(cfg.dur/4, 50*time.Millisecond)
+	for _, p := range cfg.peers {
+		for _, c := range []int{1, slices.Max(cfg.conc)} {
+			if _, err := measureLoad(srv, p, srv.base+"/ok", srv.base+"/ok", c, warmUp); err != nil {
+				return res, err
+			}
+		}
+	}
+
 	putID := 0
 	for round := range cfg.rounds {
 		order := rotate(cfg.peers, round)
