@@ -157,7 +157,7 @@ func measureAll(cfg config) (results, error) {
 	warmUp := max(cfg.dur/4, 50*time.Millisecond)
 	for _, p := range cfg.peers {
 		for _, c := range []int{1, slices.Max(cfg.conc)} {
-			if _, err := measureLoad(srv, p, srv.base+"/ok", srv.base+"/ok", c, warmUp); err != nil {
+			if _, err := measureLoad(srv, p, srv.base+"/ok", c, warmUp); err != nil {
 				return res, err
 			}
 		}
@@ -176,7 +176,7 @@ func measureAll(cfg config) (results, error) {
 			}
 			for _, c := range cfg.conc {
 				for _, p := range order {
-					r, err := measureLoad(srv, p, srv.base+path, srv.base+"/ok", c, cfg.dur)
+					r, err := measureLoad(srv, p, srv.base+path, c, cfg.dur)
 					if err != nil {
 						return res, err
 					}

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -25,11 +26,15 @@ type loadResult struct {
 	firstErr       error
 }
 
+// warmups numbers the warm-ups, so that the server can tell them apart.
+var warmups atomic.Int64
+
 // measureLoad runs GETs to url from c workers of a new instance of p for
 // d, then waits for the requests in flight. Before the run, c concurrent
-// requests to warmURL fill the pool as far as the client keeps it, so that
-// new connections count churn, not the first dials.
-func measureLoad(srv *server, p peer, url, warmURL string, c int, d time.Duration) (loadResult, error) {
+// requests, which the server holds until all c have arrived, open c
+// connections, and the pool keeps as many as the client keeps: new
+// connections then count churn, not the first dials.
+func measureLoad(srv *server, p peer, url string, c int, d time.Duration) (loadResult, error) {
 	var r loadResult
 	inst := p.new()
 	// Each worker's requests carry a context of the worker's own (one
@@ -47,6 +52,7 @@ func measureLoad(srv *server, p peer, url, warmURL string, c int, d time.Duratio
 			cancel()
 		}
 	}()
+	warmURL := fmt.Sprintf("%s/warm?id=%d&n=%d", srv.base, warmups.Add(1), c)
 	var warm sync.WaitGroup
 	for i := range c {
 		warm.Go(func() { _, _ = inst.get(ctxs[i], warmURL) })

@@ -58,6 +58,26 @@ func serve() error {
 		}
 		_, _ = w.Write(okBody)
 	})
+	// /warm?id=X&n=N answers only when N requests with the same id are in
+	// flight (or after 5 s), so that a warm-up of N concurrent requests
+	// really opens N connections.
+	var warmups sync.Map // id -> *warmup
+	mux.HandleFunc("/warm", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		v, _ := warmups.LoadOrStore(r.URL.Query().Get("id"), &warmup{all: make(chan struct{})})
+		wu := v.(*warmup)
+		if wu.arrived.Add(1) == int64(n) {
+			close(wu.all)
+		}
+		timer := time.NewTimer(5 * time.Second)
+		defer timer.Stop()
+		select {
+		case <-wu.all:
+		case <-timer.C:
+		case <-r.Context().Done():
+		}
+		_, _ = w.Write(okBody)
+	})
 	mux.HandleFunc("/put", func(w http.ResponseWriter, r *http.Request) {
 		st.requests.Add(1)
 		n, err := io.Copy(io.Discard, r.Body)
@@ -109,6 +129,11 @@ func serve() error {
 // its own executable with it and no arguments, so that a test binary (whose
 // TestMain checks it) can be the server as well as the command.
 const serveEnv = "KEEPALIVE_BENCH_SERVE"
+
+type warmup struct {
+	arrived atomic.Int64
+	all     chan struct{} // closed when the n-th request arrives
+}
 
 // server is the parent's handle on the child server process.
 type server struct {
