@@ -666,37 +666,64 @@ func TestDiscardedResponses(t *testing.T) {
 		assert.Less(t, sent.Load(), int64(3*16<<20), "the client stopped reading early")
 	})
 	t.Run("a failure does not flush the pool", func(t *testing.T) {
+		const n = 6
+		round := newBarrier(n)
 		srv, _ := newServer(t, false, func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Path == "/fail" {
 				w.WriteHeader(503)
+				return
 			}
+			round.wait(r.Context()) // n requests at once: n connections, no fewer
 		})
 		c, tr := newTestClient(t, fastRetries)
-		fetchConcurrently := func(n int) {
+		fetchConcurrently := func() {
 			var wg sync.WaitGroup
-			start := make(chan struct{})
 			for range n {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					<-start
 					resp, err := c.Get(srv.URL + "/ok")
 					if assert.NoError(t, err) {
 						resp.Body.Close()
 					}
 				}()
 			}
-			close(start)
 			wg.Wait()
 		}
-		fetchConcurrently(8)
-		dials := tr.Stats().Dials
+		fetchConcurrently()
+		require.EqualValues(t, n, srv.conns.Load())
 		resp, err := c.Get(srv.URL + "/fail")
 		require.NoError(t, err)
 		resp.Body.Close()
-		fetchConcurrently(int(dials))
-		assert.Equal(t, dials, tr.Stats().Dials, "the idle connections survived the failure")
+		assert.EqualValues(t, 4, srv.reqs.Load()-n, "the failing request was retried")
+		fetchConcurrently()
+		assert.EqualValues(t, n, srv.conns.Load(), "the idle connections survived the failure")
+		assert.EqualValues(t, n, tr.Stats().Dials)
 	})
+}
+
+// barrier releases its waiters n at a time.
+type barrier struct {
+	mu    sync.Mutex
+	n     int
+	count int
+	ch    chan struct{}
+}
+
+func newBarrier(n int) *barrier { return &barrier{n: n, ch: make(chan struct{})} }
+
+func (b *barrier) wait(ctx context.Context) {
+	b.mu.Lock()
+	ch := b.ch
+	if b.count++; b.count == b.n {
+		close(b.ch)
+		b.ch, b.count = make(chan struct{}), 0
+	}
+	b.mu.Unlock()
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	}
 }
 
 func TestBackoffIsJitteredAndBounded(t *testing.T) {
@@ -1002,7 +1029,8 @@ func TestDialerSetsTCPKeepAliveProbes(t *testing.T) {
 	c, err := tr.base.DialContext(context.Background(), "tcp", ln.Addr().String())
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
-	raw, err := c.(*net.TCPConn).SyscallConn()
+	tcp := c.(interface{ NetConn() net.Conn }).NetConn().(*net.TCPConn)
+	raw, err := tcp.SyscallConn()
 	require.NoError(t, err)
 	opt := func(level, name int) int {
 		var v int

@@ -30,6 +30,12 @@
 // Proxies come from the environment and HTTP/2 is used when the server
 // offers it, as with http.DefaultTransport.
 //
+// A burst of requests opens no more connections than it has requests: a
+// dial that starts while a connection is about to come free waits (at most
+// 10 ms) for it, and is dropped before it connects if its request got one.
+// net/http alone lets such dials connect and join the pool, which made 64
+// concurrent requests open up to 97 connections.
+//
 // # Retries
 //
 // A request is retried when its outcome is worth it: a status in the retry
@@ -40,11 +46,13 @@
 //
 // A request is sent again only when that is safe: its method is idempotent
 // (GET, HEAD, OPTIONS, TRACE, PUT, DELETE; RFC 9110 section 9.2.2), it
-// carries an Idempotency-Key or X-Idempotency-Key header, or its connection
-// was never made. A POST without a key is never sent twice. Its body must
-// be replayable: http.NewRequest sets GetBody for in-memory bodies; other
-// bodies are sent once, unless WithBodyBuffer allows a bounded copy. Bodies
-// are never read whole into memory by default.
+// carries an Idempotency-Key or X-Idempotency-Key header, or it provably
+// never left: its connection was never made, or net/http found the pooled
+// connection closed by the server before writing a byte of it. A POST
+// without a key is never sent twice. Its body must be replayable:
+// http.NewRequest sets GetBody for in-memory bodies; other bodies are sent
+// once, unless WithBodyBuffer allows a bounded copy. Bodies are never read
+// whole into memory by default.
 //
 // Between attempts the client waits with exponential backoff and jitter, or
 // for the Retry-After of a 429 or 503 when it is no longer than
@@ -54,6 +62,13 @@
 // the pool is never flushed. When retries run out on a status, the last
 // response is returned with its body intact; on errors, a *RetryError that
 // wraps the last error. Cancelling the context stops a wait at once.
+//
+// Retries are budgeted per host, on by default (WithRetryBudget): they may
+// add at most 20% to the requests of the last 10 s, plus 10 per second, so
+// a failing upstream sees about 1.2 attempts per request instead of 4, from
+// every client instance at once. A retry starts only when the context's
+// deadline leaves room for the wait and another attempt. Opt-in:
+// WithAttemptTimeout, WithConnMaxLifetime, WithCircuitBreaker, WithHedging.
 //
 // Logs (WithLogger) and errors never contain URL credentials, query values,
 // or header values.

@@ -323,8 +323,8 @@ func WithCheckRetry(check retryablehttp.CheckRetry) Option {
 	})
 }
 
-// WithLogger sets the logger for retry decisions (at debug level) and
-// give-ups (at warn level). Logged URLs have their password and query values
+// WithLogger sets the logger for retry decisions and give-ups, both at
+// debug level. Logged URLs have their password and query values
 // redacted, and no header values are logged. Default and nil: silent.
 func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(o *options) { o.logger = l })
@@ -355,6 +355,13 @@ type options struct {
 	checkRetry     retryablehttp.CheckRetry
 	logger         *slog.Logger
 
+	budget          budgetConfig    // budget.go; zero: off
+	attemptTimeout  time.Duration   // hedge.go; zero: off
+	hedgeDelay      time.Duration   // hedge.go; zero: off
+	maxHedges       int             // hedge.go
+	breaker         *CircuitBreaker // breaker.go; nil: off
+	connMaxLifetime time.Duration   // lifetime.go; zero: off
+
 	errs []error
 }
 
@@ -374,6 +381,7 @@ func defaultOptions() options {
 		backoffMax:          DefaultBackoffMax,
 		maxRetryAfter:       DefaultMaxRetryAfter,
 		bodyBuffer:          DefaultBodyBuffer,
+		budget:              defaultBudgetConfig(),
 	}
 	for _, c := range DefaultRetryStatuses() {
 		o.retryStatuses.add(c)

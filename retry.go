@@ -65,11 +65,18 @@ func (e *RetryError) Error() string {
 	return scrub(b.String(), e.secret)
 }
 
-// Timeout reports whether the request ended on a timeout: http.Client's
-// *url.Error asks its cause this, so net.Error checks see through it.
+// Timeout reports whether the request ended on a timeout: a read or
+// connect timeout of its last attempt, or the context's deadline. It keeps
+// the net.Error idiom working through *url.Error after retries, as it does
+// for a request that failed on its first attempt.
 func (e *RetryError) Timeout() bool {
-	var te interface{ Timeout() bool }
-	return errors.As(e.Err, &te) && te.Timeout()
+	for _, err := range e.Unwrap() {
+		var ne interface{ Timeout() bool }
+		if errors.As(err, &ne) && ne.Timeout() {
+			return true
+		}
+	}
+	return false
 }
 
 // Unwrap returns Err and, if different, the last attempt's error.
@@ -85,12 +92,11 @@ func (e *RetryError) Unwrap() []error {
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	t.stats.requests.Add(1)
 	if t.policy.maxRetries == 0 {
-		t.stats.attempts.Add(1)
-		resp, err := t.base.RoundTrip(req)
+		resp, err := t.send(req)
 		if err != nil {
 			return nil, err
 		}
-		return t.wrapBody(resp), nil
+		return t.finish(req, resp), nil
 	}
 	return t.roundTripRetry(req)
 }
@@ -192,7 +198,8 @@ func (p *policy) worthRetry(ctx context.Context, req *http.Request, resp *http.R
 }
 
 // neverRetry reports errors no policy may retry: the caller's cancellation,
-// and TLS failures that a new attempt would only repeat.
+// an open circuit (breaker.go), and TLS failures that a new attempt would
+// only repeat.
 func neverRetry(err error) bool {
 	var (
 		unknownAuthority x509.UnknownAuthorityError
@@ -201,7 +208,7 @@ func neverRetry(err error) bool {
 		verification     *tls.CertificateVerificationError
 		recordHeader     tls.RecordHeaderError
 	)
-	return errors.Is(err, context.Canceled) ||
+	return errors.Is(err, context.Canceled) || errors.Is(err, ErrCircuitOpen) ||
 		errors.As(err, &unknownAuthority) || errors.As(err, &hostname) ||
 		errors.As(err, &invalid) || errors.As(err, &verification) ||
 		errors.As(err, &recordHeader)
@@ -209,7 +216,8 @@ func neverRetry(err error) bool {
 
 // mayResend reports whether req may be sent again after an outcome of err:
 // its method is idempotent (or allowed by WithRetryMethods), it carries an
-// idempotency key, or it provably never left because the dial failed.
+// idempotency key, or it provably never left: the dial failed, or the
+// server had closed the pooled connection before the request was written.
 func (p *policy) mayResend(req *http.Request, err error) bool {
 	m := req.Method
 	if m == "" {
@@ -219,8 +227,21 @@ func (p *policy) mayResend(req *http.Request, err error) bool {
 		return true
 	}
 	var de *dialError
-	return err != nil && errors.As(err, &de)
+	return err != nil && (errors.As(err, &de) || isServerClosedIdle(err))
 }
+
+// errServerClosedIdleText is the text of net/http's unexported
+// errServerClosedIdle. The HTTP/1 transport returns that error, undecorated,
+// only when its read loop saw the server close an idle connection before
+// the request was handed to the connection: it closes the connection under
+// the same lock that hands requests over, so not one byte of the request
+// reached the server. net/http resends such requests only when they are
+// idempotent; any request with a replayable body is as safe to resend. A
+// POST that loses the same race after being written fails with another
+// error (EOF, a reset) and is not resent.
+const errServerClosedIdleText = "http: server closed idle connection"
+
+func isServerClosedIdle(err error) bool { return err.Error() == errServerClosedIdleText }
 
 // hasIdempotencyKey follows net/http's isReplayable: the header's presence
 // makes any method safe to repeat.
@@ -297,10 +318,11 @@ func (t *Transport) roundTripRetry(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
+	started := time.Now() // of the current attempt
+	t.budget.deposit(req.URL.Host, started)
 	var bo *backoff.ExponentialBackOff
 	for attempt := 1; ; attempt++ {
-		t.stats.attempts.Add(1)
-		resp, err := t.base.RoundTrip(r)
+		resp, err := t.attempt(req, r, replayable) // hedge.go
 		if err == nil && t.policy.check == nil && !t.policy.statuses.has(resp.StatusCode) {
 			return t.finish(req, resp), nil // the success path: nothing more to decide
 		}
@@ -330,20 +352,29 @@ func (t *Transport) roundTripRetry(req *http.Request) (*http.Response, error) {
 			}
 			wait = t.policy.nextWait(bo)
 		}
-		if dl, ok := ctx.Deadline(); ok && wait >= dl.Sub(now) {
-			t.log(ctx, "keepalive: not retrying: the wait would pass the context deadline", req, resp, err, attempt, wait)
+		// A retry needs the wait and then about as long as this attempt
+		// took; if the deadline cannot cover both, the caller gets this
+		// outcome now rather than a DeadlineExceeded later.
+		if dl, ok := ctx.Deadline(); ok && wait+now.Sub(started) >= dl.Sub(now) {
+			t.log(ctx, "keepalive: not retrying: the wait and another attempt would pass the context deadline", req, resp, err, attempt, wait)
+			return t.giveUp(req, resp, err, attempt, true)
+		}
+		if !t.budget.withdraw(req.URL.Host, now) { // budget.go
+			t.stats.budgetRefusals.Add(1)
+			t.log(ctx, "keepalive: not retrying: retry budget spent", req, resp, err, attempt, wait)
 			return t.giveUp(req, resp, err, attempt, true)
 		}
 		t.log(ctx, "keepalive: retrying", req, resp, err, attempt, wait)
 		status := 0
 		if resp != nil {
 			status = resp.StatusCode
-			drain(resp.Body)
+			drain(resp)
 		}
 		if serr := sleep(ctx, wait); serr != nil {
 			t.stats.gaveUp.Add(1)
 			return nil, t.retryError(req, attempt, status, err, serr)
 		}
+		started = time.Now()
 		if r, err = nextAttempt(req, r); err != nil {
 			return nil, t.retryError(req, attempt, status, nil, err)
 		}
@@ -354,7 +385,7 @@ func (t *Transport) roundTripRetry(req *http.Request) (*http.Response, error) {
 // finish returns the response of the last attempt to the caller.
 func (t *Transport) finish(req *http.Request, resp *http.Response) *http.Response {
 	resp.Request = req
-	return t.wrapBody(resp)
+	return resp
 }
 
 // giveUp ends a request with the outcome of its last attempt: a response is
@@ -454,9 +485,13 @@ const drainTimeout = time.Second
 
 // drain reads up to DefaultMaxDrain bytes of a discarded response body, so
 // that its connection can go back to the pool, then closes it. A body known
-// to be longer is closed unread.
-func drain(body io.ReadCloser) {
+// to be longer is closed unread: its connection is lost either way.
+func drain(resp *http.Response) {
+	body := resp.Body
 	defer body.Close()
+	if resp.ContentLength > DefaultMaxDrain {
+		return
+	}
 	stop := time.AfterFunc(drainTimeout, func() { body.Close() })
 	defer stop.Stop()
 	_, _ = io.Copy(io.Discard, io.LimitReader(body, DefaultMaxDrain+1))

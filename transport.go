@@ -24,10 +24,13 @@ import (
 // than one per request. It is safe for concurrent use by multiple
 // goroutines. The zero value is not usable; call NewTransport.
 type Transport struct {
-	base   *http.Transport
-	policy policy
-	opts   options
-	stats  counters
+	base     *http.Transport
+	policy   policy
+	opts     options
+	stats    counters
+	budget   *retryBudget // budget.go; nil: off
+	gate     *gateTable   // dialgate.go
+	breakers *breakers    // breaker.go; nil: off
 }
 
 var _ http.RoundTripper = (*Transport)(nil)
@@ -39,7 +42,10 @@ func NewTransport(opts ...Option) (*Transport, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Transport{opts: o, policy: newPolicy(o)}
+	t := &Transport{opts: o, policy: newPolicy(o), budget: newRetryBudget(o.budget), gate: newGateTable()}
+	if o.breaker != nil {
+		t.breakers = newBreakers(*o.breaker, o.retryStatuses)
+	}
 	t.base = t.newBase()
 	return t, nil
 }
@@ -52,6 +58,12 @@ type Stats struct {
 	GaveUp     int64 // requests that ran out of retries, or whose wait for the next attempt was refused
 	Dials      int64 // new connections opened (TCP connect succeeded)
 	DialErrors int64 // TCP connects that failed
+
+	BudgetRefusals  int64 // retries and hedges not sent because the retry budget was spent
+	AttemptTimeouts int64 // attempts abandoned by WithAttemptTimeout
+	CircuitOpen     int64 // attempts refused by an open circuit (WithCircuitBreaker)
+	Hedges          int64 // hedged attempts sent (WithHedging), counted in Attempts too
+	ConnsExpired    int64 // connections retired by WithConnMaxLifetime
 }
 
 // Stats returns the counters so far. It is safe to call concurrently with
@@ -65,6 +77,12 @@ func (t *Transport) Stats() Stats {
 		GaveUp:     t.stats.gaveUp.Load(),
 		Dials:      t.stats.dials.Load(),
 		DialErrors: t.stats.dialErrors.Load(),
+
+		BudgetRefusals:  t.stats.budgetRefusals.Load(),
+		AttemptTimeouts: t.stats.attemptTimeouts.Load(),
+		CircuitOpen:     t.stats.circuitOpen.Load(),
+		Hedges:          t.stats.hedges.Load(),
+		ConnsExpired:    t.stats.connsExpired.Load(),
 	}
 }
 
@@ -103,6 +121,8 @@ func (e *ReadTimeoutError) Temporary() bool { return true }
 type counters struct {
 	requests, attempts, retries, gaveUp atomic.Int64
 	dials, dialErrors                   atomic.Int64
+
+	budgetRefusals, attemptTimeouts, circuitOpen, hedges, connsExpired atomic.Int64
 }
 
 func (t *Transport) newBase() *http.Transport {
@@ -121,13 +141,18 @@ func (t *Transport) newBase() *http.Transport {
 		// Counting in the dialer costs two atomic adds per connection, where
 		// an httptrace.ClientTrace would cost allocations on every request.
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := dialer.DialContext(ctx, network, addr)
+			c, err := t.gate.dial(ctx, addr, func() (net.Conn, error) { // dialgate.go
+				return dialer.DialContext(ctx, network, addr)
+			})
+			if err == errDialNotNeeded {
+				return nil, err
+			}
 			if err != nil {
 				t.stats.dialErrors.Add(1)
 				return nil, &dialError{err: err}
 			}
 			t.stats.dials.Add(1)
-			return c, nil
+			return t.withLifetime(c), nil // lifetime.go
 		},
 		// A custom DialContext or TLS config turns HTTP/2 off unless forced.
 		ForceAttemptHTTP2:     true,
@@ -160,53 +185,85 @@ func (e *dialError) Timeout() bool {
 	return errors.As(e.err, &ne) && ne.Timeout()
 }
 
-// wrapBody puts the read timeout on resp's body. A read deadline on the
-// connection would do it for HTTP/1 only, and a deadline left on a pooled
-// connection fails its next request; a timer per body read works for both
-// protocols and ends with the body.
-func (t *Transport) wrapBody(resp *http.Response) *http.Response {
+// wrapBody puts the read timeout on resp's body, and makes it leave the dial
+// gate's busy count (gh, nil if untracked) once done with. A read deadline
+// on the connection would do the timeout for HTTP/1 only, and a deadline
+// left on a pooled connection fails its next request; a timer per body
+// read works for both protocols and ends with the body. Every attempt's
+// response gets it, so a discarded response is drained under the read
+// timeout too.
+func (t *Transport) wrapBody(resp *http.Response, gh *gateHost) *http.Response {
 	d := t.opts.readTimeout
-	if d <= 0 || resp.Body == nil || resp.Body == http.NoBody ||
+	if resp.Body == nil || resp.Body == http.NoBody ||
 		resp.StatusCode == http.StatusSwitchingProtocols { // its body is an io.ReadWriteCloser
+		gh.leave() // the connection is back in the pool, or no longer the pool's
 		return resp
 	}
-	b := &timeoutBody{rc: resp.Body, d: d}
-	b.timer = time.AfterFunc(d, b.expire)
-	b.timer.Stop()
+	if d <= 0 && gh == nil {
+		return resp
+	}
+	b := &body{rc: resp.Body, d: d, gate: gh}
+	if d > 0 {
+		b.timer = time.AfterFunc(d, b.expire)
+		b.timer.Stop()
+	}
 	resp.Body = b
 	return resp
 }
 
-// timeoutBody fails a Read that waits longer than d: a timer armed for the
+// body is a response body with the read timeout: a timer armed for the
 // duration of each Read closes the body, which unblocks the Read on both
 // HTTP/1 and HTTP/2. Time between Reads (the caller processing) is not
-// counted, so a slow but steady body is never cut off.
-type timeoutBody struct {
+// counted, so a slow but steady body is never cut off. At its end (an
+// error or EOF from Read, or Close) it leaves the dial gate.
+type body struct {
 	rc    io.ReadCloser
-	d     time.Duration
+	d     time.Duration // 0: no read timeout, and no timer
 	timer *time.Timer
 	fired atomic.Bool
+	gate  *gateHost
+	left  atomic.Bool
 }
 
-func (b *timeoutBody) Read(p []byte) (int, error) {
+func (b *body) Read(p []byte) (int, error) {
+	if b.timer == nil {
+		n, err := b.rc.Read(p)
+		if err != nil {
+			b.leave()
+		}
+		return n, err
+	}
 	if b.fired.Load() {
 		return 0, &ReadTimeoutError{Limit: b.d}
 	}
 	b.timer.Reset(b.d)
 	n, err := b.rc.Read(p)
 	b.timer.Stop()
-	if err != nil && b.fired.Load() {
-		return n, &ReadTimeoutError{Limit: b.d}
+	if err != nil {
+		b.leave()
+		if b.fired.Load() {
+			return n, &ReadTimeoutError{Limit: b.d}
+		}
 	}
 	return n, err
 }
 
-func (b *timeoutBody) expire() {
+func (b *body) expire() {
 	b.fired.Store(true)
 	b.rc.Close()
 }
 
-func (b *timeoutBody) Close() error {
-	b.timer.Stop()
-	return b.rc.Close()
+func (b *body) Close() error {
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+	err := b.rc.Close()
+	b.leave()
+	return err
+}
+
+func (b *body) leave() {
+	if b.left.CompareAndSwap(false, true) {
+		b.gate.leave()
+	}
 }

@@ -1,0 +1,311 @@
+package keepalive
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestRetryBudgetWindow(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	const host = "example.test:80"
+
+	t.Run("a quiet host gets the floor, then is refused", func(t *testing.T) {
+		b := newRetryBudget(budgetConfig{ratio: 0.2, window: 10 * time.Second, minPerSecond: 10})
+		for i := range 100 {
+			require.True(t, b.withdraw(host, t0), "retry %d within the floor of 10/s x 10 s", i+1)
+		}
+		assert.False(t, b.withdraw(host, t0), "the 101st retry is past the floor")
+	})
+
+	t.Run("requests earn a fifth of a retry each", func(t *testing.T) {
+		b := newRetryBudget(budgetConfig{ratio: 0.2, window: 10 * time.Second})
+		for range 100 {
+			b.deposit(host, t0)
+		}
+		for i := range 20 {
+			require.True(t, b.withdraw(host, t0.Add(time.Duration(i)*100*time.Millisecond)), "retry %d", i+1)
+		}
+		assert.False(t, b.withdraw(host, t0.Add(2*time.Second)), "21 retries for 100 requests is past 20%")
+	})
+
+	t.Run("deposits leave the window after it", func(t *testing.T) {
+		b := newRetryBudget(budgetConfig{ratio: 1, window: 2 * time.Second})
+		for range 5 {
+			b.deposit(host, t0)
+		}
+		assert.True(t, b.withdraw(host, t0.Add(1999*time.Millisecond)), "still within 2 s")
+		assert.False(t, b.withdraw(host, t0.Add(2*time.Second)), "the deposits of t0 have left the window")
+		// The retry at 1.999 s is still in the window: two new deposits
+		// pay for it and for one more.
+		b.deposit(host, t0.Add(2*time.Second))
+		b.deposit(host, t0.Add(2*time.Second))
+		assert.True(t, b.withdraw(host, t0.Add(2*time.Second)), "new deposits earn new retries")
+		assert.False(t, b.withdraw(host, t0.Add(2*time.Second)))
+	})
+
+	t.Run("withdrawals leave the window too", func(t *testing.T) {
+		b := newRetryBudget(budgetConfig{window: 3 * time.Second, minPerSecond: 1}) // floor 3
+		for range 3 {
+			require.True(t, b.withdraw(host, t0))
+		}
+		assert.False(t, b.withdraw(host, t0.Add(2*time.Second)))
+		assert.True(t, b.withdraw(host, t0.Add(3*time.Second)), "the withdrawals of t0 expired")
+	})
+
+	t.Run("hosts have separate budgets", func(t *testing.T) {
+		b := newRetryBudget(budgetConfig{window: time.Second, minPerSecond: 1})
+		assert.True(t, b.withdraw("a.test:80", t0))
+		assert.False(t, b.withdraw("a.test:80", t0))
+		assert.True(t, b.withdraw("b.test:80", t0))
+	})
+
+	t.Run("a lap of the ring later a bucket is stale, not counted", func(t *testing.T) {
+		b := newRetryBudget(budgetConfig{ratio: 1, window: 2 * time.Second})
+		b.deposit(host, t0)
+		later := t0.Add(time.Hour) // same ring slot, another second
+		assert.False(t, b.withdraw(host, later))
+	})
+
+	t.Run("off allows every retry", func(t *testing.T) {
+		var b *retryBudget = newRetryBudget(budgetConfig{})
+		require.Nil(t, b)
+		b.deposit(host, t0)
+		for range 1000 {
+			require.True(t, b.withdraw(host, t0))
+		}
+	})
+}
+
+func TestHostMapDropsIdleHosts(t *testing.T) {
+	b := newRetryBudget(budgetConfig{ratio: 1, window: time.Second})
+	t0 := time.Unix(1_700_000_000, 0)
+	for i := range hostMapSweepAt {
+		b.deposit(fmt.Sprintf("h%d.test:80", i), t0)
+	}
+	require.Len(t, b.hosts.m, hostMapSweepAt)
+	b.deposit("new.test:80", t0.Add(time.Minute)) // every other host is idle by then
+	assert.Len(t, b.hosts.m, 1)
+}
+
+func TestWithRetryBudgetValidation(t *testing.T) {
+	tests := []struct {
+		name string
+		give Option
+		ok   bool
+	}{
+		{"the defaults are valid", WithRetryBudget(DefaultRetryBudgetRatio, DefaultRetryBudgetWindow, DefaultRetryBudgetMinPerSecond), true},
+		{"zero ratio and floor are valid", WithRetryBudget(0, time.Second, 0), true},
+		{"a negative ratio is refused", WithRetryBudget(-0.1, time.Second, 1), false},
+		{"a ratio above 10 is refused", WithRetryBudget(11, time.Second, 1), false},
+		{"a zero window is refused", WithRetryBudget(0.2, 0, 1), false},
+		{"a window in parts of seconds is refused", WithRetryBudget(0.2, 1500*time.Millisecond, 1), false},
+		{"a window past the maximum is refused", WithRetryBudget(0.2, MaxRetryBudgetWindow+time.Second, 1), false},
+		{"a negative floor is refused", WithRetryBudget(0.2, time.Second, -1), false},
+		{"off is valid", WithoutRetryBudget(), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := NewTransport(tt.give)
+			if tt.ok {
+				require.NoError(t, err)
+				return
+			}
+			var oe *OptionError
+			require.ErrorAs(t, err, &oe)
+			assert.Equal(t, "WithRetryBudget", oe.Option)
+		})
+	}
+}
+
+// fleetFailingServer answers 503 to every request and counts them.
+func fleetFailingServer(t *testing.T) (*httptest.Server, *atomic.Int64) {
+	t.Helper()
+	var hits atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &hits
+}
+
+// fleetHammer sends n GETs to url from workers goroutines and returns how many
+// got a 200.
+func fleetHammer(t *testing.T, c *http.Client, url string, n, workers int) int64 {
+	t.Helper()
+	var ok atomic.Int64
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for next.Add(1) <= int64(n) {
+				resp, err := c.Get(url)
+				if !assert.NoError(t, err) {
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					ok.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return ok.Load()
+}
+
+// The measure: against a host that fails everything, retries add at
+// most 25% to the load (go-retryablehttp's defaults add 400%). Backoff is
+// off so that the budget alone limits the retries.
+func TestRetryBudgetCapsLoadOnFailingHost(t *testing.T) {
+	const requests, workers = 10_000, 16
+	srv, hits := fleetFailingServer(t)
+	c, tr := newTestClient(t, WithBackoff(0, 0), WithMaxIdleConnsPerHost(workers))
+
+	assert.Zero(t, fleetHammer(t, c, srv.URL, requests, workers))
+
+	st := tr.Stats()
+	t.Logf("%d requests reached the server %d times (%.3f attempts per request); %d retries, %d refused by the budget",
+		requests, hits.Load(), float64(hits.Load())/requests, st.Retries, st.BudgetRefusals)
+	assert.LessOrEqual(t, hits.Load(), int64(requests*5/4))
+	assert.Equal(t, hits.Load(), st.Attempts, "every attempt reached the server")
+	assert.Positive(t, st.BudgetRefusals)
+	assert.Equal(t, int64(requests), st.GaveUp, "every request ended on a 503")
+}
+
+func TestRetryBudgetOffRetriesEverything(t *testing.T) {
+	const requests, workers = 500, 4
+	srv, hits := fleetFailingServer(t)
+	c, tr := newTestClient(t, WithBackoff(0, 0), WithoutRetryBudget())
+
+	assert.Zero(t, fleetHammer(t, c, srv.URL, requests, workers))
+	assert.Equal(t, int64(requests*(1+DefaultMaxRetries)), hits.Load())
+	assert.Zero(t, tr.Stats().BudgetRefusals)
+}
+
+// The budget must not cost a healthy-enough host its retries: with 5% of
+// requests failing at random, 99.9% of calls still succeed.
+func TestRetryBudgetKeepsRetriesOnFlakyHost(t *testing.T) {
+	const requests, workers = 10_000, 16
+	var (
+		mu   sync.Mutex
+		rng  = rand.New(rand.NewPCG(1, 2))
+		hits atomic.Int64
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		mu.Lock()
+		fail := rng.Float64() < 0.05
+		mu.Unlock()
+		if fail {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	c, tr := newTestClient(t, WithBackoff(0, 0), WithMaxIdleConnsPerHost(workers))
+
+	ok := fleetHammer(t, c, srv.URL, requests, workers)
+
+	st := tr.Stats()
+	t.Logf("%d of %d requests succeeded (%.2f%%); %d attempts, %d budget refusals",
+		ok, requests, 100*float64(ok)/requests, hits.Load(), st.BudgetRefusals)
+	assert.GreaterOrEqual(t, ok, int64(requests*999/1000))
+}
+
+func TestRetryBudgetRefusalReturnsLastResponseAtOnce(t *testing.T) {
+	srv, hits := fleetFailingServer(t)
+	// No floor, no share: no retry is ever affordable.
+	// A retry that slipped past the budget would wait 10 s or more, and the
+	// third one would run past the context and fail the request.
+	c, tr := newTestClient(t, WithRetryBudget(0, time.Second, 0), WithBackoff(10*time.Second, 10*time.Second))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
+	require.NoError(t, err)
+
+	resp, err := c.Do(req)
+	require.NoError(t, err, "a refused retry returns the last response, not an error")
+	resp.Body.Close()
+
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	assert.Equal(t, int64(1), hits.Load())
+	st := tr.Stats()
+	assert.Equal(t, int64(1), st.BudgetRefusals)
+	assert.Zero(t, st.Retries)
+}
+
+func TestRetryBudgetRefusalReturnsLastError(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	url := srv.URL
+	srv.Close() // connections are refused from now on
+	c, tr := newTestClient(t, WithRetryBudget(0, time.Second, 0))
+
+	_, err := c.Get(url)
+	require.Error(t, err)
+	var re *RetryError
+	assert.False(t, errors.As(err, &re), "one attempt: the error as it is, not a RetryError")
+	assert.Equal(t, int64(1), tr.Stats().BudgetRefusals)
+	assert.Equal(t, int64(1), tr.Stats().Attempts)
+}
+
+// BenchmarkRetryBudgetDeposit is the cost the budget adds to every request.
+func BenchmarkRetryBudgetDeposit(b *testing.B) {
+	bud := newRetryBudget(defaultBudgetConfig())
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		bud.deposit("example.test:443", now)
+	}
+}
+
+func BenchmarkRetryBudgetDepositParallel(b *testing.B) {
+	bud := newRetryBudget(defaultBudgetConfig())
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			bud.deposit("example.test:443", time.Now())
+		}
+	})
+}
+
+// BenchmarkRoundTripBudget compares a whole request with the budget on and
+// off: the allocations must be the same.
+func BenchmarkRoundTripBudget(b *testing.B) {
+	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	b.Cleanup(srv.Close)
+	for _, bc := range []struct {
+		name string
+		opts []Option
+	}{
+		{"budget=on", nil},
+		{"budget=off", []Option{WithoutRetryBudget()}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			tr := newTestTransport(b, bc.opts...)
+			req, err := http.NewRequest(http.MethodGet, srv.URL, nil)
+			require.NoError(b, err)
+			b.ReportAllocs()
+			for b.Loop() {
+				resp, err := tr.RoundTrip(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
+	}
+}

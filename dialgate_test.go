@@ -1,0 +1,223 @@
+package keepalive
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httptrace"
+	"net/url"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestGateTableFindsOneHostByURLAndByDialAddress(t *testing.T) {
+	g := newGateTable()
+	parse := func(s string) *url.URL {
+		u, err := url.Parse(s)
+		require.NoError(t, err)
+		return u
+	}
+	http80 := g.forURL(parse("http://example.com/x"))
+	require.NotNil(t, http80)
+	assert.Same(t, http80, g.forURL(parse("http://example.com:80/y")))
+	assert.Same(t, http80, g.forAddr("example.com:80"))
+
+	https := g.forURL(parse("https://example.com/"))
+	assert.NotSame(t, http80, https)
+	assert.Same(t, https, g.forAddr("example.com:443"))
+
+	v6 := g.forAddr("[::1]:8080")
+	assert.Same(t, v6, g.forURL(parse("http://[::1]:8080/")))
+}
+
+func TestGateTableIsBounded(t *testing.T) {
+	g := newGateTable()
+	for i := range maxGateHosts {
+		require.NotNil(t, g.forAddr(net.JoinHostPort("10.0.0.1", strconv.Itoa(i+1))))
+	}
+	assert.Nil(t, g.forAddr("10.0.0.2:1"), "past the limit, hosts go ungated")
+	assert.NotNil(t, g.forAddr("10.0.0.1:1"), "known hosts still are")
+}
+
+// acceptCounter is a listener that counts the connections made to it.
+func acceptCounter(t *testing.T) (addr string, accepted *atomic.Int64) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	accepted = &atomic.Int64{}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return ln.Addr().String(), accepted
+}
+
+func TestGateHold(t *testing.T) {
+	dialer := &net.Dialer{}
+	setup := func(t *testing.T, busy, open int64) (*gateTable, *gateHost, string, *atomic.Int64) {
+		addr, accepted := acceptCounter(t)
+		g := newGateTable()
+		h := g.forAddr(addr)
+		h.busy.Store(busy)
+		h.conns.Store(open)
+		return g, h, addr, accepted
+	}
+	dial := func(g *gateTable, ctx context.Context, addr string) (net.Conn, error) {
+		return g.dial(ctx, addr, func() (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) })
+	}
+	marked := func() (context.Context, *gateMark) {
+		m := &gateMark{done: make(chan struct{})}
+		return context.WithValue(context.Background(), gateKey{}, m), m
+	}
+
+	t.Run("a dial whose request gets another connection never connects", func(t *testing.T) {
+		g, h, addr, accepted := setup(t, 1, 1) // one request, one connection about to come free
+		g.holdMax = time.Minute                // the wait must not end before gotConn
+		ctx, m := marked()
+		errc := make(chan error, 1)
+		go func() {
+			c, err := dial(g, ctx, addr)
+			if c != nil {
+				c.Close()
+			}
+			errc <- err
+		}()
+		for i := 0; h.dialing.Load() == 0 && i < 1e6; i++ { // until the dial waits
+			runtime.Gosched()
+		}
+		m.gotConn(httptrace.GotConnInfo{})
+		require.ErrorIs(t, <-errc, errDialNotNeeded)
+		assert.Zero(t, accepted.Load())
+		assert.EqualValues(t, 1, h.conns.Load(), "the dropped dial is not counted")
+	})
+	t.Run("a dial that waits in vain connects", func(t *testing.T) {
+		g, h, addr, accepted := setup(t, 1, 1)
+		ctx, _ := marked()
+		c, err := dial(g, ctx, addr)
+		require.NoError(t, err)
+		assert.EqualValues(t, 2, h.conns.Load())
+		require.NoError(t, c.Close())
+		_ = c.Close()
+		assert.EqualValues(t, 1, h.conns.Load(), "closing twice counts once")
+		assert.Eventually(t, func() bool { return accepted.Load() == 1 }, 10*time.Second, time.Millisecond)
+	})
+	t.Run("a dial when every connection is busy does not wait", func(t *testing.T) {
+		g, h, addr, _ := setup(t, 2, 1)
+		ctx, m := marked()
+		c, err := dial(g, ctx, addr)
+		require.NoError(t, err)
+		c.Close()
+		assert.False(t, m.got.Load())
+		assert.Zero(t, h.dialing.Load())
+	})
+	t.Run("an unwatched dial does not wait", func(t *testing.T) {
+		g, _, addr, accepted := setup(t, 0, 5)
+		c, err := dial(g, context.Background(), addr)
+		require.NoError(t, err)
+		c.Close()
+		assert.Eventually(t, func() bool { return accepted.Load() == 1 }, 10*time.Second, time.Millisecond)
+	})
+	t.Run("a request that already has a connection dials at once", func(t *testing.T) {
+		g, _, addr, _ := setup(t, 1, 1)
+		ctx, m := marked()
+		m.gotConn(httptrace.GotConnInfo{}) // net/http retries it on a new connection
+		c, err := dial(g, ctx, addr)
+		require.NoError(t, err)
+		c.Close()
+	})
+}
+
+// TestGateCountsReturnToZero checks the gate's bookkeeping over every way
+// an attempt ends: a body read to the end, a body closed early, no body,
+// a transport error, and discarded retries.
+func TestGateCountsReturnToZero(t *testing.T) {
+	var n atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/flaky":
+			if n.Add(1)%2 == 1 {
+				w.WriteHeader(503)
+				io.WriteString(w, "busy")
+				return
+			}
+		case "/hangup":
+			c, _, err := w.(http.Hijacker).Hijack()
+			if err == nil {
+				c.Close()
+			}
+			return
+		}
+		io.WriteString(w, strings.Repeat("x", 1000))
+	}))
+	t.Cleanup(srv.Close)
+	c, tr := newTestClient(t, fastRetries, WithMaxRetries(1))
+	var wg sync.WaitGroup
+	for i := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range 50 {
+				switch (i + j) % 5 {
+				case 0:
+					resp, err := c.Get(srv.URL + "/read")
+					if assert.NoError(t, err) {
+						io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+					}
+				case 1:
+					resp, err := c.Get(srv.URL + "/close-early")
+					if assert.NoError(t, err) {
+						resp.Body.Close()
+					}
+				case 2:
+					resp, err := c.Head(srv.URL + "/head")
+					if assert.NoError(t, err) {
+						resp.Body.Close()
+					}
+				case 3:
+					_, err := c.Get(srv.URL + "/hangup")
+					assert.Error(t, err)
+				case 4:
+					resp, err := c.Get(srv.URL + "/flaky")
+					if assert.NoError(t, err) {
+						io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	resp, err := c.Get(srv.URL + "/read") // leaves one idle connection
+	require.NoError(t, err)
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	u, err := url.Parse(srv.URL)
+	require.NoError(t, err)
+	h := tr.gate.forURL(u)
+	assert.Zero(t, h.busy.Load(), "every attempt left")
+	assert.Zero(t, h.dialing.Load())
+	assert.Positive(t, h.conns.Load())
+	tr.CloseIdleConnections()
+	assert.Eventually(t, func() bool { return h.conns.Load() == 0 }, 10*time.Second, time.Millisecond,
+		"every connection closed: %d", h.conns.Load())
+}

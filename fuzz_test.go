@@ -1,0 +1,135 @@
+// This file holds the fuzzers of what a caller or a server controls: the
+// Retry-After parser (server input) and option validation (caller input).
+// CI runs each for about 20 s with -fuzz; plain go test runs the seeds.
+
+package keepalive
+
+import (
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// fuzzNow is the fixed instant the parser is fuzzed at; dates are seeded
+// around it.
+var fuzzNow = time.Date(2026, time.November, 28, 8, 0, 0, 0, time.UTC)
+
+func FuzzParseRetryAfter(f *testing.F) {
+	for _, s := range []string{
+		"", "0", "1", "120", "3600", "-5", "+5", "1e3", " 7 ", "0x10", "soon",
+		"99999999999999999999", "9223372036854775807", "9223372036",
+		fuzzNow.Add(time.Hour).Format(http.TimeFormat),
+		fuzzNow.Add(-time.Hour).Format(http.TimeFormat),
+		fuzzNow.Add(time.Minute).Format(time.RFC850),
+		fuzzNow.Add(time.Minute).Format(time.ANSIC),
+		"Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994",
+		"Fri, 31 Dec 9999 23:59:59 GMT",
+	} {
+		f.Add(s, uint32(0))
+	}
+	p := newPolicy(defaultOptions())
+	req, err := http.NewRequest(http.MethodGet, "http://127.0.0.1/", nil)
+	require.NoError(f, err)
+
+	f.Fuzz(func(t *testing.T, v string, n uint32) {
+		d, ok := parseRetryAfter(v, fuzzNow)
+		if ok && d <= 0 {
+			t.Fatalf("parseRetryAfter(%q) = %v, true: a wait must be positive", v, d)
+		}
+		if trimmed := strings.TrimSpace(v); isDigits(trimmed) {
+			want, perr := strconv.ParseInt(trimmed, 10, 64)
+			switch {
+			case perr != nil || want > maxRetryAfterSeconds:
+				if !ok || d != time.Duration(math.MaxInt64) {
+					t.Fatalf("parseRetryAfter(%q) = %v, %v: an overflowing delay must be the longest wait", v, d, ok)
+				}
+			case d != time.Duration(want)*time.Second || ok != (want > 0):
+				t.Fatalf("parseRetryAfter(%q) = %v, %v, want %v s", v, d, ok, want)
+			}
+		}
+
+		// Digits round-trip.
+		if d, ok := parseRetryAfter(strconv.FormatUint(uint64(n), 10), fuzzNow); d != time.Duration(n)*time.Second || ok != (n > 0) {
+			t.Fatalf("parseRetryAfter(%d) = %v, %v", n, d, ok)
+		}
+
+		// Whatever the header says, the policy never plans a wait past its cap.
+		resp := &http.Response{StatusCode: http.StatusServiceUnavailable, Header: http.Header{"Retry-After": {v}}}
+		dec := p.decide(req, resp, nil, 1, true, fuzzNow)
+		if dec.verdict == retry && dec.retryAfter > p.maxRetryAfter {
+			t.Fatalf("Retry-After %q: plans a wait of %v past the cap %v", v, dec.retryAfter, p.maxRetryAfter)
+		}
+	})
+}
+
+func FuzzNewTransportOptions(f *testing.F) {
+	f.Add(1, 2, 3, 4, int64(time.Second), int64(time.Second), int64(time.Second), int64(time.Second),
+		int64(time.Millisecond), int64(time.Second), int64(time.Second), int64(0), 503, "GET")
+	f.Add(-1, -1, -1, -1, int64(-1), int64(-1), int64(-1), int64(-1),
+		int64(-1), int64(-1), int64(-1), int64(-1), 99, "")
+	f.Add(0, 0, 0, 0, int64(0), int64(0), int64(0), int64(0),
+		int64(2), int64(1), int64(0), int64(1<<20), 600, "BAD METHOD")
+	f.Add(math.MaxInt, math.MinInt, 0, math.MaxInt, int64(math.MaxInt64), int64(math.MinInt64), int64(0), int64(0),
+		int64(math.MaxInt64), int64(math.MaxInt64), int64(math.MaxInt64), int64(math.MaxInt64), 100, "M-SEARCH")
+	f.Add(5, 5, 5, 5, int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), 599, "GET\x00")
+
+	f.Fuzz(func(t *testing.T, maxIdle, perHost, maxConns, maxRetries int,
+		idle, connect, read, tlsHS, boInit, boMax, maxRA, bodyBuf int64, status int, method string) {
+		type opt struct {
+			name  string
+			o     Option
+			valid bool
+		}
+		dur := func(n int64) time.Duration { return time.Duration(n) }
+		_, methodErr := http.NewRequest(method, "http://127.0.0.1/", nil)
+		opts := []opt{
+			{"WithMaxIdleConns", WithMaxIdleConns(maxIdle), maxIdle >= 0},
+			{"WithMaxIdleConnsPerHost", WithMaxIdleConnsPerHost(perHost), perHost >= 0},
+			{"WithMaxConnsPerHost", WithMaxConnsPerHost(maxConns), maxConns >= 0},
+			{"WithMaxRetries", WithMaxRetries(maxRetries), maxRetries >= 0},
+			{"WithIdleConnTimeout", WithIdleConnTimeout(dur(idle)), idle >= 0},
+			{"WithConnectTimeout", WithConnectTimeout(dur(connect)), connect >= 0},
+			{"WithReadTimeout", WithReadTimeout(dur(read)), read >= 0},
+			{"WithTLSHandshakeTimeout", WithTLSHandshakeTimeout(dur(tlsHS)), tlsHS >= 0},
+			{"WithBackoff", WithBackoff(dur(boInit), dur(boMax)), boInit >= 0 && boMax >= 0 && boInit <= boMax},
+			{"WithMaxRetryAfter", WithMaxRetryAfter(dur(maxRA)), maxRA >= 0},
+			{"WithBodyBuffer", WithBodyBuffer(bodyBuf), bodyBuf >= 0},
+			{"WithRetryStatuses", WithRetryStatuses(status), status >= 100 && status <= 599},
+			// net/http's own check is the oracle; an empty method means
+			// GET to net/http but names no method to retry.
+			{"WithRetryMethods", WithRetryMethods(method), method != "" && methodErr == nil},
+		}
+		all := make([]Option, len(opts))
+		valid := true
+		for i, o := range opts {
+			all[i] = o.o
+			valid = valid && o.valid
+		}
+		tr, err := NewTransport(all...)
+		if valid {
+			if err != nil {
+				t.Fatalf("valid options rejected: %v", err)
+			}
+			tr.CloseIdleConnections()
+			return
+		}
+		if err == nil {
+			tr.CloseIdleConnections()
+			t.Fatalf("invalid options accepted")
+		}
+		msg := err.Error()
+		if !strings.HasPrefix(msg, "keepalive: ") {
+			t.Fatalf("error without the package prefix: %q", msg)
+		}
+		for _, o := range opts {
+			if named := strings.Contains(msg, o.name+":"); named == o.valid {
+				t.Fatalf("%s valid=%v, but error %q names it: %v", o.name, o.valid, msg, named)
+			}
+		}
+	})
+}

@@ -1,0 +1,352 @@
+package keepalive
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// streamBody is a request body that cannot be rewound: http.NewRequest sets
+// no GetBody for it.
+type streamBody struct{ r io.Reader }
+
+func (b *streamBody) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+// lifetimeRequest builds the request kinds a lifetime must not break: no
+// body, a rewindable body, and a body that cannot be rewound, each without
+// Idempotency-Key.
+func lifetimeRequest(t testing.TB, kind int, url, payload string) *http.Request {
+	t.Helper()
+	var (
+		req *http.Request
+		err error
+	)
+	switch kind % 3 {
+	case 0:
+		req, err = http.NewRequest(http.MethodGet, url, nil)
+	case 1:
+		req, err = http.NewRequest(http.MethodPost, url, strings.NewReader(payload))
+	default:
+		req, err = http.NewRequest(http.MethodPost, url, &streamBody{strings.NewReader(payload)})
+		require.Nil(t, req.GetBody)
+	}
+	require.NoError(t, err)
+	req.Header.Set("X-Request-Id", payload)
+	return req
+}
+
+// echoOnce answers each request with its body and fails the test if a
+// request (by its X-Request-Id) arrives twice: a POST must never be
+// processed twice, and a lifetime must not make net/http resend anything
+// that was written.
+func echoOnce(t *testing.T) http.Handler {
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		if !assert.NoError(t, err) {
+			return
+		}
+		if id := r.Header.Get("X-Request-Id"); id != "" {
+			mu.Lock()
+			dup := seen[id]
+			seen[id] = true
+			mu.Unlock()
+			assert.False(t, dup, "%s %q processed twice", r.Method, id)
+		}
+		w.Write(b)
+	})
+}
+
+// With a lifetime of 1 ns every connection has expired when it is given to
+// its first request: each request must then close its connection and the
+// next go out on a new one, without an error, whatever its method and body.
+func TestConnMaxLifetimeRetiresEveryReusedConnection(t *testing.T) {
+	srv := httptest.NewServer(echoOnce(t))
+	t.Cleanup(srv.Close)
+	c, tr := newTestClient(t, WithConnMaxLifetime(time.Nanosecond))
+	const n = 30
+
+	for i := range n {
+		payload := fmt.Sprintf("request %d", i)
+		resp, err := c.Do(lifetimeRequest(t, i, srv.URL, payload))
+		require.NoError(t, err, "request %d", i)
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		if i%3 != 0 {
+			assert.Equal(t, payload, string(b))
+		}
+	}
+
+	st := tr.Stats()
+	assert.Equal(t, int64(n), st.Dials, "one connection per request")
+	assert.Equal(t, int64(n), st.ConnsExpired, "every connection was retired")
+	assert.Equal(t, int64(n), st.Attempts)
+	assert.Zero(t, st.Retries)
+}
+
+// The measure: lifetime 200 ms, 5 s of steady traffic from 8
+// goroutines; every connection is replaced, no request fails, no POST is
+// processed twice.
+func TestConnMaxLifetimeUnderSteadyTraffic(t *testing.T) {
+	if testing.Short() {
+		t.Skip("5 s of traffic")
+	}
+	const (
+		lifetime = 200 * time.Millisecond
+		traffic  = 5 * time.Second
+		workers  = 8
+		// Time between the client's age check at its write and the
+		// server reading the request: generous, for loaded machines.
+		slack = 2 * time.Second
+	)
+	type connKey struct{}
+	var (
+		mu      sync.Mutex
+		born    = map[net.Conn]time.Time{}
+		maxAge  time.Duration
+		handled atomic.Int64
+	)
+	echo := echoOnce(t)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		maxAge = max(maxAge, time.Since(born[r.Context().Value(connKey{}).(net.Conn)]))
+		mu.Unlock()
+		handled.Add(1)
+		echo.ServeHTTP(w, r)
+	}))
+	srv.Config.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		mu.Lock()
+		born[c] = time.Now()
+		mu.Unlock()
+		return context.WithValue(ctx, connKey{}, c)
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	c, tr := newTestClient(t, WithConnMaxLifetime(lifetime))
+
+	var (
+		wg       sync.WaitGroup
+		failures atomic.Int64
+		sent     atomic.Int64
+	)
+	stop := time.Now().Add(traffic)
+	for w := range workers {
+		wg.Go(func() {
+			for i := 0; time.Now().Before(stop); i++ {
+				payload := fmt.Sprintf("worker %d request %d", w, i)
+				sent.Add(1)
+				resp, err := c.Do(lifetimeRequest(t, i, srv.URL, payload))
+				if err != nil {
+					failures.Add(1)
+					t.Errorf("request %q: %v", payload, err)
+					continue
+				}
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil || i%3 != 0 && string(b) != payload {
+					failures.Add(1)
+					t.Errorf("request %q: body %q, %v", payload, b, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+
+	st := tr.Stats()
+	mu.Lock()
+	conns, oldest := len(born), maxAge
+	mu.Unlock()
+	t.Logf("%d requests (1/3 GET, 1/3 POST with GetBody, 1/3 streamed POST) in %v over %d connections; "+
+		"%d retired by age; oldest connection at a request: %v; %d failures",
+		sent.Load(), traffic, conns, st.ConnsExpired, oldest.Round(time.Millisecond), failures.Load())
+	assert.Zero(t, failures.Load())
+	assert.Equal(t, sent.Load(), handled.Load(), "every request processed once")
+	assert.Equal(t, int64(conns), st.Dials)
+	// Each connection took its last request within its lifetime (+10%
+	// jitter) plus the slack: all were replaced, over and over.
+	assert.Less(t, oldest, lifetime*11/10+slack)
+	assert.GreaterOrEqual(t, st.ConnsExpired, int64(3*workers), "several generations of connections")
+}
+
+// Over TLS, HTTP/1 connections are retired as in clear text.
+func TestConnMaxLifetimeOverTLS(t *testing.T) {
+	srv := httptest.NewUnstartedServer(echoOnce(t))
+	srv.StartTLS() // HTTP/1 only: EnableHTTP2 is false
+	t.Cleanup(srv.Close)
+	tlsOpt := WithTLSConfig(srv.Client().Transport.(*http.Transport).TLSClientConfig)
+	c, tr := newTestClient(t, tlsOpt, WithConnMaxLifetime(time.Nanosecond))
+	const n = 9
+
+	for i := range n {
+		resp, err := c.Do(lifetimeRequest(t, i, srv.URL, fmt.Sprintf("tls request %d", i)))
+		require.NoError(t, err, "request %d", i)
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		assert.Equal(t, 1, resp.ProtoMajor)
+	}
+	st := tr.Stats()
+	assert.Equal(t, int64(n), st.Dials)
+	assert.Equal(t, int64(n), st.ConnsExpired)
+}
+
+// HTTP/2 connections are not retired (see WithConnMaxLifetime): 8
+// goroutines share one for longer than many lifetimes, without an error.
+func TestConnMaxLifetimeLeavesHTTP2Alone(t *testing.T) {
+	srv, tlsOpt := fleetServer(t, true, echoOnce(t))
+	c, tr := newTestClient(t, tlsOpt, WithConnMaxLifetime(time.Millisecond))
+	resp, err := c.Get(srv.URL) // one connection, before concurrent requests could dial more
+	require.NoError(t, err)
+	resp.Body.Close()
+	var wg sync.WaitGroup
+	stop := time.Now().Add(200 * time.Millisecond)
+	for w := range 8 {
+		wg.Go(func() {
+			for i := 0; time.Now().Before(stop); i++ {
+				payload := fmt.Sprintf("h2 worker %d request %d", w, i)
+				resp, err := c.Do(lifetimeRequest(t, i, srv.URL, payload))
+				if !assert.NoError(t, err, payload) {
+					return
+				}
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				assert.NoError(t, err)
+				assert.Equal(t, 2, resp.ProtoMajor)
+				if i%3 != 0 {
+					assert.Equal(t, payload, string(b))
+				}
+			}
+		})
+	}
+	wg.Wait()
+	st := tr.Stats()
+	assert.Equal(t, int64(1), st.Dials)
+	assert.Zero(t, st.ConnsExpired)
+}
+
+// A request that switches protocols (a WebSocket) keeps its Connection
+// header, Upgrade, even on an expired connection: the connection becomes
+// the caller's, and must stay open.
+func TestConnMaxLifetimeLeavesUpgradedConnectionsAlone(t *testing.T) {
+	srv := upgradeEchoServer(t)
+	c, tr := newTestClient(t, WithConnMaxLifetime(time.Nanosecond))
+
+	echoOverUpgrade(t, c, srv.URL)
+	assert.Zero(t, tr.Stats().ConnsExpired)
+}
+
+// upgradeEchoServer switches to an echo protocol of 4-byte messages on
+// "Upgrade: echo", and answers 200 otherwise.
+func upgradeEchoServer(t *testing.T) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "echo" {
+			return
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if !assert.NoError(t, err) {
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		buf := make([]byte, 4)
+		for {
+			if _, err := io.ReadFull(brw, buf); err != nil {
+				return
+			}
+			conn.Write(buf)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// echoOverUpgrade switches protocols with upgradeEchoServer and exchanges
+// messages, each write after a read.
+func echoOverUpgrade(t *testing.T, c *http.Client, url string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	require.NoError(t, err)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "echo")
+	resp, err := c.Do(req)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+	rw, ok := resp.Body.(io.ReadWriteCloser)
+	require.True(t, ok, "the body of a 101 is writable")
+	defer rw.Close()
+
+	buf := make([]byte, 4)
+	for _, msg := range []string{"ping", "pong", "last"} { // each write follows a read
+		_, err := io.WriteString(rw, msg)
+		require.NoError(t, err, "write %q", msg)
+		_, err = io.ReadFull(rw, buf)
+		require.NoError(t, err)
+		assert.Equal(t, msg, string(buf))
+	}
+}
+
+// With Expect: 100-continue the body is written after the 100 response is
+// read; a retired connection must still carry it whole.
+func TestConnMaxLifetimeExpectContinue(t *testing.T) {
+	srv := httptest.NewServer(echoOnce(t))
+	t.Cleanup(srv.Close)
+	c, tr := newTestClient(t, WithConnMaxLifetime(time.Nanosecond))
+	const n = 6
+
+	for i := range n {
+		payload := fmt.Sprintf("continued %d", i)
+		req := lifetimeRequest(t, 1+i%2, srv.URL, payload) // rewindable and streamed POSTs
+		req.Header.Set("Expect", "100-continue")
+		resp, err := c.Do(req)
+		require.NoError(t, err, "request %d", i)
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		assert.Equal(t, payload, string(b))
+	}
+	assert.Equal(t, int64(n), tr.Stats().Dials)
+}
+
+// BenchmarkRoundTripLifetime is what WithConnMaxLifetime costs a request:
+// a header copy and a trace.
+func BenchmarkRoundTripLifetime(b *testing.B) {
+	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	b.Cleanup(srv.Close)
+	for _, bc := range []struct {
+		name string
+		opts []Option
+	}{
+		{"lifetime=off", nil},
+		{"lifetime=1m", []Option{WithConnMaxLifetime(time.Minute)}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			tr := newTestTransport(b, bc.opts...)
+			req, err := http.NewRequest(http.MethodGet, srv.URL, nil)
+			require.NoError(b, err)
+			req.Header.Set("Accept", "application/json")
+			b.ReportAllocs()
+			for b.Loop() {
+				resp, err := tr.RoundTrip(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
+	}
+}
