@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"sync/atomic"
 	"time"
 )
@@ -195,45 +196,54 @@ func (t *Transport) wrapBody(resp *http.Response, gh *gateHost) *http.Response {
 	if d <= 0 && gh == nil {
 		return resp
 	}
-	b := &body{rc: resp.Body, d: d, gate: gh}
-	if d > 0 {
-		b.timer = time.AfterFunc(d, b.expire)
-		b.timer.Stop()
-	}
-	resp.Body = b
+	resp.Body = &body{rc: resp.Body, d: d, gate: gh}
 	return resp
 }
 
-// body is a response body with the read timeout: a timer armed for the
-// duration of each Read closes the body, which unblocks the Read on both
-// HTTP/1 and HTTP/2. Time between Reads (the caller processing) is not
-// counted, so a slow but steady body is never cut off. At its end (an
-// error or EOF from Read, or Close) it leaves the dial gate.
+// clockStart anchors body's monotonic clock: time.Since(clockStart) is a
+// monotonic reading that fits an atomic int64.
+var clockStart = time.Now()
+
+// body is a response body with the read timeout, and the dial gate's
+// release at its end (an error or EOF from Read, or Close).
+//
+// The timeout is one timer per body, armed at the first Read. Each Read
+// stores when it started; when the timer fires it closes the body (which
+// unblocks a Read on both HTTP/1 and HTTP/2) if a Read has waited d, and
+// otherwise re-arms for the time left. A Read costs a clock reading and two
+// atomic stores, not a timer reset and stop. Time between Reads (the
+// caller processing) is not counted, so a slow but steady body is never cut
+// off.
 type body struct {
-	rc    io.ReadCloser
-	d     time.Duration // 0: no read timeout, and no timer
-	timer *time.Timer
-	fired atomic.Bool
-	gate  *gateHost
-	left  atomic.Bool
+	rc        io.ReadCloser
+	d         time.Duration // 0: no read timeout, and no timer
+	timer     atomic.Pointer[time.Timer]
+	readStart atomic.Int64 // time.Since(clockStart) when the Read in progress began; 0: none
+	fired     atomic.Bool  // the timer closed the body
+	done      atomic.Bool  // EOF, an error or Close: the timer stops for good
+	gate      *gateHost
+	left      atomic.Bool
 }
 
 func (b *body) Read(p []byte) (int, error) {
-	if b.timer == nil {
+	if b.d <= 0 {
 		n, err := b.rc.Read(p)
 		if err != nil {
-			b.leave()
+			b.end()
 		}
 		return n, err
 	}
 	if b.fired.Load() {
 		return 0, &ReadTimeoutError{Limit: b.d}
 	}
-	b.timer.Reset(b.d)
+	b.readStart.Store(max(int64(time.Since(clockStart)), 1))
+	if b.timer.Load() == nil {
+		b.timer.Store(time.AfterFunc(b.d, b.expire))
+	}
 	n, err := b.rc.Read(p)
-	b.timer.Stop()
+	b.readStart.Store(0)
 	if err != nil {
-		b.leave()
+		b.end()
 		if b.fired.Load() {
 			return n, &ReadTimeoutError{Limit: b.d}
 		}
@@ -241,22 +251,43 @@ func (b *body) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// expire runs when the timer fires: it fails a Read that has waited d, and
+// otherwise waits again for as long as a Read could still take.
 func (b *body) expire() {
-	b.fired.Store(true)
-	b.rc.Close()
+	if b.done.Load() {
+		return
+	}
+	wait := b.d
+	if start := b.readStart.Load(); start != 0 {
+		waited := time.Duration(int64(time.Since(clockStart)) - start)
+		if waited >= b.d {
+			b.fired.Store(true)
+			b.rc.Close()
+			return
+		}
+		wait = b.d - waited
+	}
+	t := b.timer.Load()
+	for t == nil { // fired before Read stored it: only for timeouts of microseconds
+		runtime.Gosched()
+		t = b.timer.Load()
+	}
+	t.Reset(wait)
 }
 
 func (b *body) Close() error {
-	if b.timer != nil {
-		b.timer.Stop()
-	}
 	err := b.rc.Close()
-	b.leave()
+	b.end()
 	return err
 }
 
-func (b *body) leave() {
-	if b.left.CompareAndSwap(false, true) {
-		b.gate.leave()
+// end stops the timer and leaves the dial gate, once.
+func (b *body) end() {
+	if b.done.Swap(true) {
+		return
 	}
+	if t := b.timer.Load(); t != nil {
+		t.Stop()
+	}
+	b.gate.leave()
 }
