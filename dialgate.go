@@ -17,7 +17,7 @@
 // request to get one; if it does, the dial is dropped before it connects.
 // Only requests that start while a dial to their host is in progress are
 // watched (with an httptrace.GotConn hook); in steady state no dial is in
-// progress and a request pays two atomic adds and one map lookup.
+// progress and a request pays three atomic operations.
 
 package keepalive
 
@@ -27,8 +27,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
-	"net/url"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -41,111 +39,18 @@ const (
 	dialHoldStep = time.Millisecond
 )
 
-// maxGateHosts bounds the hosts the gate tracks; past it, new hosts are
-// dialed as net/http does, without the gate.
-const maxGateHosts = 4096
-
 // errDialNotNeeded ends a dial whose request took another connection. It
 // reaches no caller: net/http drops the result of a dial whose request was
 // already served.
 var errDialNotNeeded = errors.New("keepalive: dial not needed: the request got another connection")
 
-// gateHost is the gate's view of one host (host:port).
+// gateHost is the gate's view of one host (host:port), kept in its
+// hostCounters (observer.go). Hosts past HostStatsLimit share counters, so
+// they are dialed without the gate, as net/http does.
 type gateHost struct {
 	busy    atomic.Int64 // attempts from their start until their response body is done
 	conns   atomic.Int64 // connections open, and dials in progress
 	dialing atomic.Int64 // dials in progress
-}
-
-// gateTable finds a host's gateHost without a lock or an allocation once
-// the host is known: the maps are immutable, replaced whole when a host is
-// added, at most maxGateHosts times.
-type gateTable struct {
-	maps    atomic.Pointer[gateMaps]
-	mu      sync.Mutex    // serialises adding hosts
-	n       int           // hosts tracked, under mu
-	holdMax time.Duration // dialHoldMax; tests lengthen it
-}
-
-type gateMaps struct {
-	addr  map[string]*gateHost // "host:port", and URL hosts with a port
-	http  map[string]*gateHost // URL hosts without a port, http: port 80
-	https map[string]*gateHost // URL hosts without a port, https: port 443
-}
-
-func newGateTable() *gateTable {
-	g := &gateTable{holdMax: dialHoldMax}
-	g.maps.Store(&gateMaps{addr: map[string]*gateHost{}, http: map[string]*gateHost{}, https: map[string]*gateHost{}})
-	return g
-}
-
-// forURL returns the gateHost of u's host, or nil if the table is full.
-func (g *gateTable) forURL(u *url.URL) *gateHost {
-	m := g.maps.Load()
-	byHost, port := m.addr, u.Port()
-	if port == "" {
-		byHost, port = m.http, "80"
-		if u.Scheme == "https" {
-			byHost, port = m.https, "443"
-		}
-	}
-	if h := byHost[u.Host]; h != nil {
-		return h
-	}
-	return g.add(u.Scheme, u.Host, net.JoinHostPort(u.Hostname(), port))
-}
-
-// forAddr returns the gateHost of a dialed address, or nil if the table
-// is full.
-func (g *gateTable) forAddr(addr string) *gateHost {
-	if h := g.maps.Load().addr[addr]; h != nil {
-		return h
-	}
-	return g.add("", addr, addr)
-}
-
-// add makes alias (a URL host of scheme, or a dial address when scheme is
-// empty) and addr find the same gateHost.
-func (g *gateTable) add(scheme, alias, addr string) *gateHost {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	old := g.maps.Load()
-	h := old.addr[addr]
-	if h == nil {
-		if g.n >= maxGateHosts {
-			return nil
-		}
-		g.n++
-		h = &gateHost{}
-	}
-	m := &gateMaps{addr: copyGateMap(old.addr), http: old.http, https: old.https}
-	m.addr[addr] = h
-	switch {
-	case alias == addr:
-	case scheme == "https":
-		m.https = copyGateMap(old.https)
-		m.https[alias] = h
-	case scheme != "" && alias != "" && !hasPort(alias):
-		m.http = copyGateMap(old.http)
-		m.http[alias] = h
-	default:
-		m.addr[alias] = h
-	}
-	g.maps.Store(m)
-	return h
-}
-
-func hasPort(hostport string) bool {
-	_, port, err := net.SplitHostPort(hostport)
-	return err == nil && port != ""
-}
-
-func copyGateMap(m map[string]*gateHost) map[string]*gateHost {
-	n := make(map[string]*gateHost, len(m)+1)
-	for k, v := range m {
-		n[k] = v
-	}
-	return n
 }
 
 // gateKey is the context key of a watched request's gateMark.
@@ -163,22 +68,29 @@ func (m *gateMark) gotConn(httptrace.GotConnInfo) {
 	}
 }
 
-// enter counts r as busy on its host and returns the host to leave, and r
-// to send: watched for its connection when a dial to its host is in
-// progress.
-func (g *gateTable) enter(r *http.Request) (*gateHost, *http.Request) {
-	h := g.forURL(r.URL)
+// gateFor returns the gate of the host whose counters are c, or nil for
+// the hosts past HostStatsLimit, which share counters.
+func (h *hostTable) gateFor(c *hostCounters) *gateHost {
+	if c == &h.other {
+		return nil
+	}
+	return &c.gate
+}
+
+// enter counts r as busy on its host (h, nil if ungated) and returns r to
+// send: watched for its connection when a dial to its host is in progress.
+func (h *gateHost) enter(r *http.Request) *http.Request {
 	if h == nil {
-		return nil, r
+		return r
 	}
 	h.busy.Add(1)
 	if h.dialing.Load() == 0 {
-		return h, r
+		return r
 	}
 	m := &gateMark{done: make(chan struct{})}
 	ctx := context.WithValue(r.Context(), gateKey{}, m)
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: m.gotConn})
-	return h, r.WithContext(ctx)
+	return r.WithContext(ctx)
 }
 
 // leave ends a busy attempt: when it failed, or when its response body is
@@ -189,18 +101,17 @@ func (h *gateHost) leave() {
 	}
 }
 
-// dial runs the gate around connect: it counts the dial and the connection
-// it makes, and drops the dial if its request got another connection while
-// it waited.
-func (g *gateTable) dial(ctx context.Context, addr string, connect func() (net.Conn, error)) (net.Conn, error) {
-	h := g.forAddr(addr)
+// dial runs the gate (h, nil if ungated) around connect: it counts the
+// dial and the connection it makes, and drops the dial if its request got
+// another connection while it waited, at most holdMax.
+func (h *gateHost) dial(ctx context.Context, holdMax time.Duration, connect func() (net.Conn, error)) (net.Conn, error) {
 	if h == nil {
 		return connect()
 	}
 	h.conns.Add(1)
 	h.dialing.Add(1)
 	defer h.dialing.Add(-1)
-	if h.hold(ctx, g.holdMax) {
+	if h.hold(ctx, holdMax) {
 		h.conns.Add(-1)
 		return nil, errDialNotNeeded
 	}

@@ -20,33 +20,29 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func TestGateTableFindsOneHostByURLAndByDialAddress(t *testing.T) {
-	g := newGateTable()
+func TestGateIsSharedByAURLHostAndItsDialAddress(t *testing.T) {
+	h := newHostTable()
 	parse := func(s string) *url.URL {
 		u, err := url.Parse(s)
 		require.NoError(t, err)
 		return u
 	}
-	http80 := g.forURL(parse("http://example.com/x"))
-	require.NotNil(t, http80)
-	assert.Same(t, http80, g.forURL(parse("http://example.com:80/y")))
-	assert.Same(t, http80, g.forAddr("example.com:80"))
-
-	https := g.forURL(parse("https://example.com/"))
-	assert.NotSame(t, http80, https)
-	assert.Same(t, https, g.forAddr("example.com:443"))
-
-	v6 := g.forAddr("[::1]:8080")
-	assert.Same(t, v6, g.forURL(parse("http://[::1]:8080/")))
+	plain := h.gateFor(h.forURL(parse("http://example.com/x")))
+	require.NotNil(t, plain)
+	assert.Same(t, plain, h.gateFor(h.forURL(parse("http://example.com:80/y"))))
+	assert.Same(t, plain, h.gateFor(h.forAddr("example.com:80")))
+	tls := h.gateFor(h.forURL(parse("https://example.com/")))
+	assert.NotSame(t, plain, tls)
+	assert.Same(t, tls, h.gateFor(h.forAddr("example.com:443")))
 }
 
-func TestGateTableIsBounded(t *testing.T) {
-	g := newGateTable()
-	for i := range maxGateHosts {
-		require.NotNil(t, g.forAddr(net.JoinHostPort("10.0.0.1", strconv.Itoa(i+1))))
+func TestGateLeavesHostsPastTheLimitUngated(t *testing.T) {
+	h := newHostTable()
+	for i := range HostStatsLimit {
+		require.NotNil(t, h.gateFor(h.forAddr(net.JoinHostPort("10.0.0.1", strconv.Itoa(i+1)))))
 	}
-	assert.Nil(t, g.forAddr("10.0.0.2:1"), "past the limit, hosts go ungated")
-	assert.NotNil(t, g.forAddr("10.0.0.1:1"), "known hosts still are")
+	assert.Nil(t, h.gateFor(h.forAddr("10.0.0.2:1")))
+	assert.NotNil(t, h.gateFor(h.forAddr("10.0.0.1:1")), "known hosts stay gated")
 }
 
 // acceptCounter is a listener that counts the connections made to it.
@@ -73,16 +69,15 @@ func acceptCounter(t *testing.T) (addr string, accepted *atomic.Int64) {
 
 func TestGateHold(t *testing.T) {
 	dialer := &net.Dialer{}
-	setup := func(t *testing.T, busy, open int64) (*gateTable, *gateHost, string, *atomic.Int64) {
+	setup := func(t *testing.T, busy, open int64) (*gateHost, string, *atomic.Int64) {
 		addr, accepted := acceptCounter(t)
-		g := newGateTable()
-		h := g.forAddr(addr)
+		h := &gateHost{}
 		h.busy.Store(busy)
 		h.conns.Store(open)
-		return g, h, addr, accepted
+		return h, addr, accepted
 	}
-	dial := func(g *gateTable, ctx context.Context, addr string) (net.Conn, error) {
-		return g.dial(ctx, addr, func() (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) })
+	dial := func(h *gateHost, holdMax time.Duration, ctx context.Context, addr string) (net.Conn, error) {
+		return h.dial(ctx, holdMax, func() (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) })
 	}
 	marked := func() (context.Context, *gateMark) {
 		m := &gateMark{done: make(chan struct{})}
@@ -90,12 +85,11 @@ func TestGateHold(t *testing.T) {
 	}
 
 	t.Run("a dial whose request gets another connection never connects", func(t *testing.T) {
-		g, h, addr, accepted := setup(t, 1, 1) // one request, one connection about to come free
-		g.holdMax = time.Minute                // the wait must not end before gotConn
+		h, addr, accepted := setup(t, 1, 1) // one request, one connection about to come free
 		ctx, m := marked()
 		errc := make(chan error, 1)
 		go func() {
-			c, err := dial(g, ctx, addr)
+			c, err := dial(h, time.Minute, ctx, addr) // the wait must not end before gotConn
 			if c != nil {
 				c.Close()
 			}
@@ -110,9 +104,9 @@ func TestGateHold(t *testing.T) {
 		assert.EqualValues(t, 1, h.conns.Load(), "the dropped dial is not counted")
 	})
 	t.Run("a dial that waits in vain connects", func(t *testing.T) {
-		g, h, addr, accepted := setup(t, 1, 1)
+		h, addr, accepted := setup(t, 1, 1)
 		ctx, _ := marked()
-		c, err := dial(g, ctx, addr)
+		c, err := dial(h, dialHoldMax, ctx, addr)
 		require.NoError(t, err)
 		assert.EqualValues(t, 2, h.conns.Load())
 		require.NoError(t, c.Close())
@@ -121,26 +115,26 @@ func TestGateHold(t *testing.T) {
 		assert.Eventually(t, func() bool { return accepted.Load() == 1 }, 10*time.Second, time.Millisecond)
 	})
 	t.Run("a dial when every connection is busy does not wait", func(t *testing.T) {
-		g, h, addr, _ := setup(t, 2, 1)
+		h, addr, _ := setup(t, 2, 1)
 		ctx, m := marked()
-		c, err := dial(g, ctx, addr)
+		c, err := dial(h, time.Minute, ctx, addr)
 		require.NoError(t, err)
 		c.Close()
 		assert.False(t, m.got.Load())
 		assert.Zero(t, h.dialing.Load())
 	})
 	t.Run("an unwatched dial does not wait", func(t *testing.T) {
-		g, _, addr, accepted := setup(t, 0, 5)
-		c, err := dial(g, context.Background(), addr)
+		h, addr, accepted := setup(t, 0, 5)
+		c, err := dial(h, time.Minute, context.Background(), addr)
 		require.NoError(t, err)
 		c.Close()
 		assert.Eventually(t, func() bool { return accepted.Load() == 1 }, 10*time.Second, time.Millisecond)
 	})
 	t.Run("a request that already has a connection dials at once", func(t *testing.T) {
-		g, _, addr, _ := setup(t, 1, 1)
+		h, addr, _ := setup(t, 1, 1)
 		ctx, m := marked()
 		m.gotConn(httptrace.GotConnInfo{}) // net/http retries it on a new connection
-		c, err := dial(g, ctx, addr)
+		c, err := dial(h, time.Minute, ctx, addr)
 		require.NoError(t, err)
 		c.Close()
 	})
@@ -213,7 +207,7 @@ func TestGateCountsReturnToZero(t *testing.T) {
 	resp.Body.Close()
 	u, err := url.Parse(srv.URL)
 	require.NoError(t, err)
-	h := tr.gate.forURL(u)
+	h := tr.hosts.gateFor(tr.hosts.forURL(u))
 	assert.Zero(t, h.busy.Load(), "every attempt left")
 	assert.Zero(t, h.dialing.Load())
 	assert.Positive(t, h.conns.Load())

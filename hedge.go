@@ -128,8 +128,10 @@ func (t *Transport) send(r *http.Request, n int) (*http.Response, error) {
 			return nil, err
 		}
 	}
-	gh, r := t.gate.enter(r)         // dialgate.go
-	resp, err := t.sendAttempt(r, n) // observer.go: counts, hooks, then sendTimed
+	hc := t.hosts.forURL(r.URL)
+	gh := t.hosts.gateFor(hc)
+	r = gh.enter(r)                      // dialgate.go
+	resp, err := t.sendAttempt(r, n, hc) // observer.go: counts, hooks, then sendTimed
 	if err != nil {
 		gh.leave()
 	} else {

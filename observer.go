@@ -324,11 +324,11 @@ func (t *Transport) countRequest(req *http.Request) {
 	t.hosts.forURL(req.URL).requests.Add(1)
 }
 
-// sendAttempt sends r, attempt number n of its request, under the attempt
+// sendAttempt sends r, attempt number n of its request to the host whose
+// counters are hc, under the attempt
 // deadline (sendTimed) and through t.inner, counting it and telling the
 // observers. With no observer it costs two atomic adds and a map lookup.
-func (t *Transport) sendAttempt(r *http.Request, n int) (*http.Response, error) {
-	hc := t.hosts.forURL(r.URL)
+func (t *Transport) sendAttempt(r *http.Request, n int, hc *hostCounters) (*http.Response, error) {
 	t.stats.attempts.Add(1)
 	hc.attempts.Add(1)
 	if !t.observeAttempts {
@@ -535,6 +535,7 @@ func (c *counters) snapshot() Stats {
 type hostCounters struct {
 	key string // "host:port"
 	counters
+	gate gateHost // dialgate.go
 }
 
 func (c *hostCounters) keyOr(addr string) string {

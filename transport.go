@@ -30,7 +30,6 @@ type Transport struct {
 	opts     options
 	stats    counters
 	budget   *retryBudget // budget.go; nil: off
-	gate     *gateTable   // dialgate.go
 	breakers *breakers    // breaker.go; nil: off
 
 	hosts           *hostTable        // per-host counters: observer.go
@@ -47,7 +46,7 @@ func NewTransport(opts ...Option) (*Transport, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Transport{opts: o, policy: newPolicy(o), budget: newRetryBudget(o.budget), gate: newGateTable(), hosts: newHostTable()}
+	t := &Transport{opts: o, policy: newPolicy(o), budget: newRetryBudget(o.budget), hosts: newHostTable()}
 	if o.breaker != nil {
 		t.breakers = newBreakers(*o.breaker, o.retryStatuses, t.observeBreakerChange)
 	}
@@ -136,7 +135,8 @@ func (t *Transport) newBase() *http.Transport {
 		// Counting in the dialer costs two atomic adds per connection, where
 		// an httptrace.ClientTrace would cost allocations on every request.
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := t.gate.dial(ctx, addr, func() (net.Conn, error) { // dialgate.go
+			gh := t.hosts.gateFor(t.hosts.forAddr(addr))
+			c, err := gh.dial(ctx, dialHoldMax, func() (net.Conn, error) { // dialgate.go
 				return dialer.DialContext(ctx, network, addr)
 			})
 			if err == errDialNotNeeded {
@@ -222,7 +222,6 @@ type body struct {
 	fired     atomic.Bool  // the timer closed the body
 	done      atomic.Bool  // EOF, an error or Close: the timer stops for good
 	gate      *gateHost
-	left      atomic.Bool
 }
 
 func (b *body) Read(p []byte) (int, error) {
