@@ -108,18 +108,18 @@ var (
 
 // attempt sends attempt number n of req: r, hedged when r may be sent
 // more than once (its body is replayable and its method safe to repeat)
-// and does not ask to switch protocols.
-func (t *Transport) attempt(req, r *http.Request, replayable bool, n int) (*http.Response, error) {
+// and does not ask to switch protocols. hc are the counters of req's host.
+func (t *Transport) attempt(req, r *http.Request, replayable bool, n int, hc *hostCounters) (*http.Response, error) {
 	if t.opts.hedgeDelay > 0 && replayable && t.policy.mayResend(req, nil) && req.Header.Get("Upgrade") == "" {
-		return t.hedged(req, r, n)
+		return t.hedged(req, r, n, hc)
 	}
-	return t.send(r, n)
+	return t.send(r, n, hc)
 }
 
 // send makes one call of the underlying transport, attempt number n of its
-// request, through the circuit breaker and under the attempt deadline when
-// they are configured.
-func (t *Transport) send(r *http.Request, n int) (*http.Response, error) {
+// request to the host whose counters are hc, through the circuit breaker
+// and under the attempt deadline when they are configured.
+func (t *Transport) send(r *http.Request, n int, hc *hostCounters) (*http.Response, error) {
 	var done func(error)
 	if t.breakers != nil {
 		var err error
@@ -128,7 +128,6 @@ func (t *Transport) send(r *http.Request, n int) (*http.Response, error) {
 			return nil, err
 		}
 	}
-	hc := t.hosts.forURL(r.URL)
 	gh := t.hosts.gateFor(hc)
 	r = gh.enter(r)                      // dialgate.go
 	resp, err := t.sendAttempt(r, n, hc) // observer.go: counts, hooks, then sendTimed
@@ -228,7 +227,7 @@ type hedgeResult struct {
 // outcome, or the last one when all were worth a retry. Every other
 // attempt is cancelled and its response closed before it returns, so no
 // goroutine outlives the call.
-func (t *Transport) hedged(req, first *http.Request, n int) (*http.Response, error) {
+func (t *Transport) hedged(req, first *http.Request, n int, hc *hostCounters) (*http.Response, error) {
 	ctx := req.Context()
 	results := make(chan hedgeResult, 1+t.opts.maxHedges)
 	cancels := make([]context.CancelCauseFunc, 0, 1+t.opts.maxHedges)
@@ -237,7 +236,7 @@ func (t *Transport) hedged(req, first *http.Request, n int) (*http.Response, err
 		i := len(cancels)
 		cancels = append(cancels, cancel)
 		go func() {
-			resp, err := t.send(r.WithContext(actx), n) // hedges share their attempt's number
+			resp, err := t.send(r.WithContext(actx), n, hc) // hedges share their attempt's number
 			results <- hedgeResult{resp: resp, err: err, i: i}
 		}()
 	}

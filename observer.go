@@ -319,9 +319,12 @@ func (t *Transport) initObserving() error {
 }
 
 // countRequest counts a call to RoundTrip.
-func (t *Transport) countRequest(req *http.Request) {
+// It returns the counters of req's host, for the rest of the request.
+func (t *Transport) countRequest(req *http.Request) *hostCounters {
+	hc := t.hosts.forURL(req.URL)
 	t.stats.requests.Add(1)
-	t.hosts.forURL(req.URL).requests.Add(1)
+	hc.requests.Add(1)
+	return hc
 }
 
 // sendAttempt sends r, attempt number n of its request to the host whose
@@ -391,10 +394,11 @@ func attemptTimeoutCounter(c *counters) *atomic.Int64 { return &c.attemptTimeout
 func hedgeCounter(c *counters) *atomic.Int64          { return &c.hedges }
 func connExpiredCounter(c *counters) *atomic.Int64    { return &c.connsExpired }
 
-// countRetry counts an attempt after the first of its request.
-func (t *Transport) countRetry(r *http.Request) {
+// countRetry counts an attempt after the first of its request, to the host
+// whose counters are hc.
+func (t *Transport) countRetry(hc *hostCounters) {
 	t.stats.retries.Add(1)
-	t.hosts.forURL(r.URL).retries.Add(1)
+	hc.retries.Add(1)
 }
 
 // countDial counts a TCP connect to addr that ended with err.
@@ -442,6 +446,7 @@ func (t *Transport) observeRetry(req *http.Request, resp *http.Response, err err
 func (t *Transport) observeGiveUp(req *http.Request, resp *http.Response, err error, attempts int, reason GiveUpReason, wait time.Duration) {
 	hc := t.hosts.forURL(req.URL)
 	if reason.counted() {
+		t.stats.gaveUp.Add(1)
 		hc.gaveUp.Add(1)
 	}
 	e := GiveUpEvent{Request: req, Host: hc.key, Attempts: attempts, Reason: reason, Err: err, Wait: wait}

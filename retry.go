@@ -89,15 +89,15 @@ func (e *RetryError) Unwrap() []error {
 // RoundTrip sends req, and sends it again while the outcome is worth a retry
 // and the request may safely be repeated. It implements http.RoundTripper.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	t.countRequest(req)
+	hc := t.countRequest(req) // observer.go
 	if t.policy.maxRetries == 0 {
-		resp, err := t.send(req, 1)
+		resp, err := t.send(req, 1, hc)
 		if err != nil {
 			return nil, err
 		}
 		return t.finish(req, resp), nil
 	}
-	return t.roundTripRetry(req)
+	return t.roundTripRetry(req, hc)
 }
 
 // Private implementation past this point.
@@ -311,7 +311,8 @@ func (p *policy) nextWait(b *backoff.ExponentialBackOff) time.Duration {
 	return min(b.NextBackOff(), p.max)
 }
 
-func (t *Transport) roundTripRetry(req *http.Request) (*http.Response, error) {
+// roundTripRetry runs the retry loop for req, whose host's counters are hc.
+func (t *Transport) roundTripRetry(req *http.Request, hc *hostCounters) (*http.Response, error) {
 	ctx := req.Context()
 	r, replayable, err := t.prepareBody(req)
 	if err != nil {
@@ -321,7 +322,7 @@ func (t *Transport) roundTripRetry(req *http.Request) (*http.Response, error) {
 	t.budget.deposit(req.URL.Host, started)
 	var bo *backoff.ExponentialBackOff
 	for attempt := 1; ; attempt++ {
-		resp, err := t.attempt(req, r, replayable, attempt) // hedge.go
+		resp, err := t.attempt(req, r, replayable, attempt, hc) // hedge.go
 		if err == nil && t.policy.check == nil && !t.policy.statuses.has(resp.StatusCode) {
 			return t.finish(req, resp), nil // the success path: nothing more to decide
 		}
@@ -329,16 +330,16 @@ func (t *Transport) roundTripRetry(req *http.Request) (*http.Response, error) {
 		d := t.policy.decide(req, resp, err, attempt, replayable, now)
 		switch d.verdict {
 		case done:
-			return t.giveUp(req, resp, err, attempt, false)
+			return t.giveUp(req, resp, err, attempt)
 		case unsafe:
 			t.observeGiveUp(req, resp, err, attempt, GiveUpNotReplayable, 0)
-			return t.giveUp(req, resp, err, attempt, false)
+			return t.giveUp(req, resp, err, attempt)
 		case exhausted:
 			t.observeGiveUp(req, resp, err, attempt, GiveUpExhausted, 0)
-			return t.giveUp(req, resp, err, attempt, true)
+			return t.giveUp(req, resp, err, attempt)
 		case retryAfterTooFar:
 			t.observeGiveUp(req, resp, err, attempt, GiveUpRetryAfter, d.retryAfter)
-			return t.giveUp(req, resp, err, attempt, true)
+			return t.giveUp(req, resp, err, attempt)
 		case policyError:
 			t.observeGiveUp(req, resp, err, attempt, GiveUpPolicy, 0)
 			status := 0
@@ -361,12 +362,12 @@ func (t *Transport) roundTripRetry(req *http.Request) (*http.Response, error) {
 		// outcome now rather than a DeadlineExceeded later.
 		if dl, ok := ctx.Deadline(); ok && wait+now.Sub(started) >= dl.Sub(now) {
 			t.observeGiveUp(req, resp, err, attempt, GiveUpDeadline, wait)
-			return t.giveUp(req, resp, err, attempt, true)
+			return t.giveUp(req, resp, err, attempt)
 		}
 		if !t.budget.withdraw(req.URL.Host, now) { // budget.go
 			t.observeBudgetRefused(req, attempt)
 			t.observeGiveUp(req, resp, err, attempt, GiveUpBudget, wait)
-			return t.giveUp(req, resp, err, attempt, true)
+			return t.giveUp(req, resp, err, attempt)
 		}
 		t.observeRetry(req, resp, err, attempt, wait, d.retryAfter > 0)
 		status := 0
@@ -376,7 +377,6 @@ func (t *Transport) roundTripRetry(req *http.Request) (*http.Response, error) {
 		}
 		if serr := sleep(ctx, wait); serr != nil {
 			t.observeGiveUp(req, resp, err, attempt, GiveUpCanceled, wait)
-			t.stats.gaveUp.Add(1)
 			return nil, t.retryError(req, attempt, status, err, serr)
 		}
 		started = time.Now()
@@ -384,7 +384,7 @@ func (t *Transport) roundTripRetry(req *http.Request) (*http.Response, error) {
 			t.observeGiveUp(req, resp, err, attempt, GiveUpBody, 0)
 			return nil, t.retryError(req, attempt, status, nil, err)
 		}
-		t.countRetry(r)
+		t.countRetry(hc)
 	}
 }
 
@@ -396,12 +396,8 @@ func (t *Transport) finish(req *http.Request, resp *http.Response) *http.Respons
 
 // giveUp ends a request with the outcome of its last attempt: a response is
 // returned intact, an error as it is after one attempt and in a RetryError
-// after more. counted reports whether the request gave up on a retryable
-// outcome.
-func (t *Transport) giveUp(req *http.Request, resp *http.Response, err error, attempt int, counted bool) (*http.Response, error) {
-	if counted {
-		t.stats.gaveUp.Add(1)
-	}
+// after more. Stats.GaveUp is counted by observeGiveUp, with the reason.
+func (t *Transport) giveUp(req *http.Request, resp *http.Response, err error, attempt int) (*http.Response, error) {
 	if err == nil {
 		return t.finish(req, resp), nil
 	}
