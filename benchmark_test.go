@@ -243,9 +243,9 @@ func newBareTransport(b *testing.B) http.RoundTripper {
 		Timeout: keepalive.DefaultConnectTimeout,
 		KeepAliveConfig: net.KeepAliveConfig{
 			Enable:   true,
-			Idle:     keepalive.DefaultTCPKeepAliveIdle,
-			Interval: keepalive.DefaultTCPKeepAliveInterval,
-			Count:    keepalive.DefaultTCPKeepAliveCount,
+			Idle:     30 * time.Second, // keepalive's fixed TCP keep-alive tuning
+			Interval: 15 * time.Second,
+			Count:    3,
 		},
 	}
 	tr := &http.Transport{
@@ -260,8 +260,8 @@ func newBareTransport(b *testing.B) http.RoundTripper {
 		ResponseHeaderTimeout: keepalive.DefaultReadTimeout,
 		ExpectContinueTimeout: time.Second, // as keepalive sets it
 		HTTP2: &http.HTTP2Config{
-			SendPingTimeout: keepalive.DefaultHTTP2PingInterval,
-			PingTimeout:     keepalive.DefaultHTTP2PingTimeout,
+			SendPingTimeout: 30 * time.Second, // keepalive's fixed HTTP/2 health checks
+			PingTimeout:     15 * time.Second,
 		},
 	}
 	b.Cleanup(tr.CloseIdleConnections)

@@ -1,11 +1,11 @@
-// This file holds the circuit breaker of WithCircuitBreaker: one
-// github.com/sony/gobreaker/v2 breaker per host, asked before each attempt
-// by the attempt runner (hedge.go) and told each attempt's outcome.
+// This file holds the circuit breaker of WithCircuitBreaker (options.go):
+// its configuration and defaults, and one github.com/sony/gobreaker/v2
+// breaker per host, kept in the host's state (host.go), asked before each
+// attempt and told its outcome by the attempt pipeline (attempt.go).
 
 package keepalive
 
 import (
-	"context"
 	"errors"
 	"net/http"
 	"time"
@@ -71,48 +71,6 @@ type CircuitBreaker struct {
 	HalfOpenProbes uint32
 }
 
-// WithCircuitBreaker puts a circuit breaker in front of each host (the
-// request URL's host:port). An attempt fails when it ends with a transport
-// error or with a status in the retry list (WithRetryStatuses; 429 and 5xx
-// by default); any other response is a success; an attempt cancelled by
-// its caller, or a hedge cancelled because another attempt won, is not
-// counted. When the failures reach the configured limits the circuit
-// opens: attempts to that host fail at once, without a connection, with an
-// error that matches ErrCircuitOpen (a *CircuitOpenError; in a *RetryError
-// when earlier attempts were made), and are not retried. After
-// OpenTimeout it half-opens and lets HalfOpenProbes attempts through to
-// decide whether to close again.
-//
-// Default: no circuit breaker. Negative durations, or a FailureRatio
-// outside 0..1, are an error.
-func WithCircuitBreaker(cfg CircuitBreaker) Option {
-	return optionFunc(func(o *options) {
-		c := cfg.withDefaults()
-		o.breaker = &c
-		o.check("WithCircuitBreaker", cfg.FailureRatio >= 0 && cfg.FailureRatio <= 1,
-			"FailureRatio must be between 0 and 1, got %v", cfg.FailureRatio)
-		o.check("WithCircuitBreaker", cfg.Interval >= 0, "negative Interval %v", cfg.Interval)
-		o.check("WithCircuitBreaker", cfg.OpenTimeout >= 0, "negative OpenTimeout %v", cfg.OpenTimeout)
-	})
-}
-
-// ErrCircuitOpen is matched, with errors.Is, by the error of an attempt
-// refused because its host's circuit is open or half-open and busy.
-var ErrCircuitOpen = errors.New("keepalive: circuit open")
-
-// CircuitOpenError is the error of an attempt refused by the circuit
-// breaker of its host (WithCircuitBreaker).
-type CircuitOpenError struct {
-	Host string // the request URL's host:port
-}
-
-func (e *CircuitOpenError) Error() string {
-	return "keepalive: circuit open for " + e.Host
-}
-
-// Is reports whether target is ErrCircuitOpen.
-func (e *CircuitOpenError) Is(target error) bool { return target == ErrCircuitOpen }
-
 // Private implementation past this point.
 
 func (c CircuitBreaker) withDefaults() CircuitBreaker {
@@ -136,61 +94,41 @@ func (c CircuitBreaker) withDefaults() CircuitBreaker {
 
 type hostBreaker = gobreaker.TwoStepCircuitBreaker[struct{}]
 
-type breakers struct {
-	hosts    hostMap[hostBreaker]
-	statuses statusSet
-}
-
 // Outcomes as told to gobreaker: its IsSuccessful and IsExcluded sort them.
 var (
 	errBreakerFailure  = errors.New("failure")
 	errBreakerExcluded = errors.New("not counted")
 )
 
-// newBreakers returns the breakers of cfg; onChange (observer.go) hears of
-// every change of state.
-func newBreakers(cfg CircuitBreaker, statuses statusSet, onChange func(host, from, to string)) *breakers {
-	b := &breakers{statuses: statuses}
-	b.hosts.newValue = func(host string) *hostBreaker {
-		return gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
-			Name:         host,
-			MaxRequests:  cfg.HalfOpenProbes,
-			Interval:     cfg.Interval,
-			BucketPeriod: cfg.Interval / 10,
-			Timeout:      cfg.OpenTimeout,
-			ReadyToTrip: func(c gobreaker.Counts) bool {
-				return c.ConsecutiveFailures >= cfg.ConsecutiveFailures ||
-					cfg.FailureRatio > 0 && c.Requests >= cfg.MinRequests &&
-						float64(c.TotalFailures) >= cfg.FailureRatio*float64(c.Requests)
-			},
-			IsExcluded: func(err error) bool { return err == errBreakerExcluded },
-			OnStateChange: func(name string, from, to gobreaker.State) {
-				onChange(name, from.String(), to.String())
-			},
-		})
-	}
-	b.hosts.idle = func(cb *hostBreaker, _ time.Time) bool {
-		return cb.State() == gobreaker.StateClosed && cb.Counts().Requests == 0
-	}
-	return b
+// newHostBreaker returns the breaker of the host key; onChange (events.go)
+// hears of every change of state.
+func newHostBreaker(cfg CircuitBreaker, key string, onChange func(host, from, to string)) *hostBreaker {
+	return gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:         key,
+		MaxRequests:  cfg.HalfOpenProbes,
+		Interval:     cfg.Interval,
+		BucketPeriod: cfg.Interval / 10,
+		Timeout:      cfg.OpenTimeout,
+		ReadyToTrip: func(c gobreaker.Counts) bool {
+			return c.ConsecutiveFailures >= cfg.ConsecutiveFailures ||
+				cfg.FailureRatio > 0 && c.Requests >= cfg.MinRequests &&
+					float64(c.TotalFailures) >= cfg.FailureRatio*float64(c.Requests)
+		},
+		IsExcluded: func(err error) bool { return err == errBreakerExcluded },
+		OnStateChange: func(name string, from, to gobreaker.State) {
+			onChange(name, from.String(), to.String())
+		},
+	})
 }
 
-// allow asks host's breaker for an attempt; done must be called with the
-// attempt's outcome (see outcome).
-func (b *breakers) allow(host string, now time.Time) (done func(error), err error) {
-	done, err = b.hosts.get(host, now).Allow()
-	if err != nil {
-		return nil, &CircuitOpenError{Host: host}
-	}
-	return done, nil
-}
-
-// outcome sorts an attempt's result for its breaker.
-func (b *breakers) outcome(ctx context.Context, resp *http.Response, err error) error {
+// breakerOutcome sorts an attempt's result for its breaker. ended reports
+// whether the attempt was ended from outside: by its caller, or because
+// another hedged attempt won.
+func breakerOutcome(statuses *statusSet, ended bool, resp *http.Response, err error) error {
 	switch {
-	case err != nil && ctx.Err() != nil:
-		return errBreakerExcluded // the caller, or a winning hedge, ended it
-	case err != nil, b.statuses.has(resp.StatusCode):
+	case err != nil && ended:
+		return errBreakerExcluded
+	case err != nil, statuses.has(resp.StatusCode):
 		return errBreakerFailure
 	}
 	return nil

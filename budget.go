@@ -1,6 +1,8 @@
 // This file holds the retry budget: per host, retries may add at most a
 // share of the requests of a sliding window, plus a small floor per second.
-// The retry loop that asks it is in retry.go; the option is WithRetryBudget.
+// Its configuration (RetryBudget) and defaults are here, its option
+// (WithRetryBudget) in options.go; each host's window lives in the host's
+// state (host.go), and the retry loop (retry.go) deposits and withdraws.
 
 package keepalive
 
@@ -32,64 +34,67 @@ const (
 	MaxRetryBudgetWindow = 5 * time.Minute
 )
 
-// WithRetryBudget sets the retry budget, kept for each host (the request
-// URL's host:port): within any window, retries to a host may number at most
-// ratio x the requests sent to it in that window, plus minPerSecond x the
-// window's seconds. A retry the budget refuses is not sent: the request
-// ends at once with the outcome of its last attempt (its response, or its
-// error, in a *RetryError after more than one attempt), and
-// Stats.BudgetRefusals counts it. The window slides by whole seconds. Hedged
-// attempts (WithHedging) draw from the same budget.
-//
-// The budget is on by default: DefaultRetryBudgetRatio,
-// DefaultRetryBudgetWindow, DefaultRetryBudgetMinPerSecond. Ratio zero
-// means only the floor; minPerSecond zero means no floor; both zero means
-// no retries at all. The window must be a whole number of seconds from 1 s
-// to MaxRetryBudgetWindow, ratio between 0 and 10 (Finagle allows up to
-// 1000%), minPerSecond not negative; anything else is an error. Turn the
-// budget off with WithoutRetryBudget.
-func WithRetryBudget(ratio float64, window time.Duration, minPerSecond int) Option {
-	return optionFunc(func(o *options) {
-		o.budget = budgetConfig{ratio: ratio, window: window, minPerSecond: minPerSecond}
-		o.check("WithRetryBudget", ratio >= 0 && ratio <= 10, "ratio must be between 0 and 10, got %v", ratio)
-		o.check("WithRetryBudget", window >= time.Second && window <= MaxRetryBudgetWindow && window%time.Second == 0,
-			"window must be whole seconds from 1s to %v, got %v", MaxRetryBudgetWindow, window)
-		o.check("WithRetryBudget", minPerSecond >= 0, "minPerSecond must not be negative, got %d", minPerSecond)
-	})
-}
+// RetryBudget configures WithRetryBudget: per host, within any Window,
+// retries may number at most Ratio x the requests sent to the host in that
+// window, plus MinPerSecond x the window's seconds. Zero fields take the
+// defaults named on each, so RetryBudget{} is the default budget.
+type RetryBudget struct {
+	// Ratio is the share of requests that retries may add. Zero means
+	// DefaultRetryBudgetRatio; a negative value means none: retries draw
+	// on the floor only. It must not exceed 10 (Finagle allows up to
+	// 1000%).
+	Ratio float64
 
-// WithoutRetryBudget turns the retry budget off: every retry that the policy
-// allows is sent, up to WithMaxRetries per request, as in urllib3 or
-// go-retryablehttp. Against a host that fails every request, each request
-// then reaches it 1+WithMaxRetries times.
-func WithoutRetryBudget() Option {
-	return optionFunc(func(o *options) { o.budget = budgetConfig{} })
+	// Window is the sliding window over which requests and retries are
+	// counted; it slides by whole seconds. Zero means
+	// DefaultRetryBudgetWindow; otherwise it must be a whole number of
+	// seconds from 1 s to MaxRetryBudgetWindow.
+	Window time.Duration
+
+	// MinPerSecond is the floor: retries per second always allowed, so a
+	// client that sends few requests can still retry them. Zero means
+	// DefaultRetryBudgetMinPerSecond; a negative value means no floor.
+	MinPerSecond int
 }
 
 // Private implementation past this point.
 
-// budgetConfig is the budget of WithRetryBudget; the zero value is "off".
+// budgetConfig is a RetryBudget with its defaults filled in; the zero
+// value is "off".
 type budgetConfig struct {
 	ratio        float64
 	window       time.Duration
 	minPerSecond int
 }
 
-func defaultBudgetConfig() budgetConfig {
-	return budgetConfig{
-		ratio:        DefaultRetryBudgetRatio,
-		window:       DefaultRetryBudgetWindow,
-		minPerSecond: DefaultRetryBudgetMinPerSecond,
+func defaultBudgetConfig() budgetConfig { return RetryBudget{}.config() }
+
+func (b RetryBudget) config() budgetConfig {
+	c := budgetConfig{ratio: b.Ratio, window: b.Window, minPerSecond: b.MinPerSecond}
+	switch {
+	case c.ratio == 0:
+		c.ratio = DefaultRetryBudgetRatio
+	case c.ratio < 0:
+		c.ratio = 0
 	}
+	if c.window == 0 {
+		c.window = DefaultRetryBudgetWindow
+	}
+	switch {
+	case c.minPerSecond == 0:
+		c.minPerSecond = DefaultRetryBudgetMinPerSecond
+	case c.minPerSecond < 0:
+		c.minPerSecond = 0
+	}
+	return c
 }
 
-// retryBudget holds one hostBudget per host. A nil *retryBudget allows every
-// retry.
+// retryBudget is the budget's configuration; each host keeps its window in
+// its hostBudget (host.go). A nil *retryBudget allows every retry.
 type retryBudget struct {
 	cfg     budgetConfig
 	seconds int     // window in whole seconds: the ring's length
 	reserve float64 // the floor over the window
-	hosts   hostMap[hostBudget]
 }
 
 func newRetryBudget(cfg budgetConfig) *retryBudget {
@@ -97,31 +102,33 @@ func newRetryBudget(cfg budgetConfig) *retryBudget {
 		return nil
 	}
 	s := int(cfg.window / time.Second)
-	b := &retryBudget{cfg: cfg, seconds: s, reserve: float64(cfg.minPerSecond) * float64(s)}
-	b.hosts.newValue = func(string) *hostBudget { return &hostBudget{ring: make([]budgetBucket, s)} }
-	b.hosts.idle = (*hostBudget).idle
-	return b
+	return &retryBudget{cfg: cfg, seconds: s, reserve: float64(cfg.minPerSecond) * float64(s)}
 }
 
-// deposit records a request to host at now. It runs on every request, so it
-// takes one lock and allocates nothing once the host is known.
-func (b *retryBudget) deposit(host string, now time.Time) {
+// init readies a host's window; the ring is made with the host.
+func (b *retryBudget) init(h *hostBudget) {
+	if b != nil {
+		h.ring = make([]budgetBucket, b.seconds)
+	}
+}
+
+// deposit records a request to the host whose window is h, at now. It runs
+// on every request: one lock of the host's own, no allocation.
+func (b *retryBudget) deposit(h *hostBudget, now time.Time) {
 	if b == nil {
 		return
 	}
-	h := b.hosts.get(host, now)
 	h.mu.Lock()
 	h.bucket(now.Unix()).deposits++
 	h.mu.Unlock()
 }
 
-// withdraw takes one retry from host's budget at now, if the budget has
-// one; it reports whether the retry may be sent.
-func (b *retryBudget) withdraw(host string, now time.Time) bool {
+// withdraw takes one retry from the budget of the host whose window is h,
+// at now, if it has one; it reports whether the retry may be sent.
+func (b *retryBudget) withdraw(h *hostBudget, now time.Time) bool {
 	if b == nil {
 		return true
 	}
-	h := b.hosts.get(host, now)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	sec := now.Unix()
@@ -165,53 +172,4 @@ func (h *hostBudget) sums(sec int64) (deposits, withdrawals int64) {
 		}
 	}
 	return deposits, withdrawals
-}
-
-// idle reports whether h counted nothing in the window ending at now.
-func (h *hostBudget) idle(now time.Time) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	d, w := h.sums(now.Unix())
-	return d == 0 && w == 0
-}
-
-// hostMapSweepAt is the number of hosts past which adding one first drops
-// the hosts that have been idle: a client that talks to many hosts (a
-// crawler) does not keep state for every host it ever met.
-const hostMapSweepAt = 1024
-
-// hostMap maps hosts to per-host state, created on first use. A lookup of a
-// known host takes a read lock and allocates nothing.
-type hostMap[V any] struct {
-	mu       sync.RWMutex
-	m        map[string]*V
-	newValue func(host string) *V
-	idle     func(*V, time.Time) bool // may be dropped; nil: never
-}
-
-func (hm *hostMap[V]) get(host string, now time.Time) *V {
-	hm.mu.RLock()
-	v, ok := hm.m[host]
-	hm.mu.RUnlock()
-	if ok {
-		return v
-	}
-	hm.mu.Lock()
-	defer hm.mu.Unlock()
-	if v, ok := hm.m[host]; ok {
-		return v
-	}
-	if hm.m == nil {
-		hm.m = make(map[string]*V)
-	}
-	if len(hm.m) >= hostMapSweepAt && hm.idle != nil {
-		for k, old := range hm.m {
-			if hm.idle(old, now) {
-				delete(hm.m, k)
-			}
-		}
-	}
-	v = hm.newValue(host)
-	hm.m[host] = v
-	return v
 }

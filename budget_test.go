@@ -3,7 +3,6 @@ package keepalive
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -22,7 +21,7 @@ func TestRetryBudgetWindow(t *testing.T) {
 	const host = "example.test:80"
 
 	t.Run("a quiet host gets the floor, then is refused", func(t *testing.T) {
-		b := newRetryBudget(budgetConfig{ratio: 0.2, window: 10 * time.Second, minPerSecond: 10})
+		b := newTestBudget(budgetConfig{ratio: 0.2, window: 10 * time.Second, minPerSecond: 10})
 		for i := range 100 {
 			require.True(t, b.withdraw(host, t0), "retry %d within the floor of 10/s x 10 s", i+1)
 		}
@@ -30,7 +29,7 @@ func TestRetryBudgetWindow(t *testing.T) {
 	})
 
 	t.Run("requests earn a fifth of a retry each", func(t *testing.T) {
-		b := newRetryBudget(budgetConfig{ratio: 0.2, window: 10 * time.Second})
+		b := newTestBudget(budgetConfig{ratio: 0.2, window: 10 * time.Second})
 		for range 100 {
 			b.deposit(host, t0)
 		}
@@ -41,7 +40,7 @@ func TestRetryBudgetWindow(t *testing.T) {
 	})
 
 	t.Run("deposits leave the window after it", func(t *testing.T) {
-		b := newRetryBudget(budgetConfig{ratio: 1, window: 2 * time.Second})
+		b := newTestBudget(budgetConfig{ratio: 1, window: 2 * time.Second})
 		for range 5 {
 			b.deposit(host, t0)
 		}
@@ -56,7 +55,7 @@ func TestRetryBudgetWindow(t *testing.T) {
 	})
 
 	t.Run("withdrawals leave the window too", func(t *testing.T) {
-		b := newRetryBudget(budgetConfig{window: 3 * time.Second, minPerSecond: 1}) // floor 3
+		b := newTestBudget(budgetConfig{window: 3 * time.Second, minPerSecond: 1}) // floor 3
 		for range 3 {
 			require.True(t, b.withdraw(host, t0))
 		}
@@ -65,22 +64,22 @@ func TestRetryBudgetWindow(t *testing.T) {
 	})
 
 	t.Run("hosts have separate budgets", func(t *testing.T) {
-		b := newRetryBudget(budgetConfig{window: time.Second, minPerSecond: 1})
+		b := newTestBudget(budgetConfig{window: time.Second, minPerSecond: 1})
 		assert.True(t, b.withdraw("a.test:80", t0))
 		assert.False(t, b.withdraw("a.test:80", t0))
 		assert.True(t, b.withdraw("b.test:80", t0))
 	})
 
 	t.Run("a lap of the ring later a bucket is stale, not counted", func(t *testing.T) {
-		b := newRetryBudget(budgetConfig{ratio: 1, window: 2 * time.Second})
+		b := newTestBudget(budgetConfig{ratio: 1, window: 2 * time.Second})
 		b.deposit(host, t0)
 		later := t0.Add(time.Hour) // same ring slot, another second
 		assert.False(t, b.withdraw(host, later))
 	})
 
 	t.Run("off allows every retry", func(t *testing.T) {
-		var b *retryBudget = newRetryBudget(budgetConfig{})
-		require.Nil(t, b)
+		b := newTestBudget(budgetConfig{})
+		require.Nil(t, b.b)
 		b.deposit(host, t0)
 		for range 1000 {
 			require.True(t, b.withdraw(host, t0))
@@ -88,15 +87,39 @@ func TestRetryBudgetWindow(t *testing.T) {
 	})
 }
 
-func TestHostMapDropsIdleHosts(t *testing.T) {
-	b := newRetryBudget(budgetConfig{ratio: 1, window: time.Second})
-	t0 := time.Unix(1_700_000_000, 0)
-	for i := range hostMapSweepAt {
-		b.deposit(fmt.Sprintf("h%d.test:80", i), t0)
+// testBudget is a retryBudget with the hosts' windows kept by name, as the
+// host table (host.go) keeps them in each host's state.
+type testBudget struct {
+	b     *retryBudget
+	hosts map[string]*hostBudget
+}
+
+func newTestBudget(cfg budgetConfig) *testBudget {
+	return &testBudget{b: newRetryBudget(cfg), hosts: map[string]*hostBudget{}}
+}
+
+func (tb *testBudget) host(name string) *hostBudget {
+	h := tb.hosts[name]
+	if h == nil {
+		h = new(hostBudget)
+		tb.b.init(h)
+		tb.hosts[name] = h
 	}
-	require.Len(t, b.hosts.m, hostMapSweepAt)
-	b.deposit("new.test:80", t0.Add(time.Minute)) // every other host is idle by then
-	assert.Len(t, b.hosts.m, 1)
+	return h
+}
+
+func (tb *testBudget) deposit(host string, now time.Time) { tb.b.deposit(tb.host(host), now) }
+func (tb *testBudget) withdraw(host string, now time.Time) bool {
+	return tb.b.withdraw(tb.host(host), now)
+}
+
+// noRetryBudget affords no retry at all: no share of requests, no floor.
+var noRetryBudget = RetryBudget{Ratio: -1, Window: time.Second, MinPerSecond: -1}
+
+func TestRetryBudgetZeroFieldsTakeDefaults(t *testing.T) {
+	assert.Equal(t, defaultBudgetConfig(), RetryBudget{}.config())
+	assert.Equal(t, budgetConfig{ratio: 0, window: 3 * time.Second, minPerSecond: 0},
+		RetryBudget{Ratio: -1, Window: 3 * time.Second, MinPerSecond: -1}.config())
 }
 
 func TestWithRetryBudgetValidation(t *testing.T) {
@@ -105,14 +128,13 @@ func TestWithRetryBudgetValidation(t *testing.T) {
 		give Option
 		ok   bool
 	}{
-		{"the defaults are valid", WithRetryBudget(DefaultRetryBudgetRatio, DefaultRetryBudgetWindow, DefaultRetryBudgetMinPerSecond), true},
-		{"zero ratio and floor are valid", WithRetryBudget(0, time.Second, 0), true},
-		{"a negative ratio is refused", WithRetryBudget(-0.1, time.Second, 1), false},
-		{"a ratio above 10 is refused", WithRetryBudget(11, time.Second, 1), false},
-		{"a zero window is refused", WithRetryBudget(0.2, 0, 1), false},
-		{"a window in parts of seconds is refused", WithRetryBudget(0.2, 1500*time.Millisecond, 1), false},
-		{"a window past the maximum is refused", WithRetryBudget(0.2, MaxRetryBudgetWindow+time.Second, 1), false},
-		{"a negative floor is refused", WithRetryBudget(0.2, time.Second, -1), false},
+		{"the zero value is the default budget", WithRetryBudget(RetryBudget{}), true},
+		{"the defaults spelled out are valid", WithRetryBudget(RetryBudget{Ratio: DefaultRetryBudgetRatio, Window: DefaultRetryBudgetWindow, MinPerSecond: DefaultRetryBudgetMinPerSecond}), true},
+		{"no share and no floor are valid", WithRetryBudget(RetryBudget{Ratio: -1, Window: time.Second, MinPerSecond: -1}), true},
+		{"a ratio above 10 is refused", WithRetryBudget(RetryBudget{Ratio: 11}), false},
+		{"a negative window is refused", WithRetryBudget(RetryBudget{Window: -time.Second}), false},
+		{"a window in parts of seconds is refused", WithRetryBudget(RetryBudget{Window: 1500 * time.Millisecond}), false},
+		{"a window past the maximum is refused", WithRetryBudget(RetryBudget{Window: MaxRetryBudgetWindow + time.Second}), false},
 		{"off is valid", WithoutRetryBudget(), true},
 	}
 	for _, tt := range tests {
@@ -230,7 +252,7 @@ func TestRetryBudgetRefusalReturnsLastResponseAtOnce(t *testing.T) {
 	// No floor, no share: no retry is ever affordable.
 	// A retry that slipped past the budget would wait 10 s or more, and the
 	// third one would run past the context and fail the request.
-	c, tr := newTestClient(t, WithRetryBudget(0, time.Second, 0), WithBackoff(10*time.Second, 10*time.Second))
+	c, tr := newTestClient(t, WithRetryBudget(noRetryBudget), WithBackoff(10*time.Second, 10*time.Second))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
@@ -251,7 +273,7 @@ func TestRetryBudgetRefusalReturnsLastError(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
 	url := srv.URL
 	srv.Close() // connections are refused from now on
-	c, tr := newTestClient(t, WithRetryBudget(0, time.Second, 0))
+	c, tr := newTestClient(t, WithRetryBudget(noRetryBudget))
 
 	_, err := c.Get(url)
 	require.Error(t, err)
@@ -263,20 +285,22 @@ func TestRetryBudgetRefusalReturnsLastError(t *testing.T) {
 
 // BenchmarkRetryBudgetDeposit is the cost the budget adds to every request.
 func BenchmarkRetryBudgetDeposit(b *testing.B) {
-	bud := newRetryBudget(defaultBudgetConfig())
+	bud := newTestBudget(defaultBudgetConfig())
+	h := bud.host("example.test:443")
 	now := time.Now()
 	b.ReportAllocs()
 	for b.Loop() {
-		bud.deposit("example.test:443", now)
+		bud.b.deposit(h, now)
 	}
 }
 
 func BenchmarkRetryBudgetDepositParallel(b *testing.B) {
-	bud := newRetryBudget(defaultBudgetConfig())
+	bud := newTestBudget(defaultBudgetConfig())
+	h := bud.host("example.test:443")
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			bud.deposit("example.test:443", time.Now())
+			bud.b.deposit(h, time.Now())
 		}
 	})
 }

@@ -161,8 +161,8 @@ func TestDefaultsAreTunedAndKeepWhatDefaultTransportGives(t *testing.T) {
 	assert.Equal(t, DefaultTLSHandshakeTimeout, b.TLSHandshakeTimeout)
 	assert.True(t, b.ForceAttemptHTTP2, "a custom dialer must not turn HTTP/2 off")
 	require.NotNil(t, b.HTTP2)
-	assert.Equal(t, DefaultHTTP2PingInterval, b.HTTP2.SendPingTimeout)
-	assert.Equal(t, DefaultHTTP2PingTimeout, b.HTTP2.PingTimeout)
+	assert.Equal(t, http2PingInterval, b.HTTP2.SendPingTimeout)
+	assert.Equal(t, http2PingTimeout, b.HTTP2.PingTimeout)
 	assert.Equal(t, reflect.ValueOf(http.ProxyFromEnvironment).Pointer(), reflect.ValueOf(b.Proxy).Pointer(),
 		"proxy from the environment, as http.DefaultTransport")
 	assert.Equal(t, DefaultMaxRetries, tr.policy.maxRetries)
@@ -731,7 +731,7 @@ func TestBackoffIsJitteredAndBounded(t *testing.T) {
 	b := p.newBackoff()
 	var waits []time.Duration
 	for range 6 {
-		waits = append(waits, p.nextWait(b))
+		waits = append(waits, p.backoffWait(b))
 	}
 	intervals := []time.Duration{100, 200, 400, 400, 400, 400}
 	for i, w := range waits {
@@ -742,7 +742,7 @@ func TestBackoffIsJitteredAndBounded(t *testing.T) {
 	// Jitter: 200 draws of the first wait are not all the same.
 	seen := map[time.Duration]bool{}
 	for range 200 {
-		seen[p.nextWait(p.newBackoff())] = true
+		seen[p.backoffWait(p.newBackoff())] = true
 	}
 	assert.Greater(t, len(seen), 10)
 }
@@ -1040,9 +1040,9 @@ func TestDialerSetsTCPKeepAliveProbes(t *testing.T) {
 		return v
 	}
 	assert.Equal(t, 1, opt(syscall.SOL_SOCKET, syscall.SO_KEEPALIVE))
-	assert.Equal(t, int(DefaultTCPKeepAliveIdle/time.Second), opt(syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE))
-	assert.Equal(t, int(DefaultTCPKeepAliveInterval/time.Second), opt(syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL))
-	assert.Equal(t, DefaultTCPKeepAliveCount, opt(syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT))
+	assert.Equal(t, int(tcpKeepAliveIdle/time.Second), opt(syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE))
+	assert.Equal(t, int(tcpKeepAliveInterval/time.Second), opt(syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL))
+	assert.Equal(t, tcpKeepAliveCount, opt(syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT))
 	assert.EqualValues(t, 1, tr.Stats().Dials)
 }
 

@@ -44,9 +44,9 @@ const (
 // already served.
 var errDialNotNeeded = errors.New("keepalive: dial not needed: the request got another connection")
 
-// gateHost is the gate's view of one host (host:port), kept in its
-// hostCounters (observer.go). Hosts past HostStatsLimit share counters, so
-// they are dialed without the gate, as net/http does.
+// gateHost is the gate's view of one host (host:port), kept in its state
+// (host.go). Hosts past HostStatsLimit share a state, so they are dialed
+// without the gate, as net/http does.
 type gateHost struct {
 	busy    atomic.Int64 // attempts from their start until their response body is done
 	conns   atomic.Int64 // connections open, and dials in progress
@@ -68,15 +68,6 @@ func (m *gateMark) gotConn(httptrace.GotConnInfo) {
 	}
 }
 
-// gateFor returns the gate of the host whose counters are c, or nil for
-// the hosts past HostStatsLimit, which share counters.
-func (h *hostTable) gateFor(c *hostCounters) *gateHost {
-	if c == &h.other {
-		return nil
-	}
-	return &c.gate
-}
-
 // enter counts r as busy on its host (h, nil if ungated) and returns r to
 // send: watched for its connection when a dial to its host is in progress.
 func (h *gateHost) enter(r *http.Request) *http.Request {
@@ -94,7 +85,7 @@ func (h *gateHost) enter(r *http.Request) *http.Request {
 }
 
 // leave ends a busy attempt: when it failed, or when its response body is
-// done with (see body in transport.go).
+// done with (see respBody in body.go).
 func (h *gateHost) leave() {
 	if h != nil {
 		h.busy.Add(-1)

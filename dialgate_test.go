@@ -21,28 +21,28 @@ import (
 )
 
 func TestGateIsSharedByAURLHostAndItsDialAddress(t *testing.T) {
-	h := newHostTable()
+	h := newTestHostTable()
 	parse := func(s string) *url.URL {
 		u, err := url.Parse(s)
 		require.NoError(t, err)
 		return u
 	}
-	plain := h.gateFor(h.forURL(parse("http://example.com/x")))
+	plain := h.forURL(parse("http://example.com/x")).gateHost()
 	require.NotNil(t, plain)
-	assert.Same(t, plain, h.gateFor(h.forURL(parse("http://example.com:80/y"))))
-	assert.Same(t, plain, h.gateFor(h.forAddr("example.com:80")))
-	tls := h.gateFor(h.forURL(parse("https://example.com/")))
+	assert.Same(t, plain, h.forURL(parse("http://example.com:80/y")).gateHost())
+	assert.Same(t, plain, h.forAddr("example.com:80").gateHost())
+	tls := h.forURL(parse("https://example.com/")).gateHost()
 	assert.NotSame(t, plain, tls)
-	assert.Same(t, tls, h.gateFor(h.forAddr("example.com:443")))
+	assert.Same(t, tls, h.forAddr("example.com:443").gateHost())
 }
 
 func TestGateLeavesHostsPastTheLimitUngated(t *testing.T) {
-	h := newHostTable()
+	h := newTestHostTable()
 	for i := range HostStatsLimit {
-		require.NotNil(t, h.gateFor(h.forAddr(net.JoinHostPort("10.0.0.1", strconv.Itoa(i+1)))))
+		require.NotNil(t, h.forAddr(net.JoinHostPort("10.0.0.1", strconv.Itoa(i+1))).gateHost())
 	}
-	assert.Nil(t, h.gateFor(h.forAddr("10.0.0.2:1")))
-	assert.NotNil(t, h.gateFor(h.forAddr("10.0.0.1:1")), "known hosts stay gated")
+	assert.Nil(t, h.forAddr("10.0.0.2:1").gateHost())
+	assert.NotNil(t, h.forAddr("10.0.0.1:1").gateHost(), "known hosts stay gated")
 }
 
 // acceptCounter is a listener that counts the connections made to it.
@@ -207,7 +207,7 @@ func TestGateCountsReturnToZero(t *testing.T) {
 	resp.Body.Close()
 	u, err := url.Parse(srv.URL)
 	require.NoError(t, err)
-	h := tr.hosts.gateFor(tr.hosts.forURL(u))
+	h := tr.hosts.forURL(u).gateHost()
 	assert.Zero(t, h.busy.Load(), "every attempt left")
 	assert.Zero(t, h.dialing.Load())
 	assert.Positive(t, h.conns.Load())

@@ -475,16 +475,20 @@ func TestFaultPolicyResendsAnUnkeyedPOSTOnlyWhenItProvablyNeverLeft(t *testing.T
 		err  error
 		want verdict
 	}{
-		{name: "the dial failed", err: &dialError{err: syscall.ECONNREFUSED}, want: retry},
-		{name: "net/http saw the idle connection closed before writing", err: errors.New(errServerClosedIdleText), want: retry},
-		{name: "the connection broke after the request was written", err: io.EOF, want: unsafe},
-		{name: "a reset after writing", err: syscall.ECONNRESET, want: unsafe},
-		{name: "the closed-idle text inside another error", err: errors.New("read: " + errServerClosedIdleText), want: unsafe},
+		{name: "the dial failed", err: &dialError{err: syscall.ECONNREFUSED}, want: verdictRetry},
+		{name: "net/http saw the idle connection closed before writing", err: errors.New(errServerClosedIdleText), want: verdictRetry},
+		{name: "a retired connection refused the write", err: errConnRetired, want: verdictRetry},
+		{name: "the connection broke after the request was written", err: io.EOF, want: verdictGiveUp},
+		{name: "a reset after writing", err: syscall.ECONNRESET, want: verdictGiveUp},
+		{name: "the closed-idle text inside another error", err: errors.New("read: " + errServerClosedIdleText), want: verdictGiveUp},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d := p.decide(req, nil, tt.err, 1, true, time.Now())
+			d := decideAt(&p, attemptOutcome{req: req, err: tt.err, attempt: 1, replayable: true}, time.Now())
 			assert.Equal(t, tt.want, d.verdict)
+			if tt.want == verdictGiveUp {
+				assert.Equal(t, GiveUpNotReplayable, d.reason)
+			}
 		})
 	}
 }
@@ -533,5 +537,5 @@ func TestFaultDiscardedBodyLongerThanTheDrainLimitIsNotRead(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, strings.HasPrefix(body, "GET "))
 	assert.Equal(t, int64(1), tr.Stats().Retries)
-	assert.Less(t, read.Load(), int64(DefaultMaxDrain), "a body declared longer than the drain limit was read")
+	assert.Less(t, read.Load(), int64(maxDrain), "a body declared longer than the drain limit was read")
 }

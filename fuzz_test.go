@@ -60,9 +60,9 @@ func FuzzParseRetryAfter(f *testing.F) {
 
 		// Whatever the header says, the policy never plans a wait past its cap.
 		resp := &http.Response{StatusCode: http.StatusServiceUnavailable, Header: http.Header{"Retry-After": {v}}}
-		dec := p.decide(req, resp, nil, 1, true, fuzzNow)
-		if dec.verdict == retry && dec.retryAfter > p.maxRetryAfter {
-			t.Fatalf("Retry-After %q: plans a wait of %v past the cap %v", v, dec.retryAfter, p.maxRetryAfter)
+		dec := decideAt(&p, attemptOutcome{req: req, resp: resp, attempt: 1, replayable: true}, fuzzNow)
+		if dec.verdict == verdictRetry && (dec.wait > p.maxRetryAfter || dec.wait < 0) {
+			t.Fatalf("Retry-After %q: plans a wait of %v outside [0, %v]", v, dec.wait, p.maxRetryAfter)
 		}
 	})
 }

@@ -129,7 +129,7 @@ func TestHedgesDrawFromTheRetryBudget(t *testing.T) {
 		case <-r.Context().Done():
 		}
 	}))
-	c, tr := newTestClient(t, WithHedging(5*time.Millisecond, 3), WithRetryBudget(0, time.Second, 0))
+	c, tr := newTestClient(t, WithHedging(5*time.Millisecond, 3), WithRetryBudget(noRetryBudget))
 
 	resp, err := c.Get(srv.URL)
 	require.NoError(t, err)

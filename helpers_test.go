@@ -24,3 +24,8 @@ func newTestClient(t testing.TB, opts ...Option) (*http.Client, *Transport) {
 	tr := newTestTransport(t, opts...)
 	return &http.Client{Transport: tr}, tr
 }
+
+// newTestHostTable is a host table whose states have no budget or breaker.
+func newTestHostTable() *hostTable {
+	return newHostTable(func(key string) *hostState { return &hostState{key: key} })
+}

@@ -318,7 +318,7 @@ func TestBudgetRefusalIsObserved(t *testing.T) {
 	s := keepalivetest.NewServer(t, keepalivetest.Status(503), keepalivetest.Status(200))
 	var rec recorder
 	var logs bytes.Buffer
-	c, tr := newTestClient(t, WithRetryBudget(0, time.Second, 0), // no retries at all
+	c, tr := newTestClient(t, WithRetryBudget(noRetryBudget), // no retries at all
 		WithObserver(rec.observer(false)),
 		WithLogger(slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
 	resp, err := c.Get(s.URL)

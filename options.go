@@ -1,6 +1,7 @@
-// This file holds Option, every With* constructor, the defaults they start
-// from, and the validation of the finished options. The transport that uses
-// them is in transport.go, the retry layer in retry.go.
+// This file holds Option, every With* constructor, the defaults of the
+// pool, timeouts and retries, and the validation of the finished options.
+// The features configured by a struct keep the struct and its defaults in
+// their own file: CircuitBreaker in breaker.go, RetryBudget in budget.go.
 
 package keepalive
 
@@ -52,22 +53,30 @@ const (
 	// DefaultTLSHandshakeTimeout bounds the TLS handshake, as in
 	// http.DefaultTransport.
 	DefaultTLSHandshakeTimeout = 10 * time.Second
+)
 
-	// DefaultTCPKeepAliveIdle, DefaultTCPKeepAliveInterval and
-	// DefaultTCPKeepAliveCount configure TCP keep-alive probes on every
-	// connection: after 30 s idle, a probe every 15 s, dead after 3 missed.
-	// They find peers that vanished without a FIN (a rebooted host, a NAT
-	// that dropped the mapping) while a connection sits in the pool.
-	DefaultTCPKeepAliveIdle     = 30 * time.Second
-	DefaultTCPKeepAliveInterval = 15 * time.Second
-	DefaultTCPKeepAliveCount    = 3
+// Fixed tuning, which no option changes.
+const (
+	// tcpKeepAliveIdle, tcpKeepAliveInterval and tcpKeepAliveCount
+	// configure TCP keep-alive probes on every connection: after 30 s idle,
+	// a probe every 15 s, dead after 3 missed. They find peers that
+	// vanished without a FIN (a rebooted host, a NAT that dropped the
+	// mapping) while a connection sits in the pool.
+	tcpKeepAliveIdle     = 30 * time.Second
+	tcpKeepAliveInterval = 15 * time.Second
+	tcpKeepAliveCount    = 3
 
-	// DefaultHTTP2PingInterval and DefaultHTTP2PingTimeout configure HTTP/2
-	// health checks: a ping after 30 s without a frame, and the connection
-	// is closed if the ping is not answered within 15 s. Without them a
-	// dead HTTP/2 connection keeps taking requests until the OS gives up.
-	DefaultHTTP2PingInterval = 30 * time.Second
-	DefaultHTTP2PingTimeout  = 15 * time.Second
+	// http2PingInterval and http2PingTimeout configure HTTP/2 health
+	// checks: a ping after 30 s without a frame, and the connection is
+	// closed if the ping is not answered within 15 s. Without them a dead
+	// HTTP/2 connection keeps taking requests until the OS gives up.
+	http2PingInterval = 30 * time.Second
+	http2PingTimeout  = 15 * time.Second
+
+	// backoffJitter is the randomization factor of the backoff: each wait
+	// is drawn uniformly from [w*(1-j), w*(1+j)], capped at the maximum
+	// backoff.
+	backoffJitter = 0.5
 )
 
 // Retry defaults.
@@ -77,30 +86,22 @@ const (
 
 	// DefaultBackoffInitial and DefaultBackoffMax bound the exponential
 	// backoff between attempts: 100 ms, 200 ms, 400 ms... up to 5 s, each
-	// randomised by +-50% (DefaultBackoffJitter) so that clients that
-	// failed together do not retry together.
+	// randomised by +-50% so that clients that failed together do not
+	// retry together.
 	DefaultBackoffInitial = 100 * time.Millisecond
 	DefaultBackoffMax     = 5 * time.Second
-
-	// DefaultBackoffJitter is the randomization factor of the backoff:
-	// each wait is drawn uniformly from [w*(1-j), w*(1+j)], capped at the
-	// maximum backoff.
-	DefaultBackoffJitter = 0.5
 
 	// DefaultMaxRetryAfter is the longest Retry-After the client waits for.
 	// A server that asks for more gets its response returned to the caller
 	// at once: no request sleeps for an hour because a header said so.
 	DefaultMaxRetryAfter = 30 * time.Second
 
-	// DefaultBodyBuffer is 0: a request body without GetBody is never
-	// buffered, so it is sent once and not retried.
-	DefaultBodyBuffer = 0
+	// DefaultMaxHedges is the hedges per attempt that WithHedging(delay, 0)
+	// means: one extra attempt.
+	DefaultMaxHedges = 1
 
-	// DefaultMaxDrain is how many bytes of a discarded response body are
-	// read before a retry so that its connection goes back to the pool. A
-	// longer body is closed unread, which costs one connection, not the
-	// bandwidth and time of reading it.
-	DefaultMaxDrain = 64 << 10
+	// MaxHedges is the most hedges per attempt WithHedging accepts.
+	MaxHedges = 10
 )
 
 // DefaultRetryStatuses returns the statuses retried by default: urllib3's
@@ -294,12 +295,18 @@ func WithMaxRetryAfter(d time.Duration) Option {
 	return durationOption("WithMaxRetryAfter", d, func(o *options) { o.maxRetryAfter = d })
 }
 
-// WithBodyBuffer lets a request whose body has no GetBody be retried when
-// its body fits in maxBytes: up to maxBytes+1 bytes are read into memory
-// before the first attempt; a longer body is streamed and sent once.
-// Requests built by http.NewRequest from a bytes.Buffer, bytes.Reader or
-// strings.Reader have GetBody and need no buffer. Default DefaultBodyBuffer;
-// zero means no buffering; negative is an error.
+// WithBodyBuffer lets a request whose body has no GetBody be retried: the
+// body is recorded, up to maxBytes, as the first attempt streams it to the
+// server, and later attempts send the recording and then the rest. Nothing
+// is read before the first attempt reads it, so the upload starts at once
+// and honours the request's context. Only requests that may be sent again
+// are recorded (an idempotent method or an Idempotency-Key header); a body
+// known to be longer (ContentLength) is not recorded, and one that turns
+// out longer is sent once and not retried. Requests built by
+// http.NewRequest from a bytes.Buffer, bytes.Reader or strings.Reader have
+// GetBody and need no buffer. Default: off; zero means no buffering; any
+// positive limit works, the memory used being at most the body's length;
+// negative is an error.
 func WithBodyBuffer(maxBytes int64) Option {
 	return optionFunc(func(o *options) {
 		o.bodyBuffer = maxBytes
@@ -358,6 +365,140 @@ func WithAttemptTransport(wrap func(http.RoundTripper) http.RoundTripper) Option
 	})
 }
 
+// WithRetryBudget sets the retry budget, kept for each host (see
+// RetryBudget; zero fields take the defaults). A retry the budget refuses
+// is not sent: the request ends at once with the outcome of its last
+// attempt (its response, or its error, in a *RetryError after more than
+// one attempt), and Stats.BudgetRefusals counts it. Hedged attempts
+// (WithHedging) draw from the same budget. The budget is on by default,
+// as RetryBudget{}; a Ratio above 10, or a Window that is not whole
+// seconds from 1 s to MaxRetryBudgetWindow, is an error. Turn the budget
+// off with WithoutRetryBudget.
+func WithRetryBudget(b RetryBudget) Option {
+	return optionFunc(func(o *options) {
+		o.budget = b.config()
+		o.check("WithRetryBudget", b.Ratio <= 10, "Ratio must not exceed 10, got %v", b.Ratio)
+		o.check("WithRetryBudget", b.Window == 0 ||
+			b.Window >= time.Second && b.Window <= MaxRetryBudgetWindow && b.Window%time.Second == 0,
+			"Window must be whole seconds from 1s to %v, got %v", MaxRetryBudgetWindow, b.Window)
+	})
+}
+
+// WithoutRetryBudget turns the retry budget off: every retry that the policy
+// allows is sent, up to WithMaxRetries per request, as in urllib3 or
+// go-retryablehttp. Against a host that fails every request, each request
+// then reaches it 1+WithMaxRetries times.
+func WithoutRetryBudget() Option {
+	return optionFunc(func(o *options) { o.budget = budgetConfig{} })
+}
+
+// WithCircuitBreaker puts a circuit breaker in front of each host (its
+// HostStats key, "host:port"; the hosts past HostStatsLimit have none, so
+// that one host's failures never refuse another's requests). An attempt
+// fails when it ends with a transport error or with a status in the retry
+// list (WithRetryStatuses; 429 and 5xx by default); any other response is
+// a success; an attempt cancelled by its caller, or a hedge cancelled
+// because another attempt won, is not counted. When the failures reach the
+// configured limits the circuit opens: attempts to that host fail at once,
+// without a connection, with an error that matches ErrCircuitOpen (a
+// *CircuitOpenError; in a *RetryError when earlier attempts were made),
+// and are not retried. After OpenTimeout it half-opens and lets
+// HalfOpenProbes attempts through to decide whether to close again; a
+// hedge the half-open circuit refuses never cancels the probe.
+//
+// Default: no circuit breaker. Negative durations, or a FailureRatio
+// outside 0..1, are an error.
+func WithCircuitBreaker(cfg CircuitBreaker) Option {
+	return optionFunc(func(o *options) {
+		c := cfg.withDefaults()
+		o.breaker = &c
+		o.check("WithCircuitBreaker", cfg.FailureRatio >= 0 && cfg.FailureRatio <= 1,
+			"FailureRatio must be between 0 and 1, got %v", cfg.FailureRatio)
+		o.check("WithCircuitBreaker", cfg.Interval >= 0, "negative Interval %v", cfg.Interval)
+		o.check("WithCircuitBreaker", cfg.OpenTimeout >= 0, "negative OpenTimeout %v", cfg.OpenTimeout)
+	})
+}
+
+// WithAttemptTimeout bounds each attempt's wait for response headers: an
+// attempt without headers after d is abandoned (its connection closed) and
+// retried if the request may be retried, or ends with an error that wraps
+// ErrAttemptTimeout. Once headers arrive the deadline is over: the body of
+// the response returned is never cut off by it (the read timeout governs
+// the body); headers that arrive just as d passes are either returned
+// intact or discarded for the timeout error. Default: off; zero means no
+// attempt deadline (the read timeout already bounds the wait for headers);
+// negative is an error. It costs a timer and a context per attempt, only
+// when set. Off by default because the right value is a latency target of
+// the service called (a p99), which no library can know.
+func WithAttemptTimeout(d time.Duration) Option {
+	return durationOption("WithAttemptTimeout", d, func(o *options) { o.attemptTimeout = d })
+}
+
+// WithHedging sends hedged attempts: if an attempt has no response after
+// delay, another attempt of the same request is sent, up to maxHedges more,
+// each delay after the previous one; the first response that is not worth
+// a retry wins, and the other attempts are cancelled, their responses
+// closed. The winner's body is never cut off by the cancellation of the
+// others.
+//
+// Only requests that may be retried are hedged: idempotent methods or an
+// Idempotency-Key header, with a replayable body, and WithMaxRetries above
+// zero. Each hedge draws one retry from the retry budget (WithRetryBudget);
+// when the budget or the host's circuit breaker refuses a hedge, no
+// further hedge is sent, and the attempts in flight run on. A hedge counts
+// in Stats.Attempts and Stats.Hedges, not in Stats.Retries.
+//
+// Default: off. Zero delay means no hedging; zero maxHedges means
+// DefaultMaxHedges. A negative delay, or maxHedges outside 0..MaxHedges,
+// is an error. Choose delay near the service's p95 latency: hedging then
+// adds about 5% load and cuts the tail past it.
+func WithHedging(delay time.Duration, maxHedges int) Option {
+	return optionFunc(func(o *options) {
+		o.hedgeDelay, o.maxHedges = delay, maxHedges
+		if maxHedges == 0 {
+			o.maxHedges = DefaultMaxHedges
+		}
+		o.check("WithHedging", delay >= 0, "delay must not be negative, got %v", delay)
+		o.check("WithHedging", maxHedges >= 0 && maxHedges <= MaxHedges,
+			"maxHedges must be between 0 and %d, got %d", MaxHedges, maxHedges)
+	})
+}
+
+// WithConnMaxLifetime retires HTTP/1 connections older than d (+-10%, so
+// that connections dialed together do not all expire together): the first
+// request given a connection past its lifetime carries "Connection:
+// close", so the connection ends once that response is read, and later
+// requests go to a new connection. If the server leaves the connection
+// open anyway (it does not echo the header), the next request given it
+// writes nothing on it and goes to a new connection. Callers see no error
+// and nothing is sent twice, whatever the method and body (a POST without
+// Idempotency-Key, a streamed body, Expect: 100-continue). A request that
+// asks to switch protocols (Upgrade, as a WebSocket does) is left alone.
+// An expired connection that stays idle is closed by the idle timeout.
+// Stats.ConnsExpired counts the connections retired.
+//
+// HTTP/2 connections are not retired. net/http would stop opening streams
+// on one marked so and close it once its streams are done, but a request
+// that picked it at that moment fails if its body cannot be rewound
+// (measured: "cannot rewind body after connection loss"). Servers that
+// need HTTP/2 connections to end send GOAWAY (Envoy's
+// max_connection_duration, gRPC's MaxConnectionAge), which net/http
+// handles.
+//
+// A lifetime makes traffic follow DNS changes and rebalance behind L4
+// load balancers (a Kubernetes Service spreads connections, not requests),
+// at the price of a new connection (a TCP and often a TLS handshake) per
+// lifetime per connection, and, per request, a copy of the request's
+// header map and an httptrace.ClientTrace. Pick it to match how fast the
+// deployment scales: 1 to 5 minutes is typical.
+//
+// Default: off, as in net/http, Envoy (max_connection_duration unset) and
+// Finagle (maxLifeTime unbounded); zero means connections are never
+// retired by age; negative is an error.
+func WithConnMaxLifetime(d time.Duration) Option {
+	return durationOption("WithConnMaxLifetime", d, func(o *options) { o.connMaxLifetime = d })
+}
+
 // Private implementation past this point.
 
 // options is the finished configuration. errs collects what was wrong with
@@ -384,7 +525,7 @@ type options struct {
 	logger         *slog.Logger
 
 	budget          budgetConfig    // budget.go; zero: off
-	attemptTimeout  time.Duration   // hedge.go; zero: off
+	attemptTimeout  time.Duration   // attempt.go; zero: off
 	hedgeDelay      time.Duration   // hedge.go; zero: off
 	maxHedges       int             // hedge.go
 	breaker         *CircuitBreaker // breaker.go; nil: off
@@ -411,7 +552,6 @@ func defaultOptions() options {
 		backoffInitial:      DefaultBackoffInitial,
 		backoffMax:          DefaultBackoffMax,
 		maxRetryAfter:       DefaultMaxRetryAfter,
-		bodyBuffer:          DefaultBodyBuffer,
 		budget:              defaultBudgetConfig(),
 	}
 	for _, c := range DefaultRetryStatuses() {

@@ -1,20 +1,17 @@
 // This file holds what a Transport tells about itself while it works: the
-// Observer hooks (WithObserver), the per-attempt RoundTripper wrapper
-// (WithAttemptTransport), the per-host counters behind HostStats, and the
-// structured logging of retries and give-ups (WithLogger). Stats, the
-// totals, is in transport.go; the retry loop that fires the events is in
-// retry.go.
+// Observer hooks and their events (WithObserver), AttemptFromContext for
+// per-attempt middleware (WithAttemptTransport), and the private functions
+// that fire the events and log them (the logging itself is in log.go). The
+// counters are in stats.go.
 
 package keepalive
 
 import (
 	"context"
+	"errors"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptrace"
-	"net/url"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -204,7 +201,7 @@ type BudgetRefusedEvent struct {
 
 // BreakerChangeEvent is a circuit breaker that changed state.
 type BreakerChangeEvent struct {
-	Host     string // the host the breaker guards: the request URL's host, with its port if the URL names one
+	Host     string // the host the breaker guards: its HostStats key, "host:port"
 	From, To string // "closed", "open" or "half-open"
 }
 
@@ -222,50 +219,6 @@ type DialEvent struct {
 func AttemptFromContext(ctx context.Context) (int, bool) {
 	n, ok := ctx.Value(attemptKey{}).(int)
 	return n, ok
-}
-
-// HostStatsLimit is the most hosts HostStats keeps apart; the requests to
-// hosts past it are counted together under the key OtherHosts, so a client
-// that meets unboundedly many hosts (a crawler) holds bounded memory.
-const HostStatsLimit = 1024
-
-// OtherHosts is the HostStats key of the hosts past HostStatsLimit, and of
-// requests without a URL.
-const OtherHosts = "other"
-
-// HostStats returns Stats per host, keyed by "host:port" as the connection
-// is dialed: "example.com:443" for https://example.com/, "[::1]:8080" for
-// http://[::1]:8080/. Like Stats, it is safe to call concurrently with
-// requests, and each counter is read atomically. Behind a proxy, Dials,
-// DialErrors and so Reused are counted under the proxy's address.
-func (t *Transport) HostStats() map[string]Stats {
-	m := t.hosts.maps.Load()
-	out := make(map[string]Stats, len(m.canon)+1)
-	for k, c := range m.canon {
-		out[k] = c.snapshot()
-	}
-	if s := t.hosts.other.snapshot(); s != (Stats{}) {
-		out[OtherHosts] = s
-	}
-	return out
-}
-
-// Reused returns the attempts that did not open a connection: Attempts -
-// Dials - DialErrors, never below zero. It is counted from the dialer, free
-// of any per-request cost. Once no request is in flight it is exact but
-// for two rare cases: a connection dialed and never used (its request took
-// another one that came free first) lowers it by one, and an attempt that
-// failed before it got a connection, other than by a failed dial, raises
-// it by one. For each attempt's own answer, use Observer.TraceConns.
-func (s Stats) Reused() int64 { return max(0, s.Attempts-s.Dials-s.DialErrors) }
-
-// ReuseRatio is Reused / Attempts: the share of attempts sent over a
-// connection that was already open. It is 0 before the first attempt.
-func (s Stats) ReuseRatio() float64 {
-	if s.Attempts == 0 {
-		return 0
-	}
-	return float64(s.Reused()) / float64(s.Attempts)
 }
 
 // Private implementation past this point.
@@ -293,80 +246,33 @@ func chain[E any](a, b func(E)) func(E) {
 	return func(e E) { a(e); b(e) }
 }
 
-// roundTripperFunc makes a method value a RoundTripper.
-type roundTripperFunc func(*http.Request) (*http.Response, error)
-
-func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
-
 // attemptKey is the context key of AttemptFromContext.
 type attemptKey struct{}
 
-// initObserving sets up what NewTransport needs for the hooks: the
-// RoundTripper attempts go through, and whether attempts need more than a
-// count.
-func (t *Transport) initObserving() error {
-	var rt http.RoundTripper = roundTripperFunc(t.roundTripLive) // lifetime.go
-	for _, wrap := range t.opts.attemptWraps {
-		if rt = wrap(rt); rt == nil {
-			return &OptionError{Option: "WithAttemptTransport", Reason: "wrap returned a nil RoundTripper"}
-		}
+// observeAttemptStart tells the observers of attempt n of a request, r,
+// about to be sent to host h.
+func (t *Transport) observeAttemptStart(r *http.Request, h *hostState, n int) {
+	if f := t.opts.observer.OnAttemptStart; f != nil {
+		f(AttemptStartEvent{Request: r, Host: h.key, Attempt: n})
 	}
-	t.inner = rt
-	o := &t.opts.observer
-	t.observeAttempts = o.OnAttemptStart != nil || o.OnAttemptEnd != nil || o.TraceConns ||
-		len(t.opts.attemptWraps) > 0
-	return nil
 }
 
-// countRequest counts a call to RoundTrip.
-// It returns the counters of req's host, for the rest of the request.
-func (t *Transport) countRequest(req *http.Request) *hostCounters {
-	hc := t.hosts.forURL(req.URL)
-	t.stats.requests.Add(1)
-	hc.requests.Add(1)
-	return hc
-}
-
-// sendAttempt sends r, attempt number n of its request to the host whose
-// counters are hc, under the attempt
-// deadline (sendTimed) and through t.inner, counting it and telling the
-// observers. With no observer it costs two atomic adds and a map lookup.
-func (t *Transport) sendAttempt(r *http.Request, n int, hc *hostCounters) (*http.Response, error) {
-	t.stats.attempts.Add(1)
-	hc.attempts.Add(1)
-	if !t.observeAttempts {
-		return t.sendTimed(r)
+// observeAttemptEnd tells the observers of the outcome of attempt n of a
+// request, r, to host h, which took d; trace is its connection trace, if
+// Observer.TraceConns is set.
+func (t *Transport) observeAttemptEnd(r *http.Request, h *hostState, n int, resp *http.Response, err error, d time.Duration, trace *connTrace) {
+	f := t.opts.observer.OnAttemptEnd
+	if f == nil {
+		return
 	}
-	return t.observedAttempt(r, n, hc)
-}
-
-func (t *Transport) observedAttempt(r *http.Request, n int, hc *hostCounters) (*http.Response, error) {
-	o := &t.opts.observer
-	if len(t.opts.attemptWraps) > 0 {
-		r = r.WithContext(context.WithValue(r.Context(), attemptKey{}, n))
-	}
-	var ct *connTrace
-	if o.TraceConns {
-		ct = new(connTrace)
-		r = r.WithContext(httptrace.WithClientTrace(r.Context(), &httptrace.ClientTrace{GotConn: ct.gotConn}))
-	}
-	if o.OnAttemptStart != nil {
-		o.OnAttemptStart(AttemptStartEvent{Request: r, Host: hc.key, Attempt: n})
-	}
-	if o.OnAttemptEnd == nil {
-		return t.sendTimed(r)
-	}
-	start := time.Now()
-	resp, err := t.sendTimed(r) // hedge.go: the attempt deadline, then t.inner
-	e := AttemptEndEvent{Request: r, Host: hc.key, Attempt: n, Response: resp, Err: err, Duration: time.Since(start)}
+	e := AttemptEndEvent{Request: r, Host: h.key, Attempt: n, Response: resp, Err: err, Duration: d}
 	if err == nil {
 		e.Status = resp.StatusCode
 	}
-	if ct != nil {
-		e.Conn = ConnReuse(ct.reuse.Load())
+	if trace != nil {
+		e.Conn = ConnReuse(trace.reuse.Load())
 	}
-	o.OnAttemptEnd(e)
-	return resp, err
+	f(e)
 }
 
 // connTrace records GotConn, which net/http may call from another
@@ -381,44 +287,9 @@ func (c *connTrace) gotConn(info httptrace.GotConnInfo) {
 	}
 }
 
-// countHost adds one to the counter that pick selects, in total and for
-// the host of u.
-func (t *Transport) countHost(u *url.URL, pick func(*counters) *atomic.Int64) {
-	pick(&t.stats).Add(1)
-	pick(&t.hosts.forURL(u).counters).Add(1)
-}
-
-// Counters for countHost of the features in hedge.go and lifetime.go.
-func circuitOpenCounter(c *counters) *atomic.Int64    { return &c.circuitOpen }
-func attemptTimeoutCounter(c *counters) *atomic.Int64 { return &c.attemptTimeouts }
-func hedgeCounter(c *counters) *atomic.Int64          { return &c.hedges }
-func connExpiredCounter(c *counters) *atomic.Int64    { return &c.connsExpired }
-
-// countRetry counts an attempt after the first of its request, to the host
-// whose counters are hc.
-func (t *Transport) countRetry(hc *hostCounters) {
-	t.stats.retries.Add(1)
-	hc.retries.Add(1)
-}
-
-// countDial counts a TCP connect to addr that ended with err.
-func (t *Transport) countDial(addr string, err error) {
-	hc := t.hosts.forAddr(addr)
-	if err != nil {
-		t.stats.dialErrors.Add(1)
-		hc.dialErrors.Add(1)
-	} else {
-		t.stats.dials.Add(1)
-		hc.dials.Add(1)
-	}
-	if f := t.opts.observer.OnDial; f != nil {
-		f(DialEvent{Host: hc.keyOr(addr), Err: err})
-	}
-}
-
 // observeRetry reports that the outcome (resp or err) of attempt will be
 // retried after wait.
-func (t *Transport) observeRetry(req *http.Request, resp *http.Response, err error, attempt int, wait time.Duration, retryAfter bool) {
+func (t *Transport) observeRetry(req *http.Request, h *hostState, resp *http.Response, err error, attempt int, wait time.Duration, retryAfter bool) {
 	e := RetryEvent{Request: req, Attempt: attempt, Reason: RetryOnStatus, Err: err, Wait: wait, RetryAfter: retryAfter}
 	if err != nil {
 		e.Reason = RetryOnError
@@ -430,7 +301,7 @@ func (t *Transport) observeRetry(req *http.Request, resp *http.Response, err err
 	if f == nil && l == nil {
 		return
 	}
-	e.Host = t.hosts.forURL(req.URL).key
+	e.Host = h.key
 	if f != nil {
 		f(e)
 	}
@@ -443,13 +314,11 @@ func (t *Transport) observeRetry(req *http.Request, resp *http.Response, err err
 // observeGiveUp reports that the outcome (resp or err) of the last of
 // attempts is returned to the caller although it was worth a retry. wait is
 // the refused wait, if any.
-func (t *Transport) observeGiveUp(req *http.Request, resp *http.Response, err error, attempts int, reason GiveUpReason, wait time.Duration) {
-	hc := t.hosts.forURL(req.URL)
+func (t *Transport) observeGiveUp(req *http.Request, h *hostState, resp *http.Response, err error, attempts int, reason GiveUpReason, wait time.Duration) {
 	if reason.counted() {
-		t.stats.gaveUp.Add(1)
-		hc.gaveUp.Add(1)
+		t.count(h, gaveUpCounter)
 	}
-	e := GiveUpEvent{Request: req, Host: hc.key, Attempts: attempts, Reason: reason, Err: err, Wait: wait}
+	e := GiveUpEvent{Request: req, Host: h.key, Attempts: attempts, Reason: reason, Err: err, Wait: wait}
 	if err == nil && resp != nil {
 		e.Status = resp.StatusCode
 	}
@@ -464,16 +333,14 @@ func (t *Transport) observeGiveUp(req *http.Request, resp *http.Response, err er
 
 // observeBudgetRefused counts and reports a retry of req, after attempt,
 // that the retry budget refused.
-func (t *Transport) observeBudgetRefused(req *http.Request, attempt int) {
-	hc := t.hosts.forURL(req.URL)
-	t.stats.budgetRefusals.Add(1)
-	hc.budgetRefusals.Add(1)
+func (t *Transport) observeBudgetRefused(req *http.Request, h *hostState, attempt int) {
+	t.count(h, budgetRefusalsCounter)
 	if f := t.opts.observer.OnBudgetRefused; f != nil {
-		f(BudgetRefusedEvent{Request: req, Host: hc.key, Attempt: attempt})
+		f(BudgetRefusedEvent{Request: req, Host: h.key, Attempt: attempt})
 	}
 	if l := t.logger(req.Context(), slog.LevelDebug); l != nil {
 		l.LogAttrs(req.Context(), slog.LevelDebug, "keepalive: retry budget refused a retry",
-			t.eventAttrs(req, hc.key, attempt, 0, nil)...)
+			t.eventAttrs(req, h.key, attempt, 0, nil)...)
 	}
 }
 
@@ -490,152 +357,22 @@ func (t *Transport) observeBreakerChange(host, from, to string) {
 	}
 }
 
-// logger returns the logger if it logs at level.
-func (t *Transport) logger(ctx context.Context, level slog.Level) *slog.Logger {
-	if l := t.opts.logger; l != nil && l.Enabled(ctx, level) {
-		return l
+// observeDial counts a TCP connect to the host h, at addr, that ended with
+// err, and tells the observers. A dial cancelled because no request needed
+// it any more (CloseIdleConnections, or its request got another
+// connection) is not an error of the host: it is told, not counted.
+func (t *Transport) observeDial(h *hostState, addr string, err error) {
+	switch {
+	case err == nil:
+		t.count(h, dialsCounter)
+	case !errors.Is(err, context.Canceled):
+		t.count(h, dialErrorsCounter)
 	}
-	return nil
-}
-
-// eventAttrs returns the attributes common to the logged events, named as
-// the fields of the events: the URL redacted, errors scrubbed of the URL's
-// password, no header values.
-func (t *Transport) eventAttrs(req *http.Request, host string, attempt, status int, err error, extra ...slog.Attr) []slog.Attr {
-	attrs := make([]slog.Attr, 0, 6+len(extra))
-	attrs = append(attrs,
-		slog.String("method", req.Method),
-		slog.String("url", redactURL(req.URL)),
-		slog.String("host", host),
-		slog.Int("attempt", attempt),
-	)
-	if status != 0 {
-		attrs = append(attrs, slog.Int("status", status))
-	}
-	if err != nil {
-		attrs = append(attrs, slog.String("error", scrub(err.Error(), urlPassword(req.URL))))
-	}
-	return append(attrs, extra...)
-}
-
-// snapshot reads the counters into Stats.
-func (c *counters) snapshot() Stats {
-	return Stats{
-		Requests:       c.requests.Load(),
-		Attempts:       c.attempts.Load(),
-		Retries:        c.retries.Load(),
-		GaveUp:         c.gaveUp.Load(),
-		BudgetRefusals: c.budgetRefusals.Load(),
-		Dials:          c.dials.Load(),
-		DialErrors:     c.dialErrors.Load(),
-
-		AttemptTimeouts: c.attemptTimeouts.Load(),
-		CircuitOpen:     c.circuitOpen.Load(),
-		Hedges:          c.hedges.Load(),
-		ConnsExpired:    c.connsExpired.Load(),
-	}
-}
-
-// hostCounters are the counters of one host.
-type hostCounters struct {
-	key string // "host:port"
-	counters
-	gate gateHost // dialgate.go
-}
-
-func (c *hostCounters) keyOr(addr string) string {
-	if c.key == OtherHosts {
-		return addr
-	}
-	return c.key
-}
-
-// hostTable finds the counters of a host without a lock or an allocation
-// once the host is known: the maps are immutable, replaced whole (copy on
-// write) when a host is added, which happens at most HostStatsLimit times.
-type hostTable struct {
-	maps  atomic.Pointer[hostMaps]
-	mu    sync.Mutex // serialises adding hosts
-	other hostCounters
-}
-
-type hostMaps struct {
-	// addr is keyed by "host:port" as dialed or as written in a URL, and
-	// by the bare host of URLs of other schemes than https (http: port
-	// 80); https holds the bare hosts of https URLs (port 443). A bare
-	// host is never a dial address, which always has a port.
-	addr, https map[string]*hostCounters
-	canon       map[string]*hostCounters // "host:port" as dialed: the keys of HostStats
-}
-
-func newHostTable() *hostTable {
-	h := &hostTable{other: hostCounters{key: OtherHosts}}
-	h.maps.Store(&hostMaps{addr: map[string]*hostCounters{}, https: map[string]*hostCounters{}, canon: map[string]*hostCounters{}})
-	return h
-}
-
-// forURL returns the counters of the host of u.
-func (h *hostTable) forURL(u *url.URL) *hostCounters {
-	if u == nil {
-		return &h.other
-	}
-	bareHTTPS := u.Scheme == "https" && u.Port() == ""
-	m := h.maps.Load()
-	c := m.addr[u.Host]
-	if bareHTTPS {
-		c = m.https[u.Host]
-	}
-	if c != nil {
-		return c
-	}
-	port := u.Port()
-	if port == "" {
-		port = "80"
-		if u.Scheme == "https" {
-			port = "443"
+	if f := t.opts.observer.OnDial; f != nil {
+		host := h.key
+		if h.overflow {
+			host = addr
 		}
+		f(DialEvent{Host: host, Err: err})
 	}
-	return h.add(u.Host, bareHTTPS, net.JoinHostPort(u.Hostname(), port))
-}
-
-// forAddr returns the counters of a dialed address.
-func (h *hostTable) forAddr(addr string) *hostCounters {
-	if c := h.maps.Load().addr[addr]; c != nil {
-		return c
-	}
-	return h.add(addr, false, addr)
-}
-
-// add returns the counters of canon, creating them unless the table is
-// full, and makes alias find them.
-func (h *hostTable) add(alias string, bareHTTPS bool, canon string) *hostCounters {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	old := h.maps.Load()
-	c := old.canon[canon]
-	if c == nil {
-		if len(old.canon) >= HostStatsLimit {
-			return &h.other // not remembered, so the maps stay bounded too
-		}
-		c = &hostCounters{key: canon}
-	}
-	m := &hostMaps{addr: clone(old.addr, 2), https: old.https, canon: clone(old.canon, 1)}
-	m.canon[canon] = c
-	m.addr[canon] = c
-	if bareHTTPS {
-		m.https = clone(old.https, 1)
-		m.https[alias] = c
-	} else {
-		m.addr[alias] = c
-	}
-	h.maps.Store(m)
-	return c
-}
-
-func clone(m map[string]*hostCounters, extra int) map[string]*hostCounters {
-	n := make(map[string]*hostCounters, len(m)+extra)
-	for k, v := range m {
-		n[k] = v
-	}
-	return n
 }

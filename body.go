@@ -1,0 +1,481 @@
+// This file holds everything done to bodies. Request bodies: how a body is
+// sent again (GetBody, or the bounded buffer of WithBodyBuffer, recorded
+// as it streams), and the watch that fails an upload that stalls. Response
+// bodies: the one wrapper each attempt's response gets (read timeout, dial
+// gate release, the attempt's context), and the bounded drain of a
+// discarded response.
+
+package keepalive
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Request bodies.
+
+// replay is how a request's body is sent again. With GetBody, or no body,
+// it is always possible. A body without GetBody is recorded while the
+// first attempt streams it, when WithBodyBuffer allows, the request may be
+// sent more than once, and the body is not known to be longer than the
+// limit: nothing is read before the first attempt reads it, so a request
+// that is never retried costs nothing and streams at once.
+type replay struct {
+	first *http.Request // the request of the first attempt
+	rec   *bodyRecorder // nil unless the body is recorded
+}
+
+// newReplay prepares req's body for its first attempt.
+func (t *Transport) newReplay(req *http.Request) replay {
+	body := req.Body
+	if body == nil || body == http.NoBody || req.GetBody != nil {
+		return replay{first: req}
+	}
+	limit := t.opts.bodyBuffer
+	if limit <= 0 || req.ContentLength > limit || !t.policy.mayRepeat(req) {
+		return replay{first: req}
+	}
+	rec := &bodyRecorder{src: body, limit: limit}
+	r := shallowCopy(req)
+	r.Body = rec.view()
+	r.GetBody = func() (io.ReadCloser, error) { return rec.view(), nil }
+	return replay{first: r, rec: rec}
+}
+
+// replayable reports whether the body can be sent again, as far as the
+// attempts so far have read it.
+func (rp *replay) replayable() bool {
+	if rp.rec != nil {
+		return rp.rec.replayable()
+	}
+	body := rp.first.Body
+	return body == nil || body == http.NoBody || rp.first.GetBody != nil
+}
+
+// next returns the request of the next attempt: the first with a fresh
+// body. The caller's request is never modified.
+func (rp *replay) next() (*http.Request, error) {
+	prev := rp.first
+	if prev.Body == nil || prev.Body == http.NoBody {
+		return prev, nil
+	}
+	body, err := prev.GetBody()
+	if err != nil {
+		return nil, fmt.Errorf("keepalive: GetBody for a retry: %w", err)
+	}
+	r := shallowCopy(prev)
+	r.Body = body
+	return r, nil
+}
+
+// done says that no attempt will read the body any more: a recorded
+// body's source is closed once the last attempt's copy is.
+func (rp *replay) done() {
+	if rp.rec != nil {
+		rp.rec.finish()
+	}
+}
+
+func shallowCopy(req *http.Request) *http.Request {
+	r := new(http.Request)
+	*r = *req
+	return r
+}
+
+// errNotRecorded fails the read of a replayed body past what was recorded.
+var errNotRecorded = errors.New("keepalive: request body longer than WithBodyBuffer cannot be sent again")
+
+// bodyRecorder records a body as attempts read it, up to limit bytes, so that
+// later attempts (views) read the recorded bytes and then go on from the
+// source. Attempts may overlap (hedges, and net/http reading a body after
+// RoundTrip returned), so it is locked; the source is read by one view at
+// a time, outside the lock of the record, so a view that replays never
+// waits for a source that blocks.
+type bodyRecorder struct {
+	srcMu sync.Mutex // serialises reads of src
+	src   io.ReadCloser
+	limit int64
+
+	mu       sync.Mutex
+	buf      []byte
+	consumed int64 // bytes read from src; equals len(buf) until overflow
+	overflow bool  // consumed passed limit: what came after is gone
+	srcErr   error // io.EOF or the source's error, sticky
+	open     int   // views not closed
+	finished bool  // no more views will be made
+	closed   bool  // src closed
+}
+
+func (r *bodyRecorder) view() io.ReadCloser {
+	r.mu.Lock()
+	r.open++
+	r.mu.Unlock()
+	return &bodyRecorderView{r: r}
+}
+
+func (r *bodyRecorder) replayable() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return !r.overflow
+}
+
+func (r *bodyRecorder) finish() {
+	r.mu.Lock()
+	r.finished = true
+	closeSrc := r.open == 0 && !r.closed
+	r.closed = r.closed || closeSrc
+	r.mu.Unlock()
+	if closeSrc {
+		r.src.Close()
+	}
+}
+
+// readAt reads into p at offset off of the body.
+func (r *bodyRecorder) readAt(p []byte, off int64) (int, error) {
+	r.mu.Lock()
+	if off < int64(len(r.buf)) {
+		n := copy(p, r.buf[off:])
+		r.mu.Unlock()
+		return n, nil
+	}
+	if off < r.consumed { // past the record: the bytes are gone
+		r.mu.Unlock()
+		return 0, errNotRecorded
+	}
+	if r.srcErr != nil {
+		err := r.srcErr
+		r.mu.Unlock()
+		return 0, err
+	}
+	r.mu.Unlock()
+
+	r.srcMu.Lock()
+	defer r.srcMu.Unlock()
+	r.mu.Lock()
+	if off != r.consumed || r.srcErr != nil { // another view moved on meanwhile
+		r.mu.Unlock()
+		return r.readAt(p, off)
+	}
+	r.mu.Unlock()
+	n, err := r.src.Read(p)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if n > 0 {
+		if !r.overflow && int64(len(r.buf))+int64(n) <= r.limit {
+			r.buf = append(r.buf, p[:n]...)
+		} else {
+			r.overflow = true
+		}
+		r.consumed += int64(n)
+	}
+	if err != nil {
+		r.srcErr = err
+	}
+	return n, err
+}
+
+// bodyRecorderView is one attempt's copy of a recorded body.
+type bodyRecorderView struct {
+	r      *bodyRecorder
+	off    int64
+	closed bool
+}
+
+func (v *bodyRecorderView) Read(p []byte) (int, error) {
+	if v.closed {
+		return 0, errors.New("keepalive: read of a closed request body")
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, err := v.r.readAt(p, v.off)
+	v.off += int64(n)
+	return n, err
+}
+
+func (v *bodyRecorderView) Close() error {
+	if v.closed {
+		return nil
+	}
+	v.closed = true
+	r := v.r
+	r.mu.Lock()
+	r.open--
+	closeSrc := r.open == 0 && r.finished && !r.closed
+	r.closed = r.closed || closeSrc
+	r.mu.Unlock()
+	if closeSrc {
+		return r.src.Close()
+	}
+	return nil
+}
+
+// uploadWatch fails an attempt whose request body is not taken from the
+// caller for d: net/http starts its header timeout only once the request
+// is written, so nothing else bounds a write to a server that stopped
+// reading. It is armed by the body's first Read (the connection is open
+// then), measures the time between Reads that is not spent inside the
+// caller's Read, and ends with the attempt (attemptCtl.settle). One timer
+// per attempt with a body, re-armed only when it fires.
+type uploadWatch struct {
+	ctl     *attemptCtl
+	d       time.Duration
+	last    atomic.Int64 // monotonic time the body last handed over data, or 0 before the first Read
+	reading atomic.Int32 // Reads in progress: the caller's time, not the server's
+	timer   atomic.Pointer[time.Timer]
+}
+
+func (w *uploadWatch) wrap(body io.ReadCloser) io.ReadCloser {
+	if rw, ok := body.(io.ReadWriteCloser); ok { // a request that upgrades keeps its writer
+		return &watchedRWBody{watchedBody: watchedBody{rc: rw, w: w}, rw: rw}
+	}
+	return &watchedBody{rc: body, w: w}
+}
+
+func (w *uploadWatch) fire() {
+	if w.ctl.state.Load() != attemptRunning {
+		return
+	}
+	wait := w.d
+	if w.reading.Load() == 0 {
+		stalled := time.Duration(monotonic() - w.last.Load())
+		if stalled >= w.d {
+			w.ctl.end(attemptUploadStalled, errUploadStalled)
+			return
+		}
+		wait = w.d - stalled
+	}
+	t := w.timer.Load()
+	for t == nil { // fired before the first Read stored it: only for tiny d
+		runtime.Gosched()
+		t = w.timer.Load()
+	}
+	t.Reset(wait)
+}
+
+func (w *uploadWatch) stop() {
+	if t := w.timer.Load(); t != nil {
+		t.Stop()
+	}
+}
+
+type watchedBody struct {
+	rc io.ReadCloser
+	w  *uploadWatch
+}
+
+func (b *watchedBody) Read(p []byte) (int, error) {
+	w := b.w
+	w.reading.Add(1)
+	n, err := b.rc.Read(p)
+	w.last.Store(monotonic())
+	w.reading.Add(-1)
+	if w.timer.Load() == nil && w.ctl.state.Load() == attemptRunning {
+		w.timer.CompareAndSwap(nil, time.AfterFunc(w.d, w.fire))
+	}
+	return n, err
+}
+
+func (b *watchedBody) Close() error { return b.rc.Close() }
+
+type watchedRWBody struct {
+	watchedBody
+	rw io.ReadWriteCloser
+}
+
+func (b *watchedRWBody) Write(p []byte) (int, error) { return b.rw.Write(p) }
+
+// Response bodies.
+
+// clockStart anchors monotonic: time.Since(clockStart) is a monotonic
+// reading that fits an atomic int64.
+var clockStart = time.Now()
+
+func monotonic() int64 { return max(int64(time.Since(clockStart)), 1) }
+
+// wrapBody gives resp the one wrapper of its attempt, which owns all that
+// ends with the body: the read timeout, the dial gate's release (gate, nil
+// if ungated) and the attempt's context (ctl, nil if it has none). A body
+// that is already over, http.NoBody or none, is left as it is and its
+// attempt released at once; a 101's body stays an io.ReadWriteCloser.
+func (t *Transport) wrapBody(resp *http.Response, gate *gateHost, ctl *attemptCtl) *http.Response {
+	d := t.opts.readTimeout
+	switch {
+	case resp.Body == nil || resp.Body == http.NoBody:
+		gate.leave()
+		ctl.release()
+		return resp
+	case resp.StatusCode == http.StatusSwitchingProtocols:
+		gate.leave() // the connection is no longer the pool's
+		if ctl != nil {
+			if rw, ok := resp.Body.(io.ReadWriteCloser); ok {
+				resp.Body = &switchedBody{ReadWriteCloser: rw, ctl: ctl}
+				return resp
+			}
+		}
+		ctl.release()
+		return resp
+	case d <= 0 && gate == nil && ctl == nil:
+		return resp
+	}
+	resp.Body = &respBody{rc: resp.Body, d: d, gate: gate, ctl: ctl}
+	return resp
+}
+
+// respBody is a response body with the read timeout, and the release of
+// its attempt (the dial gate's count, the attempt's context) at its end:
+// an error or EOF from Read, or Close.
+//
+// The timeout is one timer per body, armed at the first Read. Each Read
+// stores when it started; when the timer fires it closes the body (which
+// unblocks a Read on both HTTP/1 and HTTP/2) if a Read has waited d, and
+// otherwise re-arms for the time left. A Read costs a clock reading and two
+// atomic stores, not a timer reset and stop. Time between Reads (the
+// caller processing) is not counted, so a slow but steady body is never cut
+// off. A read deadline on the connection would do it for HTTP/1 only, and
+// one left on a pooled connection fails its next request.
+type respBody struct {
+	rc        io.ReadCloser
+	d         time.Duration // 0: no read timeout, and no timer
+	timer     atomic.Pointer[time.Timer]
+	readStart atomic.Int64 // monotonic() when the Read in progress began; 0: none
+	fired     atomic.Bool  // the timer closed the body
+	done      atomic.Bool  // EOF, an error or Close: the timer stops for good
+	gate      *gateHost
+	ctl       *attemptCtl
+}
+
+func (b *respBody) Read(p []byte) (int, error) {
+	if b.d <= 0 {
+		n, err := b.rc.Read(p)
+		if err != nil {
+			b.end()
+		}
+		return n, err
+	}
+	if b.fired.Load() {
+		return 0, &ReadTimeoutError{Limit: b.d}
+	}
+	b.readStart.Store(monotonic())
+	if b.timer.Load() == nil {
+		b.timer.Store(time.AfterFunc(b.d, b.expire))
+	}
+	n, err := b.rc.Read(p)
+	b.readStart.Store(0)
+	if err != nil {
+		b.end()
+		if b.fired.Load() {
+			return n, &ReadTimeoutError{Limit: b.d}
+		}
+	}
+	return n, err
+}
+
+// expire runs when the timer fires: it fails a Read that has waited d, and
+// otherwise waits again for as long as a Read could still take.
+func (b *respBody) expire() {
+	if b.done.Load() {
+		return
+	}
+	wait := b.d
+	if start := b.readStart.Load(); start != 0 {
+		waited := time.Duration(monotonic() - start)
+		if waited >= b.d {
+			b.fired.Store(true)
+			b.rc.Close()
+			return
+		}
+		wait = b.d - waited
+	}
+	t := b.timer.Load()
+	for t == nil { // fired before Read stored it: only for timeouts of microseconds
+		runtime.Gosched()
+		t = b.timer.Load()
+	}
+	t.Reset(wait)
+}
+
+func (b *respBody) Close() error {
+	err := b.rc.Close()
+	b.end()
+	return err
+}
+
+// end is the one "done" path: it stops the timer, leaves the dial gate and
+// releases the attempt's context, once.
+func (b *respBody) end() {
+	if b.done.Swap(true) {
+		return
+	}
+	if t := b.timer.Load(); t != nil {
+		t.Stop()
+	}
+	b.gate.leave()
+	b.ctl.release()
+}
+
+// switchedBody is the body of a 101 Switching Protocols response: the
+// connection, handed to the caller, keeps its attempt's context until
+// closed.
+type switchedBody struct {
+	io.ReadWriteCloser
+	ctl  *attemptCtl
+	once sync.Once
+}
+
+func (b *switchedBody) Close() error {
+	err := b.ReadWriteCloser.Close()
+	b.once.Do(b.ctl.release)
+	return err
+}
+
+// drainTimeout bounds the time spent draining a discarded body: a slow
+// server costs a connection, not the caller's time. The policy shortens it
+// to fit the caller's deadline.
+const drainTimeout = time.Second
+
+// maxDrain is how many bytes of a discarded response body are read before
+// a retry so that its connection goes back to the pool. A longer body is
+// closed unread, which costs one connection, not the bandwidth and time of
+// reading it.
+const maxDrain = 64 << 10
+
+// drain reads up to maxDrain bytes of a discarded response body, for at
+// most limit, so that its connection can go back to the pool, then closes
+// it. A body known to be longer is closed unread: its connection is lost
+// either way.
+func drain(resp *http.Response, limit time.Duration) {
+	body := resp.Body
+	if body == nil {
+		return
+	}
+	defer body.Close()
+	if body == http.NoBody || resp.ContentLength > maxDrain || limit <= 0 {
+		return
+	}
+	stop := time.AfterFunc(limit, func() { body.Close() })
+	defer stop.Stop()
+	_, _ = io.Copy(io.Discard, io.LimitReader(body, maxDrain+1))
+}
+
+// sleep waits for d or until ctx ends, whichever is first.
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer.C:
+		return nil
+	}
+}

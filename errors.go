@@ -1,0 +1,211 @@
+// This file holds the errors a Transport returns: the give-up error of the
+// retry loop, the timeouts of attempts, reads and writes, the circuit
+// breaker's refusal, and the errors of malformed requests. Every one is a
+// type reachable with errors.As, and the timeouts and the refusal also
+// match a sentinel with errors.Is.
+
+package keepalive
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+)
+
+// RetryError is returned when a request failed after more than one attempt:
+// its retries ran out on errors, or the caller's context ended while it
+// waited to retry, or when the WithCheckRetry policy returned an error.
+// Err is why it ended (the last attempt's error, the policy's, or the
+// context's); errors.Is and errors.As reach Err and the last attempt's
+// error. A request whose retries ran out on a status returns that response,
+// not an error, as http.Client does for any status.
+type RetryError struct {
+	Method   string
+	URL      string // with credentials and query values redacted
+	Attempts int    // attempts made
+	Status   int    // status of the last attempt, or 0 if it failed with an error
+	Err      error
+
+	last   error  // the last attempt's error, if it is not Err
+	secret string // URL password, scrubbed from the message
+}
+
+func (e *RetryError) Error() string {
+	var b strings.Builder
+	plural := "s"
+	if e.Attempts == 1 {
+		plural = ""
+	}
+	fmt.Fprintf(&b, "keepalive: %s %s: giving up after %d attempt%s", e.Method, e.URL, e.Attempts, plural)
+	if e.Status != 0 {
+		fmt.Fprintf(&b, " (last status %d)", e.Status)
+	}
+	if e.last != nil {
+		fmt.Fprintf(&b, " (last error: %v)", e.last)
+	}
+	fmt.Fprintf(&b, ": %v", e.Err)
+	return scrub(b.String(), e.secret)
+}
+
+// Timeout reports whether the request ended on a timeout: a read, write,
+// attempt or connect timeout of its last attempt, or the context's
+// deadline. It keeps the net.Error idiom working through *url.Error after
+// retries, as it does for a request that failed on its first attempt.
+func (e *RetryError) Timeout() bool {
+	for _, err := range e.Unwrap() {
+		var ne interface{ Timeout() bool }
+		if errors.As(err, &ne) && ne.Timeout() {
+			return true
+		}
+	}
+	return false
+}
+
+// Unwrap returns Err and, if different, the last attempt's error.
+func (e *RetryError) Unwrap() []error {
+	if e.last != nil {
+		return []error{e.Err, e.last}
+	}
+	return []error{e.Err}
+}
+
+// ErrReadTimeout is matched, with errors.Is, by the error of a response body
+// read that waited for data longer than the read timeout.
+var ErrReadTimeout = errors.New("keepalive: read timeout")
+
+// ReadTimeoutError is returned by a response body read that waited longer
+// than the read timeout (WithReadTimeout) for data. The body is closed and
+// its connection discarded. It is a net.Error whose Timeout() is true.
+type ReadTimeoutError struct {
+	Limit time.Duration // the read timeout that passed
+}
+
+var _ net.Error = (*ReadTimeoutError)(nil)
+
+func (e *ReadTimeoutError) Error() string {
+	return fmt.Sprintf("keepalive: read timeout: no response body data for %v", e.Limit)
+}
+
+// Is reports whether target is ErrReadTimeout.
+func (e *ReadTimeoutError) Is(target error) bool { return target == ErrReadTimeout }
+
+// Timeout is true: the error is a timeout.
+func (e *ReadTimeoutError) Timeout() bool { return true }
+
+// Temporary is true, as for other timeouts; net.Error requires it.
+func (e *ReadTimeoutError) Temporary() bool { return true }
+
+// ErrWriteTimeout is matched, with errors.Is, by the error of an attempt
+// whose request body made no progress for the read timeout.
+var ErrWriteTimeout = errors.New("keepalive: write timeout")
+
+// WriteTimeoutError is the error of an attempt whose upload stalled: the
+// request body was not taken from the caller for the read timeout
+// (WithReadTimeout), because the server stopped reading it (HTTP/1) or
+// gave it no flow-control window (HTTP/2). Time the caller's body spends
+// producing data is not counted. The attempt's connection or stream is
+// closed. It is a net.Error whose Timeout() is true; it is retried only if
+// the request may be sent again.
+type WriteTimeoutError struct {
+	Limit time.Duration // the read timeout that passed
+}
+
+var _ net.Error = (*WriteTimeoutError)(nil)
+
+func (e *WriteTimeoutError) Error() string {
+	return fmt.Sprintf("keepalive: write timeout: request body not taken for %v", e.Limit)
+}
+
+// Is reports whether target is ErrWriteTimeout.
+func (e *WriteTimeoutError) Is(target error) bool { return target == ErrWriteTimeout }
+
+// Timeout is true: the error is a timeout.
+func (e *WriteTimeoutError) Timeout() bool { return true }
+
+// Temporary is true, as for other timeouts; net.Error requires it.
+func (e *WriteTimeoutError) Temporary() bool { return true }
+
+// ErrAttemptTimeout is matched, with errors.Is, by the error of an attempt
+// abandoned by WithAttemptTimeout.
+var ErrAttemptTimeout = errors.New("keepalive: attempt timeout")
+
+// AttemptTimeoutError is the error of an attempt that had no response
+// headers within the attempt timeout (WithAttemptTimeout). It is a
+// net.Error whose Timeout() is true. It does not match context.Canceled or
+// context.DeadlineExceeded: the caller's context did not end.
+type AttemptTimeoutError struct {
+	Limit time.Duration // the attempt timeout
+}
+
+var _ net.Error = (*AttemptTimeoutError)(nil)
+
+func (e *AttemptTimeoutError) Error() string {
+	return fmt.Sprintf("keepalive: attempt timeout: no response headers within %v", e.Limit)
+}
+
+// Is reports whether target is ErrAttemptTimeout.
+func (e *AttemptTimeoutError) Is(target error) bool { return target == ErrAttemptTimeout }
+
+// Timeout reports true: the error is a timeout, for net.Error.
+func (e *AttemptTimeoutError) Timeout() bool { return true }
+
+// Temporary reports true, for net.Error: another attempt may succeed.
+func (e *AttemptTimeoutError) Temporary() bool { return true }
+
+// ErrCircuitOpen is matched, with errors.Is, by the error of an attempt
+// refused because its host's circuit is open or half-open and busy.
+var ErrCircuitOpen = errors.New("keepalive: circuit open")
+
+// CircuitOpenError is the error of an attempt refused by the circuit
+// breaker of its host (WithCircuitBreaker).
+type CircuitOpenError struct {
+	Host string // the host's key, "host:port" as in HostStats
+}
+
+func (e *CircuitOpenError) Error() string {
+	return "keepalive: circuit open for " + e.Host
+}
+
+// Is reports whether target is ErrCircuitOpen.
+func (e *CircuitOpenError) Is(target error) bool { return target == ErrCircuitOpen }
+
+// Private implementation past this point.
+
+// badRequestError is the error of a request that cannot be sent as it is
+// (no URL, no host, a port that is not one): it is never retried.
+type badRequestError struct{ reason string }
+
+func (e *badRequestError) Error() string { return "keepalive: malformed request: " + e.reason }
+
+// dialError marks an error of the dialer: the request it was for was never
+// written, so it may be sent again whatever its method.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+// Timeout keeps a dial timeout a net.Error timeout, as the dialer's own
+// error is.
+func (e *dialError) Timeout() bool {
+	var ne net.Error
+	return errors.As(e.err, &ne) && ne.Timeout()
+}
+
+// errConnRetired refuses to write a request on a connection that already
+// carried the request meant to be its last (lifetime.go): nothing was
+// written, so net/http, or the retry loop, sends the request on another
+// connection.
+var errConnRetired = errors.New("keepalive: connection retired by WithConnMaxLifetime")
+
+// Causes of an attempt's context being cancelled by the Transport itself.
+var (
+	errAttemptTimedOut = errors.New("keepalive: attempt deadline passed")
+	errUploadStalled   = errors.New("keepalive: request body not taken")
+	errHedgeLost       = errors.New("keepalive: another hedged attempt won")
+)
+
+// errNilNil replaces the (nil, nil) of a RoundTripper given to
+// WithAttemptTransport that broke its contract.
+var errNilNil = errors.New("keepalive: RoundTripper returned a nil *Response with a nil error")

@@ -1,0 +1,152 @@
+// This file holds the per-host state: everything a Transport keeps about
+// one host (its counters, retry budget, circuit breaker and dial gate),
+// found under one canonical key, "host:port", once per request and passed
+// down the request path. The budget, breaker and gate each keep their
+// mechanics in budget.go, breaker.go and dialgate.go.
+
+package keepalive
+
+import (
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// hostState is all a Transport keeps about one host. Hosts past
+// HostStatsLimit share one, the overflow state, which counts and budgets
+// them together but has no breaker (one host's failures must not refuse
+// another's requests) and no dial gate (its counts would mix hosts).
+type hostState struct {
+	key      string // "host:port", the HostStats key; OtherHosts for the overflow state
+	overflow bool
+	counters
+	budget  hostBudget   // budget.go; unused when the budget is off
+	breaker *hostBreaker // breaker.go; nil when off, and for the overflow state
+	gate    gateHost     // dialgate.go; unused for the overflow state
+}
+
+// gateHost returns the host's dial gate, nil for the overflow state.
+func (h *hostState) gateHost() *gateHost {
+	if h.overflow {
+		return nil
+	}
+	return &h.gate
+}
+
+// hostTable finds the state of a host without a lock or an allocation
+// once the host is known: the maps are immutable, replaced whole (copy on
+// write) when a host is added, which happens at most HostStatsLimit times;
+// past that, unknown hosts get the overflow state at the cost of building
+// their key, with no lock. Nothing is ever swept.
+type hostTable struct {
+	maps     atomic.Pointer[hostMaps]
+	mu       sync.Mutex // serialises adding hosts
+	overflow *hostState
+	newState func(key string) *hostState
+}
+
+type hostMaps struct {
+	// alias is keyed by the Host of a URL as written ("example.com",
+	// "example.com:443", "Example.COM") with its scheme's default port
+	// told apart: aliasHTTPS holds the bare hosts of https URLs. Dial
+	// addresses, which always have a port, are in alias too.
+	alias, aliasHTTPS map[string]*hostState
+	canon             map[string]*hostState // by key: what HostStats lists
+}
+
+func newHostTable(newState func(key string) *hostState) *hostTable {
+	h := &hostTable{newState: newState}
+	h.overflow = newState(OtherHosts)
+	h.overflow.overflow = true
+	h.overflow.breaker = nil
+	h.maps.Store(&hostMaps{alias: map[string]*hostState{}, aliasHTTPS: map[string]*hostState{}, canon: map[string]*hostState{}})
+	return h
+}
+
+// forURL returns the state of the host of u; u is not nil.
+func (h *hostTable) forURL(u *url.URL) *hostState {
+	bareHTTPS := u.Scheme == "https" && u.Port() == ""
+	m := h.maps.Load()
+	aliases := m.alias
+	if bareHTTPS {
+		aliases = m.aliasHTTPS
+	}
+	if s := aliases[u.Host]; s != nil {
+		return s
+	}
+	return h.add(m, u.Host, bareHTTPS, hostKey(u))
+}
+
+// forAddr returns the state of a dialed address, "host:port".
+func (h *hostTable) forAddr(addr string) *hostState {
+	m := h.maps.Load()
+	if s := m.alias[addr]; s != nil {
+		return s
+	}
+	return h.add(m, addr, false, canonAddr(addr))
+}
+
+// add returns the state of key, creating it unless the table is full, and
+// makes alias find it.
+func (h *hostTable) add(seen *hostMaps, alias string, bareHTTPS bool, key string) *hostState {
+	if len(seen.canon) >= HostStatsLimit && seen.canon[key] == nil {
+		return h.overflow // the table only grows: no lock needed to know it is full
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	old := h.maps.Load()
+	s := old.canon[key]
+	if s == nil {
+		if len(old.canon) >= HostStatsLimit {
+			return h.overflow
+		}
+		s = h.newState(key)
+	}
+	m := &hostMaps{alias: old.alias, aliasHTTPS: old.aliasHTTPS, canon: old.canon}
+	if old.canon[key] == nil {
+		m.canon = cloneStates(old.canon, 1)
+		m.canon[key] = s
+	}
+	if bareHTTPS {
+		m.aliasHTTPS = cloneStates(old.aliasHTTPS, 1)
+		m.aliasHTTPS[alias] = s
+	} else {
+		m.alias = cloneStates(old.alias, 2)
+		m.alias[alias] = s
+		m.alias[key] = s
+	}
+	h.maps.Store(m)
+	return s
+}
+
+func cloneStates(m map[string]*hostState, extra int) map[string]*hostState {
+	n := make(map[string]*hostState, len(m)+extra)
+	for k, v := range m {
+		n[k] = v
+	}
+	return n
+}
+
+// hostKey is the canonical key of a URL's host: "host:port" as net/http
+// dials it, the scheme's default port filled in, the name in lower case.
+func hostKey(u *url.URL) string {
+	port := u.Port()
+	if port == "" {
+		port = "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+	}
+	return net.JoinHostPort(strings.ToLower(u.Hostname()), port)
+}
+
+// canonAddr is hostKey for an address as dialed.
+func canonAddr(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return strings.ToLower(addr)
+	}
+	return net.JoinHostPort(strings.ToLower(host), port)
+}

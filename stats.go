@@ -1,0 +1,130 @@
+// This file holds the counters of a Transport: Stats for all hosts,
+// HostStats for each, and the derived reuse figures. The per-host state
+// they live in is in host.go.
+
+package keepalive
+
+import "sync/atomic"
+
+// Stats are counters of a Transport, or of one host of it (HostStats),
+// since it was created. They only grow. Reused and ReuseRatio derive
+// connection reuse from them.
+type Stats struct {
+	Requests   int64 // calls to RoundTrip
+	Attempts   int64 // requests sent to the underlying transport, retries and hedges included
+	Retries    int64 // attempts after the first of their request
+	GaveUp     int64 // requests that ran out of retries, or whose wait for the next attempt was refused
+	Dials      int64 // new connections opened (TCP connect succeeded)
+	DialErrors int64 // TCP connects that failed; dials cancelled because no request needed them are not counted
+
+	BudgetRefusals  int64 // retries and hedges not sent because the retry budget was spent
+	AttemptTimeouts int64 // attempts abandoned by WithAttemptTimeout
+	WriteTimeouts   int64 // attempts whose upload stalled for the read timeout
+	CircuitOpen     int64 // attempts refused by an open circuit (WithCircuitBreaker)
+	Hedges          int64 // hedged attempts sent (WithHedging), counted in Attempts too
+	ConnsExpired    int64 // connections retired by WithConnMaxLifetime
+}
+
+// Stats returns the counters of all hosts so far. It is safe to call
+// concurrently with requests; each counter is read atomically, the set as
+// a whole is not a snapshot.
+func (t *Transport) Stats() Stats { return t.stats.snapshot() }
+
+// HostStatsLimit is the most hosts a Transport keeps apart, in HostStats
+// and for its per-host retry budget, circuit breaker and dial gate; the
+// hosts past it share one state under the key OtherHosts, so a client that
+// meets unboundedly many hosts (a crawler) holds bounded memory.
+const HostStatsLimit = 1024
+
+// OtherHosts is the HostStats key of the hosts past HostStatsLimit.
+const OtherHosts = "other"
+
+// HostStats returns Stats per host, keyed by "host:port" with the
+// scheme's default port filled in and the name in lower case:
+// "example.com:443" for https://example.com/ and https://Example.com:443/
+// alike, "[::1]:8080" for http://[::1]:8080/. The same key names the host
+// of the retry budget, the circuit breaker and the events. Like Stats, it
+// is safe to call concurrently with requests, and each counter is read
+// atomically. Behind a proxy, Dials, DialErrors and so Reused are counted
+// under the proxy's address.
+func (t *Transport) HostStats() map[string]Stats {
+	m := t.hosts.maps.Load()
+	out := make(map[string]Stats, len(m.canon)+1)
+	for k, c := range m.canon {
+		out[k] = c.snapshot()
+	}
+	if s := t.hosts.overflow.snapshot(); s != (Stats{}) {
+		out[OtherHosts] = s
+	}
+	return out
+}
+
+// Reused returns the attempts that did not open a connection: Attempts -
+// Dials - DialErrors, never below zero. It is counted from the dialer, free
+// of any per-request cost. Once no request is in flight it is exact but
+// for two rare cases: a connection dialed and never used (its request took
+// another one that came free first) lowers it by one, and an attempt that
+// failed before it got a connection, other than by a failed dial, raises
+// it by one. For each attempt's own answer, use Observer.TraceConns.
+func (s Stats) Reused() int64 { return max(0, s.Attempts-s.Dials-s.DialErrors) }
+
+// ReuseRatio is Reused / Attempts: the share of attempts sent over a
+// connection that was already open. It is 0 before the first attempt.
+func (s Stats) ReuseRatio() float64 {
+	if s.Attempts == 0 {
+		return 0
+	}
+	return float64(s.Reused()) / float64(s.Attempts)
+}
+
+// Private implementation past this point.
+
+// counters are the atomics behind Stats, kept once for the Transport and
+// once per host.
+type counters struct {
+	requests, attempts, retries, gaveUp atomic.Int64
+	dials, dialErrors                   atomic.Int64
+
+	budgetRefusals, attemptTimeouts, writeTimeouts, circuitOpen, hedges, connsExpired atomic.Int64
+}
+
+// counter picks one counter of a counters.
+type counter func(*counters) *atomic.Int64
+
+func requestsCounter(c *counters) *atomic.Int64       { return &c.requests }
+func attemptsCounter(c *counters) *atomic.Int64       { return &c.attempts }
+func retriesCounter(c *counters) *atomic.Int64        { return &c.retries }
+func gaveUpCounter(c *counters) *atomic.Int64         { return &c.gaveUp }
+func dialsCounter(c *counters) *atomic.Int64          { return &c.dials }
+func dialErrorsCounter(c *counters) *atomic.Int64     { return &c.dialErrors }
+func budgetRefusalsCounter(c *counters) *atomic.Int64 { return &c.budgetRefusals }
+func attemptTimeoutCounter(c *counters) *atomic.Int64 { return &c.attemptTimeouts }
+func writeTimeoutCounter(c *counters) *atomic.Int64   { return &c.writeTimeouts }
+func circuitOpenCounter(c *counters) *atomic.Int64    { return &c.circuitOpen }
+func hedgeCounter(c *counters) *atomic.Int64          { return &c.hedges }
+func connExpiredCounter(c *counters) *atomic.Int64    { return &c.connsExpired }
+
+// count adds one to the counter pick selects, in total and for host h.
+func (t *Transport) count(h *hostState, pick counter) {
+	pick(&t.stats).Add(1)
+	pick(&h.counters).Add(1)
+}
+
+// snapshot reads the counters into Stats.
+func (c *counters) snapshot() Stats {
+	return Stats{
+		Requests:       c.requests.Load(),
+		Attempts:       c.attempts.Load(),
+		Retries:        c.retries.Load(),
+		GaveUp:         c.gaveUp.Load(),
+		BudgetRefusals: c.budgetRefusals.Load(),
+		Dials:          c.dials.Load(),
+		DialErrors:     c.dialErrors.Load(),
+
+		AttemptTimeouts: c.attemptTimeouts.Load(),
+		WriteTimeouts:   c.writeTimeouts.Load(),
+		CircuitOpen:     c.circuitOpen.Load(),
+		Hedges:          c.hedges.Load(),
+		ConnsExpired:    c.connsExpired.Load(),
+	}
+}
