@@ -1,0 +1,106 @@
+package keepalive
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func mustParseURL(t testing.TB, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	require.NoError(t, err)
+	return u
+}
+
+// One host, however its URL spells it, has one state: one set of
+// counters, one budget, one breaker, one dial gate (defect: the budget and
+// the breaker keyed by URL.Host, the stats by host:port).
+func TestHostStateIsOneForEverySpellingOfAHost(t *testing.T) {
+	tr := newTestTransport(t, WithCircuitBreaker(CircuitBreaker{}))
+	h := tr.hosts
+	plain := h.forURL(mustParseURL(t, "http://example.test/x"))
+	require.NotNil(t, plain.breaker)
+	for _, s := range []string{"http://example.test:80/y", "http://EXAMPLE.test/", "http://Example.Test:80/"} {
+		assert.Same(t, plain, h.forURL(mustParseURL(t, s)), s)
+	}
+	assert.Same(t, plain, h.forAddr("example.test:80"), "the dial address")
+	assert.Equal(t, "example.test:80", plain.key)
+
+	tls := h.forURL(mustParseURL(t, "https://example.test/"))
+	assert.NotSame(t, plain, tls)
+	assert.Same(t, tls, h.forURL(mustParseURL(t, "https://example.test:443/")))
+	assert.Same(t, tls, h.forAddr("example.test:443"))
+	assert.Equal(t, "example.test:443", tls.key)
+}
+
+// Past HostStatsLimit, hosts share the overflow state: the table stays
+// bounded, nothing is swept, and the overflow state has no breaker (one
+// host's failures must not refuse another's requests) and no dial gate.
+func TestHostStatesAreBoundedWithoutASweep(t *testing.T) {
+	tr := newTestTransport(t, WithCircuitBreaker(CircuitBreaker{}))
+	h := tr.hosts
+	seen := map[*hostState]bool{}
+	for i := range 3 * HostStatsLimit {
+		seen[h.forURL(mustParseURL(t, "http://h"+strconv.Itoa(i)+".test/"))] = true
+	}
+	assert.Len(t, seen, HostStatsLimit+1, "the known hosts and the overflow state")
+	assert.Len(t, h.maps.Load().canon, HostStatsLimit)
+	over := h.forURL(mustParseURL(t, "http://past-the-limit.test/"))
+	assert.Same(t, h.overflow, over)
+	assert.Nil(t, over.breaker)
+	assert.Nil(t, over.gateHost())
+	assert.NotNil(t, over.budget.ring, "the overflow hosts share a budget")
+	first := h.forURL(mustParseURL(t, "http://h0.test/"))
+	assert.Equal(t, "h0.test:80", first.key, "known hosts keep their state")
+}
+
+// BenchmarkCrawlerNewHosts is a crawler's request path past HostStatsLimit:
+// every request goes to a host never seen before (through a proxy on
+// loopback, so no name is resolved), with the default retry budget and a
+// circuit breaker. Each request must cost the same at any number of hosts
+// (before the per-host state was one table, the budget and the breaker
+// swept every host of the last window under a global lock for each new
+// host).
+//
+//	go test -run '^$' -bench CrawlerNewHosts -benchmem
+func BenchmarkCrawlerNewHosts(b *testing.B) {
+	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	b.Cleanup(srv.Close)
+	proxy := mustParseURL(b, srv.URL)
+	for _, warm := range []int{2 * HostStatsLimit, 8 * HostStatsLimit} {
+		b.Run("hosts="+strconv.Itoa(warm), func(b *testing.B) {
+			tr := newTestTransport(b, WithProxy(http.ProxyURL(proxy)), WithCircuitBreaker(CircuitBreaker{}))
+			get := func(i int) {
+				req, err := http.NewRequest(http.MethodGet, "http://h"+strconv.Itoa(i)+".crawl.test/", nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				resp, err := tr.RoundTrip(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			for i := range warm {
+				get(i)
+			}
+			n := warm
+			start := time.Now()
+			b.ReportAllocs()
+			for b.Loop() {
+				get(n)
+				n++
+			}
+			b.ReportMetric(float64(n-warm)/time.Since(start).Seconds(), "newhosts/s")
+		})
+	}
+}
