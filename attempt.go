@@ -90,6 +90,13 @@ func (t *Transport) attemptContext(r *http.Request, n int, cancel context.Cancel
 		trace = new(connTrace)
 		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: trace.gotConn})
 	}
+	var upload *uploadWatch
+	if watch {
+		// Watched from the body's first Read until net/http has written
+		// the whole request; its header timeout takes over from there.
+		upload = &uploadWatch{d: o.readTimeout}
+		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{WroteRequest: upload.wroteRequest})
+	}
 	var ctl *attemptCtl
 	if cancel != nil || o.attemptTimeout > 0 || watch {
 		ctl = &attemptCtl{cancel: cancel}
@@ -103,8 +110,8 @@ func (t *Transport) attemptContext(r *http.Request, n int, cancel context.Cancel
 	}
 	r = r.WithContext(ctx)
 	if watch {
-		w := &uploadWatch{ctl: ctl, d: o.readTimeout}
-		ctl.upload = w
+		w := upload
+		w.ctl, ctl.upload = ctl, w
 		r.Body = w.wrap(r.Body)
 		if getBody := r.GetBody; getBody != nil { // net/http rewinds with it on a new connection
 			r.GetBody = func() (io.ReadCloser, error) {

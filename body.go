@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -222,11 +223,14 @@ func (v *bodyRecorderView) Close() error {
 // is written, so nothing else bounds a write to a server that stopped
 // reading. It is armed by the body's first Read (the connection is open
 // then), measures the time between Reads that is not spent inside the
-// caller's Read, and ends with the attempt (attemptCtl.settle). One timer
-// per attempt with a body, re-armed only when it fires.
+// caller's Read, and ends when net/http has written the whole request
+// (its header timeout takes over then) or with the attempt
+// (attemptCtl.settle). One timer per attempt with a body, re-armed only
+// when it fires.
 type uploadWatch struct {
 	ctl     *attemptCtl
 	d       time.Duration
+	wrote   atomic.Bool  // net/http wrote the whole request: the watch is over
 	last    atomic.Int64 // monotonic time the body last handed over data, or 0 before the first Read
 	reading atomic.Int32 // Reads in progress: the caller's time, not the server's
 	timer   atomic.Pointer[time.Timer]
@@ -239,8 +243,10 @@ func (w *uploadWatch) wrap(body io.ReadCloser) io.ReadCloser {
 	return &watchedBody{rc: body, w: w}
 }
 
+func (w *uploadWatch) wroteRequest(httptrace.WroteRequestInfo) { w.wrote.Store(true) }
+
 func (w *uploadWatch) fire() {
-	if w.ctl.state.Load() != attemptRunning {
+	if w.wrote.Load() || w.ctl.state.Load() != attemptRunning {
 		return
 	}
 	wait := w.d
