@@ -51,14 +51,15 @@
 // connection closed by the server before writing a byte of it. A POST
 // without a key is never sent twice. Its body must be replayable:
 // http.NewRequest sets GetBody for in-memory bodies; other bodies are sent
-// once, unless WithBodyBuffer allows a bounded copy. Bodies are never read
-// whole into memory by default.
+// once, unless WithBodyBuffer allows a bounded recording as it streams.
+// Bodies are never read whole into memory by default. An upload that the
+// server stops taking for the read timeout fails with ErrWriteTimeout.
 //
 // Between attempts the client waits with exponential backoff and jitter, or
 // for the Retry-After of a 429 or 503 when it is no longer than
 // WithMaxRetryAfter allows and the context's deadline leaves time for it;
 // otherwise it returns the last response at once. A discarded response is
-// drained (up to DefaultMaxDrain bytes) so its connection is reused, and
+// drained (up to 64 KiB) so its connection is reused, and
 // the pool is never flushed. When retries run out on a status, the last
 // response is returned with its body intact; on errors, a *RetryError that
 // wraps the last error. Cancelling the context stops a wait at once.
@@ -72,4 +73,18 @@
 //
 // Logs (WithLogger) and errors never contain URL credentials, query values,
 // or header values.
+//
+// # Reading the code
+//
+// One request, from NewClient to the body's Close, one file per step:
+// options.go (every option and default), transport.go (the Transport and
+// its tuned http.Transport), retry.go (RoundTrip: the retry loop),
+// host.go (the per-host state, found once per request), policy.go (the
+// pure decision: whether, how long to wait, how long to drain),
+// attempt.go (one attempt, top-down: breaker, count, context, dial gate,
+// round trip, settle, body), hedge.go (when to start another attempt, and
+// which wins), lifetime.go (retiring old connections), body.go (request
+// body replay and upload watch; the response body wrapper and drain),
+// events.go, stats.go and log.go (what the Transport tells), errors.go,
+// and the mechanics of budget.go, breaker.go and dialgate.go.
 package keepalive

@@ -3,7 +3,9 @@
 // request that is given an expired connection asks for it to be closed
 // after its response, with "Connection: close". That is how HTTP/1 ends a
 // connection without losing a request: the server and the client close it
-// once the response is read, and no request is ever refused or resent.
+// once the response is read. A server that leaves it open anyway (it does
+// not echo the header) gets no further request on it: the next request
+// given the connection writes nothing on it and goes to a new one.
 
 package keepalive
 
