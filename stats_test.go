@@ -277,23 +277,8 @@ func quietObserver() Observer {
 	}
 }
 
-// raceEnabled reports whether the test binary was built with -race, whose
-// instrumentation allocates at random.
-func raceEnabled() bool {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return false
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "-race" {
-			return s.Value == "true"
-		}
-	}
-	return false
-}
-
 func TestSuccessPathAddsNoAllocations(t *testing.T) {
-	if raceEnabled() {
+	if raceEnabled {
 		t.Skip("the race detector makes allocation counts vary")
 	}
 	url := zeroAllocServer(t)
