@@ -99,10 +99,16 @@ func (h *gateHost) dial(ctx context.Context, holdMax time.Duration, connect func
 	if h == nil {
 		return connect()
 	}
+	m, _ := ctx.Value(gateKey{}).(*gateMark)
+	// A request that had a connection before its dial started dials again
+	// only when net/http retries it on a new one: that dial is needed.
+	// Read before the dial counts, so that a connection that comes free
+	// once the dial is counted is one the dial may wait for.
+	needed := m == nil || m.got.Load()
 	h.conns.Add(1)
 	h.dialing.Add(1)
 	defer h.dialing.Add(-1)
-	if h.hold(ctx, holdMax) {
+	if !needed && h.hold(ctx, m, holdMax) {
 		h.conns.Add(-1)
 		return nil, errDialNotNeeded
 	}
@@ -115,12 +121,10 @@ func (h *gateHost) dial(ctx context.Context, holdMax time.Duration, connect func
 }
 
 // hold waits, up to max, while a connection is likely to come free for the
-// watched request the dial is for; it reports whether the request got one.
-func (h *gateHost) hold(ctx context.Context, max time.Duration) bool {
-	m, _ := ctx.Value(gateKey{}).(*gateMark)
-	// A request that already has a connection dials again only when
-	// net/http retries it on a new one: that dial is needed.
-	if m == nil || m.got.Load() || h.conns.Load() <= h.busy.Load() {
+// watched request the dial is for (m); it reports whether the request got
+// one.
+func (h *gateHost) hold(ctx context.Context, m *gateMark, max time.Duration) bool {
+	if h.conns.Load() <= h.busy.Load() {
 		return false
 	}
 	timer := time.NewTimer(dialHoldStep)
