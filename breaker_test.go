@@ -191,29 +191,3 @@ func TestCircuitBreakerIgnoresCallerCancellation(t *testing.T) {
 	assert.Equal(t, http.StatusOK, status)
 }
 
-func TestWithCircuitBreakerValidation(t *testing.T) {
-	tests := []struct {
-		name string
-		give CircuitBreaker
-		ok   bool
-	}{
-		{"the zero value takes the defaults", CircuitBreaker{}, true},
-		{"a ratio of 1 is valid", CircuitBreaker{FailureRatio: 1}, true},
-		{"a ratio above 1 is refused", CircuitBreaker{FailureRatio: 1.5}, false},
-		{"a negative ratio is refused", CircuitBreaker{FailureRatio: -0.1}, false},
-		{"a negative interval is refused", CircuitBreaker{Interval: -time.Second}, false},
-		{"a negative open timeout is refused", CircuitBreaker{OpenTimeout: -time.Second}, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			_, err := NewTransport(WithCircuitBreaker(tt.give))
-			if tt.ok {
-				require.NoError(t, err)
-				return
-			}
-			var oe *OptionError
-			require.ErrorAs(t, err, &oe)
-			assert.Equal(t, "WithCircuitBreaker", oe.Option)
-		})
-	}
-}

@@ -122,35 +122,6 @@ func TestRetryBudgetZeroFieldsTakeDefaults(t *testing.T) {
 		RetryBudget{Ratio: -1, Window: 3 * time.Second, MinPerSecond: -1}.config())
 }
 
-func TestWithRetryBudgetValidation(t *testing.T) {
-	tests := []struct {
-		name string
-		give Option
-		ok   bool
-	}{
-		{"the zero value is the default budget", WithRetryBudget(RetryBudget{}), true},
-		{"the defaults spelled out are valid", WithRetryBudget(RetryBudget{Ratio: DefaultRetryBudgetRatio, Window: DefaultRetryBudgetWindow, MinPerSecond: DefaultRetryBudgetMinPerSecond}), true},
-		{"no share and no floor are valid", WithRetryBudget(RetryBudget{Ratio: -1, Window: time.Second, MinPerSecond: -1}), true},
-		{"a ratio above 10 is refused", WithRetryBudget(RetryBudget{Ratio: 11}), false},
-		{"a negative window is refused", WithRetryBudget(RetryBudget{Window: -time.Second}), false},
-		{"a window in parts of seconds is refused", WithRetryBudget(RetryBudget{Window: 1500 * time.Millisecond}), false},
-		{"a window past the maximum is refused", WithRetryBudget(RetryBudget{Window: MaxRetryBudgetWindow + time.Second}), false},
-		{"off is valid", WithoutRetryBudget(), true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			_, err := NewTransport(tt.give)
-			if tt.ok {
-				require.NoError(t, err)
-				return
-			}
-			var oe *OptionError
-			require.ErrorAs(t, err, &oe)
-			assert.Equal(t, "WithRetryBudget", oe.Option)
-		})
-	}
-}
-
 // fleetFailingServer answers 503 to every request and counts them.
 func fleetFailingServer(t *testing.T) (*httptest.Server, *atomic.Int64) {
 	t.Helper()

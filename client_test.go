@@ -93,43 +93,6 @@ func readBody(t testing.TB, resp *http.Response) string {
 // not time.
 var fastRetries = WithBackoff(time.Millisecond, 2*time.Millisecond)
 
-func TestOptionsRejectInvalidValuesNamingTheOption(t *testing.T) {
-	tests := []struct {
-		name string
-		give Option
-		want string
-	}{
-		{"negative idle conns", WithMaxIdleConns(-1), "WithMaxIdleConns"},
-		{"negative idle conns per host", WithMaxIdleConnsPerHost(-2), "WithMaxIdleConnsPerHost"},
-		{"negative conns per host", WithMaxConnsPerHost(-1), "WithMaxConnsPerHost"},
-		{"negative idle timeout", WithIdleConnTimeout(-time.Second), "WithIdleConnTimeout"},
-		{"negative connect timeout", WithConnectTimeout(-1), "WithConnectTimeout"},
-		{"negative read timeout", WithReadTimeout(-1), "WithReadTimeout"},
-		{"negative TLS timeout", WithTLSHandshakeTimeout(-1), "WithTLSHandshakeTimeout"},
-		{"nil proxy", WithProxy(nil), "WithProxy"},
-		{"negative retries", WithMaxRetries(-1), "WithMaxRetries"},
-		{"status below 100", WithRetryStatuses(503, 99), "WithRetryStatuses"},
-		{"status above 599", WithRetryStatuses(600), "WithRetryStatuses"},
-		{"empty method", WithRetryMethods("GET", ""), "WithRetryMethods"},
-		{"malformed method", WithRetryMethods("GE T"), "WithRetryMethods"},
-		{"initial backoff above max", WithBackoff(2*time.Second, time.Second), "WithBackoff"},
-		{"negative backoff", WithBackoff(-1, time.Second), "WithBackoff"},
-		{"negative Retry-After cap", WithMaxRetryAfter(-1), "WithMaxRetryAfter"},
-		{"negative body buffer", WithBodyBuffer(-1), "WithBodyBuffer"},
-		{"nil CheckRetry", WithCheckRetry(nil), "WithCheckRetry"},
-		{"nil option", nil, "option 0 is nil"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c, err := NewClient(tt.give)
-			require.Error(t, err)
-			assert.Nil(t, c)
-			assert.Contains(t, err.Error(), tt.want)
-			assert.True(t, strings.HasPrefix(err.Error(), "keepalive: "), err.Error())
-		})
-	}
-}
-
 func TestOptionsReportEveryInvalidOption(t *testing.T) {
 	_, err := NewTransport(WithMaxRetries(-1), WithReadTimeout(-1))
 	require.Error(t, err)

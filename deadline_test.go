@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -192,13 +191,6 @@ func TestNoWaitPastTheCallerDeadline(t *testing.T) {
 	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
 	assert.Equal(t, int64(1), hits.Load())
 	assert.NoError(t, ctx.Err(), "returned long before the deadline")
-}
-
-func TestWithAttemptTimeoutValidation(t *testing.T) {
-	_, err := NewTransport(WithAttemptTimeout(-time.Second))
-	var oe *OptionError
-	require.True(t, errors.As(err, &oe))
-	assert.Equal(t, "WithAttemptTimeout", oe.Option)
 }
 
 // The attempt deadline keeps the body of a 101 writable, and does not cut

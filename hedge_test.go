@@ -140,33 +140,6 @@ func TestHedgesDrawFromTheRetryBudget(t *testing.T) {
 	assert.Equal(t, int64(1), st.Attempts)
 }
 
-func TestWithHedgingValidation(t *testing.T) {
-	tests := []struct {
-		name string
-		give Option
-		ok   bool
-	}{
-		{"off", WithHedging(0, 0), true},
-		{"zero hedges means the default", WithHedging(time.Millisecond, 0), true},
-		{"the most hedges", WithHedging(time.Millisecond, MaxHedges), true},
-		{"a negative delay", WithHedging(-time.Millisecond, 1), false},
-		{"negative hedges", WithHedging(time.Millisecond, -1), false},
-		{"too many hedges", WithHedging(time.Millisecond, MaxHedges+1), false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			_, err := NewTransport(tt.give)
-			if tt.ok {
-				require.NoError(t, err)
-				return
-			}
-			var oe *OptionError
-			require.ErrorAs(t, err, &oe)
-			assert.Equal(t, "WithHedging", oe.Option)
-		})
-	}
-}
-
 // BenchmarkHedgingTail is the measure: 5% of requests stall 1 s;
 // the p99 latency with and without hedging at 50 ms, and the load hedging
 // adds. Run it with

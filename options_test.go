@@ -1,0 +1,97 @@
+package keepalive
+
+import (
+	"math"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestOptionValidation is every option's validation in one table: a valid
+// value is accepted, an invalid one makes NewClient fail with an
+// *OptionError naming the option. Extreme values that are valid must work,
+// not just pass: the tests of each feature use them.
+func TestOptionValidation(t *testing.T) {
+	nilWrap := func(http.RoundTripper) http.RoundTripper { return nil }
+	tests := []struct {
+		name string
+		give Option
+		want string // the option named in the error; "" when valid
+	}{
+		{"negative idle conns", WithMaxIdleConns(-1), "WithMaxIdleConns"},
+		{"negative idle conns per host", WithMaxIdleConnsPerHost(-2), "WithMaxIdleConnsPerHost"},
+		{"negative conns per host", WithMaxConnsPerHost(-1), "WithMaxConnsPerHost"},
+		{"negative idle timeout", WithIdleConnTimeout(-time.Second), "WithIdleConnTimeout"},
+		{"negative connect timeout", WithConnectTimeout(-1), "WithConnectTimeout"},
+		{"negative read timeout", WithReadTimeout(-1), "WithReadTimeout"},
+		{"negative TLS timeout", WithTLSHandshakeTimeout(-1), "WithTLSHandshakeTimeout"},
+		{"nil proxy", WithProxy(nil), "WithProxy"},
+		{"negative retries", WithMaxRetries(-1), "WithMaxRetries"},
+		{"status below 100", WithRetryStatuses(503, 99), "WithRetryStatuses"},
+		{"status above 599", WithRetryStatuses(600), "WithRetryStatuses"},
+		{"empty method", WithRetryMethods("GET", ""), "WithRetryMethods"},
+		{"malformed method", WithRetryMethods("GE T"), "WithRetryMethods"},
+		{"initial backoff above max", WithBackoff(2*time.Second, time.Second), "WithBackoff"},
+		{"negative backoff", WithBackoff(-1, time.Second), "WithBackoff"},
+		{"the longest backoff", WithBackoff(math.MaxInt64, math.MaxInt64), ""},
+		{"negative Retry-After cap", WithMaxRetryAfter(-1), "WithMaxRetryAfter"},
+		{"the longest Retry-After cap", WithMaxRetryAfter(math.MaxInt64), ""},
+		{"negative body buffer", WithBodyBuffer(-1), "WithBodyBuffer"},
+		{"the largest body buffer", WithBodyBuffer(math.MaxInt64), ""},
+		{"nil CheckRetry", WithCheckRetry(nil), "WithCheckRetry"},
+		{"nil option", nil, "option 0 is nil"},
+		{"nil attempt transport", WithAttemptTransport(nil), "WithAttemptTransport"},
+		{"an attempt transport that returns nil", WithAttemptTransport(nilWrap), "WithAttemptTransport"},
+
+		{"the default budget", WithRetryBudget(RetryBudget{}), ""},
+		{"the default budget spelled out", WithRetryBudget(RetryBudget{Ratio: DefaultRetryBudgetRatio, Window: DefaultRetryBudgetWindow, MinPerSecond: DefaultRetryBudgetMinPerSecond}), ""},
+		{"a budget without share or floor", WithRetryBudget(RetryBudget{Ratio: -1, Window: time.Second, MinPerSecond: -1}), ""},
+		{"a budget ratio above 10", WithRetryBudget(RetryBudget{Ratio: 11}), "WithRetryBudget"},
+		{"a negative budget window", WithRetryBudget(RetryBudget{Window: -time.Second}), "WithRetryBudget"},
+		{"a budget window in parts of seconds", WithRetryBudget(RetryBudget{Window: 1500 * time.Millisecond}), "WithRetryBudget"},
+		{"a budget window past the maximum", WithRetryBudget(RetryBudget{Window: MaxRetryBudgetWindow + time.Second}), "WithRetryBudget"},
+		{"no budget", WithoutRetryBudget(), ""},
+
+		{"the default breaker", WithCircuitBreaker(CircuitBreaker{}), ""},
+		{"a breaker ratio of 1", WithCircuitBreaker(CircuitBreaker{FailureRatio: 1}), ""},
+		{"a breaker ratio above 1", WithCircuitBreaker(CircuitBreaker{FailureRatio: 1.5}), "WithCircuitBreaker"},
+		{"a negative breaker ratio", WithCircuitBreaker(CircuitBreaker{FailureRatio: -0.1}), "WithCircuitBreaker"},
+		{"a negative breaker interval", WithCircuitBreaker(CircuitBreaker{Interval: -time.Second}), "WithCircuitBreaker"},
+		{"a negative breaker open timeout", WithCircuitBreaker(CircuitBreaker{OpenTimeout: -time.Second}), "WithCircuitBreaker"},
+
+		{"a negative attempt timeout", WithAttemptTimeout(-time.Second), "WithAttemptTimeout"},
+		{"the longest attempt timeout", WithAttemptTimeout(math.MaxInt64), ""},
+		{"a negative lifetime", WithConnMaxLifetime(-time.Second), "WithConnMaxLifetime"},
+		{"the longest lifetime", WithConnMaxLifetime(math.MaxInt64), ""},
+
+		{"hedging off", WithHedging(0, 0), ""},
+		{"zero hedges means the default", WithHedging(time.Millisecond, 0), ""},
+		{"the most hedges", WithHedging(time.Millisecond, MaxHedges), ""},
+		{"a negative hedge delay", WithHedging(-time.Millisecond, 1), "WithHedging"},
+		{"negative hedges", WithHedging(time.Millisecond, -1), "WithHedging"},
+		{"too many hedges", WithHedging(time.Millisecond, MaxHedges+1), "WithHedging"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := NewClient(tt.give)
+			if tt.want == "" {
+				require.NoError(t, err)
+				c.Transport.(*Transport).CloseIdleConnections()
+				return
+			}
+			require.Error(t, err)
+			assert.Nil(t, c)
+			assert.Contains(t, err.Error(), tt.want)
+			assert.True(t, strings.HasPrefix(err.Error(), "keepalive: "), err.Error())
+			if tt.give != nil {
+				var oe *OptionError
+				require.ErrorAs(t, err, &oe)
+				assert.Equal(t, tt.want, oe.Option)
+			}
+		})
+	}
+}
