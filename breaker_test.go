@@ -190,4 +190,3 @@ func TestCircuitBreakerIgnoresCallerCancellation(t *testing.T) {
 	require.NoError(t, err, "the circuit stayed closed")
 	assert.Equal(t, http.StatusOK, status)
 }
-
