@@ -28,6 +28,9 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 			if cancel != nil {
 				cancel(nil)
 			}
+			if r.Body != nil { // a RoundTripper closes the body, sent or not
+				r.Body.Close()
+			}
 			return nil, &CircuitOpenError{Host: h.key}
 		}
 	}
@@ -64,7 +67,7 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 
 	// 6. The breaker hears the outcome (breaker.go).
 	if report != nil {
-		report(breakerOutcome(&t.policy.statuses, outer.Err() != nil, resp, err))
+		report(breakerOutcome(&t.policy.statuses, endedOutside(outer), resp, err))
 	}
 	return resp, err
 }
@@ -194,7 +197,7 @@ func (t *Transport) settle(h *hostState, ctl *attemptCtl, outer context.Context,
 		resp.Body.Close()
 		resp = nil
 	}
-	if outer.Err() != nil { // the caller (or hedging) ended it too: theirs is the reason
+	if endedOutside(outer) { // the caller, or hedging, ended it too: theirs is the reason
 		if err == nil {
 			err = outer.Err()
 		}
@@ -210,4 +213,15 @@ func (t *Transport) settle(h *hostState, ctl *attemptCtl, outer context.Context,
 		t.count(h, writeTimeoutCounter)
 		return nil, &WriteTimeoutError{Limit: ctl.upload.d}
 	}
+}
+
+// endedOutside reports whether the context an attempt was given has ended
+// for a reason of its caller's or of hedging's: not by the attempt's own
+// limits, which cancel that very context when hedging made it.
+func endedOutside(ctx context.Context) bool {
+	if ctx.Err() == nil {
+		return false
+	}
+	cause := context.Cause(ctx)
+	return cause != errAttemptTimedOut && cause != errUploadStalled
 }

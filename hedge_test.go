@@ -253,3 +253,31 @@ func TestHedgingWaitsForABetterAnswer(t *testing.T) {
 	assert.Equal(t, int64(1), st.Hedges)
 	assert.Zero(t, st.Retries, "the hedge answered: no retry needed")
 }
+
+// With hedging, an attempt's own deadline cancels the context hedging made
+// for it: that must read as an attempt timeout, retried, and counted as a
+// failure by the breaker, not as the caller's cancellation.
+func TestHedgedAttemptTimeoutIsRetried(t *testing.T) {
+	forBothProtocols(t, func(t *testing.T, h2 bool) {
+		var hits atomic.Int64
+		srv, tlsOpt := fleetServer(t, h2, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if hits.Add(1) == 1 {
+				<-r.Context().Done() // the first attempt stalls until it is abandoned
+				return
+			}
+			_, _ = io.WriteString(w, "ok")
+		}))
+		c, tr := newTestClient(t, tlsOpt, WithAttemptTimeout(30*time.Millisecond),
+			WithHedging(time.Minute, 1), fastRetries, WithProxy(NoProxy),
+			WithCircuitBreaker(CircuitBreaker{ConsecutiveFailures: 100}))
+		resp, err := c.Get(srv.URL)
+		require.NoError(t, err)
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		assert.Equal(t, "ok", string(b))
+		st := tr.Stats()
+		assert.Equal(t, int64(1), st.AttemptTimeouts)
+		assert.Equal(t, int64(1), st.Retries)
+	})
+}
