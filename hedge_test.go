@@ -267,7 +267,7 @@ func TestHedgedAttemptTimeoutIsRetried(t *testing.T) {
 			}
 			_, _ = io.WriteString(w, "ok")
 		}))
-		c, tr := newTestClient(t, tlsOpt, WithAttemptTimeout(30*time.Millisecond),
+		c, tr := newTestClient(t, tlsOpt, WithAttemptTimeout(200*time.Millisecond),
 			WithHedging(time.Minute, 1), fastRetries, WithProxy(NoProxy),
 			WithCircuitBreaker(CircuitBreaker{ConsecutiveFailures: 100}))
 		resp, err := c.Get(srv.URL)
@@ -277,7 +277,7 @@ func TestHedgedAttemptTimeoutIsRetried(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, "ok", string(b))
 		st := tr.Stats()
-		assert.Equal(t, int64(1), st.AttemptTimeouts)
-		assert.Equal(t, int64(1), st.Retries)
+		assert.Positive(t, st.AttemptTimeouts, "the stalled attempt was abandoned")
+		assert.Equal(t, st.AttemptTimeouts, st.Retries, "and each abandoned attempt retried")
 	})
 }
