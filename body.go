@@ -130,12 +130,23 @@ func (r *bodyRecorder) replayable() bool {
 func (r *bodyRecorder) finish() {
 	r.mu.Lock()
 	r.finished = true
-	closeSrc := r.open == 0 && !r.closed
-	r.closed = r.closed || closeSrc
+	closeSrc := r.srcDone()
 	r.mu.Unlock()
 	if closeSrc {
 		r.src.Close()
 	}
+}
+
+// srcDone reports, once, whether the source may be closed: no attempt
+// will read it, because every view is closed, or because the source has
+// ended and views read only the record from then on (net/http does not
+// always close a body it got from GetBody and did not send). r.mu is held.
+func (r *bodyRecorder) srcDone() bool {
+	if r.closed || !r.finished || r.open > 0 && r.srcErr == nil {
+		return false
+	}
+	r.closed = true
+	return true
 }
 
 // readAt reads into p at offset off of the body.
@@ -186,11 +197,11 @@ func (r *bodyRecorder) readAt(p []byte, off int64) (int, error) {
 type bodyRecorderView struct {
 	r      *bodyRecorder
 	off    int64
-	closed bool
+	closed atomic.Bool // net/http may close a body from another goroutine than its reader's
 }
 
 func (v *bodyRecorderView) Read(p []byte) (int, error) {
-	if v.closed {
+	if v.closed.Load() {
 		return 0, errors.New("keepalive: read of a closed request body")
 	}
 	if len(p) == 0 {
@@ -202,15 +213,13 @@ func (v *bodyRecorderView) Read(p []byte) (int, error) {
 }
 
 func (v *bodyRecorderView) Close() error {
-	if v.closed {
+	if v.closed.Swap(true) {
 		return nil
 	}
-	v.closed = true
 	r := v.r
 	r.mu.Lock()
 	r.open--
-	closeSrc := r.open == 0 && r.finished && !r.closed
-	r.closed = r.closed || closeSrc
+	closeSrc := r.srcDone()
 	r.mu.Unlock()
 	if closeSrc {
 		return r.src.Close()

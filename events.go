@@ -55,7 +55,9 @@ type Observer struct {
 	// not send requests.
 	OnBreakerChange func(BreakerChangeEvent)
 
-	// OnDial is called after each TCP connect, whether it succeeded or not.
+	// OnDial is called after each TCP connect, whether it succeeded or not;
+	// a dial abandoned because no request needed it any more is not a
+	// connect. Every call is counted in Stats.Dials or Stats.DialErrors.
 	OnDial func(DialEvent)
 
 	// TraceConns makes AttemptEndEvent.Conn tell whether each attempt
@@ -359,13 +361,15 @@ func (t *Transport) observeBreakerChange(host, from, to string) {
 
 // observeDial counts a TCP connect to the host h, at addr, that ended with
 // err, and tells the observers. A dial cancelled because no request needed
-// it any more (CloseIdleConnections, or its request got another
-// connection) is not an error of the host: it is told, not counted.
+// it any more (CloseIdleConnections cancels them) neither connected nor
+// failed to: it is neither counted nor told.
 func (t *Transport) observeDial(h *hostState, addr string, err error) {
 	switch {
 	case err == nil:
 		t.count(h, dialsCounter)
-	case !errors.Is(err, context.Canceled):
+	case errors.Is(err, context.Canceled):
+		return
+	default:
 		t.count(h, dialErrorsCounter)
 	}
 	if f := t.opts.observer.OnDial; f != nil {

@@ -12,10 +12,12 @@ package keepalive
 import (
 	"crypto/tls"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -43,8 +45,7 @@ type lifetimeConn struct {
 // policy.go).
 func (c *lifetimeConn) Write(p []byte) (int, error) {
 	if c.refused.Load() {
-		c.Conn.Close()
-		return 0, errConnRetired
+		return 0, errConnRetired // net/http closes the connection on a write error
 	}
 	return c.Conn.Write(p)
 }
@@ -88,10 +89,17 @@ func asLifetimeConn(c net.Conn) *lifetimeConn {
 // roundTripBase sends r on the tuned http.Transport; with a lifetime set,
 // a GotConn trace adds "Connection: close" when r is given an expired
 // connection, and refuses to write r on a connection that was retired by
-// an earlier request. The header is r's own copy, made before the call: net/http
-// copies a request with a body before it picks a connection, and the
-// copies share the header map, not the Close field. GotConn runs before
-// the request is written, in the goroutine that hands it to the writer.
+// an earlier request. The header is r's own copy, made before the call:
+// net/http copies a request with a body before it picks a connection, and
+// the copies share the header map, not the Close field. GotConn runs
+// before the request is written, in the goroutine that hands it to the
+// writer.
+//
+// net/http sends a refused request again on another connection when it
+// can rewind the body (no body, or GetBody). A body it cannot rewind is
+// still unread when the write is refused (net/http flushes the headers of
+// such a body before reading it), so it is sent again from here, at most
+// maxRefusals times.
 func (t *Transport) roundTripBase(r *http.Request) (*http.Response, error) {
 	if t.opts.connMaxLifetime <= 0 || r.Header.Get("Upgrade") != "" {
 		return t.base.RoundTrip(r)
@@ -101,16 +109,19 @@ func (t *Transport) roundTripBase(r *http.Request) (*http.Response, error) {
 	if hdr == nil {
 		hdr = make(http.Header, 1)
 	}
+	var refused atomic.Bool // the last connection r was given refused it
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
 		c := asLifetimeConn(info.Conn)
+		h1 := c != nil && !isHTTP2(info.Conn)
+		refused.Store(false)
 		switch {
-		case c != nil && c.retired.Load() && info.Reused && !isHTTP2(info.Conn):
-			c.refused.Store(true) // GotConn runs before the request is written
-		case c != nil && !time.Now().Before(c.expires) && !isHTTP2(info.Conn):
+		case h1 && c.retired.Load() && info.Reused:
+			c.refused.Store(true)
+			refused.Store(true)
+		case h1 && !time.Now().Before(c.expires):
 			hdr.Set("Connection", "close")
 			if !c.retired.Swap(true) {
-				h := t.hosts.forURL(r.URL)
-				t.count(h, connExpiredCounter)
+				t.count(t.hosts.forURL(r.URL), connExpiredCounter)
 			}
 		case orig != nil: // net/http moved on to a live connection
 			hdr["Connection"] = orig
@@ -120,5 +131,88 @@ func (t *Transport) roundTripBase(r *http.Request) (*http.Response, error) {
 	}}
 	rr := r.WithContext(httptrace.WithClientTrace(r.Context(), trace))
 	rr.Header = hdr
-	return t.base.RoundTrip(rr)
+	if r.Body == nil || r.Body == http.NoBody || r.GetBody != nil {
+		return t.base.RoundTrip(rr)
+	}
+	guard := &unreadGuard{rc: r.Body}
+	for try := 0; ; try++ {
+		rr.Body = guard.next()
+		resp, err := t.base.RoundTrip(rr)
+		if err == nil || !refused.Load() || try == maxRefusals || !guard.unread() {
+			guard.finish()
+			return resp, err
+		}
+	}
+}
+
+// maxRefusals bounds the resends of an unrewindable body whose
+// connections were retired: each refusal closes one such connection.
+const maxRefusals = 3
+
+// unreadGuard lends an unrewindable request body to one write at a time.
+// A write that was refused before it read a byte hands the body, still
+// whole, to the next; only the last write's Close reaches the body.
+type unreadGuard struct {
+	rc      io.ReadCloser
+	mu      sync.Mutex
+	current *guardedBody
+	final   bool // no write will follow the current one
+	read    bool // a write has read from rc
+	closed  bool // rc was closed
+}
+
+type guardedBody struct {
+	g      *unreadGuard
+	closed bool // net/http is done with this write's body
+}
+
+func (g *unreadGuard) next() io.ReadCloser {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.current = &guardedBody{g: g}
+	return g.current
+}
+
+func (g *unreadGuard) unread() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return !g.read
+}
+
+// finish makes the current write the last: its Close, or one that came
+// already, closes the body.
+func (g *unreadGuard) finish() {
+	g.mu.Lock()
+	g.final = true
+	closeNow := g.current.closed && !g.closed
+	g.closed = g.closed || closeNow
+	g.mu.Unlock()
+	if closeNow {
+		g.rc.Close()
+	}
+}
+
+func (b *guardedBody) Read(p []byte) (int, error) {
+	g := b.g
+	g.mu.Lock()
+	if g.current != b || b.closed {
+		g.mu.Unlock()
+		return 0, errConnRetired
+	}
+	g.read = true
+	g.mu.Unlock()
+	return g.rc.Read(p)
+}
+
+func (b *guardedBody) Close() error {
+	g := b.g
+	g.mu.Lock()
+	b.closed = true
+	closeNow := g.final && g.current == b && !g.closed
+	g.closed = g.closed || closeNow
+	g.mu.Unlock()
+	if closeNow {
+		return g.rc.Close()
+	}
+	return nil
 }
