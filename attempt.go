@@ -7,6 +7,7 @@ package keepalive
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptrace"
@@ -80,7 +81,10 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 func (t *Transport) attemptContext(r *http.Request, n int, cancel context.CancelCauseFunc) (*http.Request, *attemptCtl, *connTrace) {
 	o := &t.opts
 	hasBody := r.Body != nil && r.Body != http.NoBody
-	watch := hasBody && o.readTimeout > 0
+	// HTTP/1 writes are bounded on the connection (writeDeadlineConn); an
+	// HTTP/2 stream can stall on flow control with its connection idle, so
+	// a body that may go over HTTP/2 (https) is watched instead.
+	watch := hasBody && o.readTimeout > 0 && r.URL.Scheme == "https"
 	var trace *connTrace
 	if cancel == nil && o.attemptTimeout <= 0 && !watch && !t.contextHooks {
 		return r, nil, nil
@@ -185,6 +189,10 @@ func (t *Transport) settle(h *hostState, ctl *attemptCtl, outer context.Context,
 	}
 	if err == nil && resp == nil {
 		err = errNilNil
+	}
+	var wte *WriteTimeoutError
+	if err != nil && errors.As(err, &wte) { // a connection's write deadline (transport.go)
+		t.count(h, writeTimeoutCounter)
 	}
 	if ctl == nil {
 		return resp, err

@@ -101,13 +101,14 @@ func (e *ReadTimeoutError) Temporary() bool { return true }
 // whose request body made no progress for the read timeout.
 var ErrWriteTimeout = errors.New("keepalive: write timeout")
 
-// WriteTimeoutError is the error of an attempt whose upload stalled: the
-// request body was not taken from the caller for the read timeout
-// (WithReadTimeout), because the server stopped reading it (HTTP/1) or
-// gave it no flow-control window (HTTP/2). Time the caller's body spends
-// producing data is not counted. The attempt's connection or stream is
-// closed. It is a net.Error whose Timeout() is true; it is retried only if
-// the request may be sent again.
+// WriteTimeoutError is the error of an attempt whose request could not be
+// sent: for the read timeout (WithReadTimeout), a write to the connection
+// made no progress (HTTP/1: the server stopped reading), or the request
+// body was not taken from the caller (HTTP/2: the server gave the stream
+// no flow-control window). Time the caller's body spends producing data is
+// not counted. The attempt's connection or stream is closed. It is a
+// net.Error whose Timeout() is true; it is retried only if the request may
+// be sent again.
 type WriteTimeoutError struct {
 	Limit time.Duration // the read timeout that passed
 }
@@ -115,7 +116,7 @@ type WriteTimeoutError struct {
 var _ net.Error = (*WriteTimeoutError)(nil)
 
 func (e *WriteTimeoutError) Error() string {
-	return fmt.Sprintf("keepalive: write timeout: request body not taken for %v", e.Limit)
+	return fmt.Sprintf("keepalive: write timeout: no progress sending the request for %v", e.Limit)
 }
 
 // Is reports whether target is ErrWriteTimeout.

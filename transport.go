@@ -7,8 +7,10 @@ package keepalive
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/http"
+	"os"
 	"time"
 )
 
@@ -97,6 +99,9 @@ func (t *Transport) newBase() *http.Transport {
 			if err != nil {
 				return nil, &dialError{err: err}
 			}
+			if d := o.readTimeout; d > 0 {
+				c = &writeDeadlineConn{Conn: c, d: d}
+			}
 			return t.withLifetime(c), nil // lifetime.go
 		},
 		// A custom DialContext or TLS config turns HTTP/2 off unless forced.
@@ -114,6 +119,44 @@ func (t *Transport) newBase() *http.Transport {
 			PingTimeout:     http2PingTimeout,
 		},
 	}
+}
+
+// writeDeadlineConn bounds every write on a connection by the read
+// timeout: a write that makes no progress for it (the server stopped
+// reading an HTTP/1 upload, or any HTTP/2 frame) fails with a
+// *WriteTimeoutError, and net/http closes the connection. net/http's
+// header timeout starts only once the request is written, so nothing else
+// bounds a write. The deadline is set before each write and never read by
+// an idle connection, which only reads; it costs a clock reading and a
+// poller update per write, no allocation. An HTTP/2 stream that the server
+// gives no flow-control window never reaches the connection: the upload
+// watch of attempt.go covers that.
+type writeDeadlineConn struct {
+	net.Conn
+	d time.Duration
+}
+
+func (c *writeDeadlineConn) Write(p []byte) (int, error) {
+	if err := c.SetWriteDeadline(time.Now().Add(c.d)); err != nil {
+		return 0, err
+	}
+	n, err := c.Conn.Write(p)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		err = &WriteTimeoutError{Limit: c.d}
+	}
+	return n, err
+}
+
+// NetConn returns the underlying connection, as tls.Conn's NetConn does.
+func (c *writeDeadlineConn) NetConn() net.Conn { return c.Conn }
+
+// CloseWrite half-closes the connection, for the bodies of 101 Switching
+// Protocols responses.
+func (c *writeDeadlineConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
 }
 
 // roundTripperFunc makes a method value a RoundTripper.
