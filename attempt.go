@@ -190,8 +190,7 @@ func (t *Transport) settle(h *hostState, ctl *attemptCtl, outer context.Context,
 	if err == nil && resp == nil {
 		err = errNilNil
 	}
-	var wte *WriteTimeoutError
-	if err != nil && errors.As(err, &wte) { // a connection's write deadline (transport.go)
+	if err != nil && isWriteTimeout(err) { // a connection's write deadline (transport.go)
 		t.count(h, writeTimeoutCounter)
 	}
 	if ctl == nil {
@@ -232,4 +231,11 @@ func endedOutside(ctx context.Context) bool {
 	}
 	cause := context.Cause(ctx)
 	return cause != errAttemptTimedOut && cause != errUploadStalled
+}
+
+// isWriteTimeout is apart so that the success path does not pay for
+// errors.As's target escaping to the heap.
+func isWriteTimeout(err error) bool {
+	var wte *WriteTimeoutError
+	return errors.As(err, &wte)
 }

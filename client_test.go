@@ -996,7 +996,14 @@ func TestDialerSetsTCPKeepAliveProbes(t *testing.T) {
 	c, err := tr.base.DialContext(context.Background(), "tcp", ln.Addr().String())
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
-	tcp := c.(interface{ NetConn() net.Conn }).NetConn().(*net.TCPConn)
+	for { // the dialer's wrappers (dial gate, write deadline) each give NetConn
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		c = u.NetConn()
+	}
+	tcp := c.(*net.TCPConn)
 	raw, err := tcp.SyscallConn()
 	require.NoError(t, err)
 	opt := func(level, name int) int {
