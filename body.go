@@ -316,12 +316,12 @@ var clockStart = time.Now()
 func monotonic() int64 { return max(int64(time.Since(clockStart)), 1) }
 
 // wrapBody gives resp the one wrapper of its attempt, which owns all that
-// ends with the body: the read timeout, the dial gate's release (gate, nil
-// if ungated) and the attempt's context (ctl, nil if it has none). A body
-// that is already over, http.NoBody or none, is left as it is and its
-// attempt released at once; a 101's body stays an io.ReadWriteCloser.
+// ends with the body: the read timeout (readwatch.go), the dial gate's
+// release (gate, nil if ungated) and the attempt's context (ctl, nil if it
+// has none). A body that is already over, http.NoBody or none, is left as
+// it is and its attempt released at once; a 101's body stays an
+// io.ReadWriteCloser.
 func (t *Transport) wrapBody(resp *http.Response, gate *gateHost, ctl *attemptCtl) *http.Response {
-	d := t.opts.readTimeout
 	switch {
 	case resp.Body == nil || resp.Body == http.NoBody:
 		gate.leave()
@@ -337,10 +337,14 @@ func (t *Transport) wrapBody(resp *http.Response, gate *gateHost, ctl *attemptCt
 		}
 		ctl.release()
 		return resp
-	case d <= 0 && gate == nil && ctl == nil:
+	case t.reads == nil && gate == nil && ctl == nil:
 		return resp
 	}
-	resp.Body = &respBody{rc: resp.Body, d: d, gate: gate, ctl: ctl}
+	b := &respBody{rc: resp.Body, watch: t.reads, gate: gate, ctl: ctl}
+	if b.watch != nil {
+		b.shard = b.watch.shard()
+	}
+	resp.Body = b
 	return resp
 }
 
@@ -348,27 +352,32 @@ func (t *Transport) wrapBody(resp *http.Response, gate *gateHost, ctl *attemptCt
 // its attempt (the dial gate's count, the attempt's context) at its end:
 // an error or EOF from Read, or Close.
 //
-// The timeout is one timer per body, armed at the first Read. Each Read
-// stores when it started; when the timer fires it closes the body (which
-// unblocks a Read on both HTTP/1 and HTTP/2) if a Read has waited d, and
-// otherwise re-arms for the time left. A Read costs a clock reading and two
-// atomic stores, not a timer reset and stop. Time between Reads (the
-// caller processing) is not counted, so a slow but steady body is never cut
-// off. A read deadline on the connection would do it for HTTP/1 only, and
-// one left on a pooled connection fails its next request.
+// For the timeout, each Read stores when it started, and the first links
+// the body into the Transport's read watch, which closes the body (that
+// unblocks a Read on HTTP/1 and HTTP/2 alike) once a Read has waited the
+// read timeout. Time between Reads (the caller processing) is not
+// counted, so a slow but steady body is never cut off. A read deadline on
+// the connection would do it for HTTP/1 only, and one left on a pooled
+// connection fails its next request.
 type respBody struct {
 	rc        io.ReadCloser
-	d         time.Duration // 0: no read timeout, and no timer
-	timer     atomic.Pointer[time.Timer]
+	watch     *readWatch   // nil: no read timeout
 	readStart atomic.Int64 // monotonic() when the Read in progress began; 0: none
-	fired     atomic.Bool  // the timer closed the body
-	done      atomic.Bool  // EOF, an error or Close: the timer stops for good
+	fired     atomic.Bool  // the watch closed the body
+	done      atomic.Bool  // EOF, an error or Close: the watch lets go for good
 	gate      *gateHost
 	ctl       *attemptCtl
+	started   bool // a Read has linked the body into the watch
+
+	// The watch's list, under shard.mu.
+	shard      *readShard
+	prev, next *respBody
+	linked     bool
 }
 
 func (b *respBody) Read(p []byte) (int, error) {
-	if b.d <= 0 {
+	w := b.watch
+	if w == nil {
 		n, err := b.rc.Read(p)
 		if err != nil {
 			b.end()
@@ -376,45 +385,22 @@ func (b *respBody) Read(p []byte) (int, error) {
 		return n, err
 	}
 	if b.fired.Load() {
-		return 0, &ReadTimeoutError{Limit: b.d}
+		return 0, &ReadTimeoutError{Limit: w.d}
 	}
 	b.readStart.Store(monotonic())
-	if b.timer.Load() == nil {
-		b.timer.Store(time.AfterFunc(b.d, b.expire))
+	if !b.started { // Reads are not concurrent: only Read touches started
+		b.started = true
+		w.link(b)
 	}
 	n, err := b.rc.Read(p)
 	b.readStart.Store(0)
 	if err != nil {
 		b.end()
 		if b.fired.Load() {
-			return n, &ReadTimeoutError{Limit: b.d}
+			return n, &ReadTimeoutError{Limit: w.d}
 		}
 	}
 	return n, err
-}
-
-// expire runs when the timer fires: it fails a Read that has waited d, and
-// otherwise waits again for as long as a Read could still take.
-func (b *respBody) expire() {
-	if b.done.Load() {
-		return
-	}
-	wait := b.d
-	if start := b.readStart.Load(); start != 0 {
-		waited := time.Duration(monotonic() - start)
-		if waited >= b.d {
-			b.fired.Store(true)
-			b.rc.Close()
-			return
-		}
-		wait = b.d - waited
-	}
-	t := b.timer.Load()
-	for t == nil { // fired before Read stored it: only for timeouts of microseconds
-		runtime.Gosched()
-		t = b.timer.Load()
-	}
-	t.Reset(wait)
 }
 
 func (b *respBody) Close() error {
@@ -423,14 +409,14 @@ func (b *respBody) Close() error {
 	return err
 }
 
-// end is the one "done" path: it stops the timer, leaves the dial gate and
-// releases the attempt's context, once.
+// end is the one "done" path: it leaves the read watch and the dial gate
+// and releases the attempt's context, once.
 func (b *respBody) end() {
 	if b.done.Swap(true) {
 		return
 	}
-	if t := b.timer.Load(); t != nil {
-		t.Stop()
+	if b.watch != nil {
+		b.watch.unlink(b)
 	}
 	b.gate.leave()
 	b.ctl.release()
@@ -452,8 +438,7 @@ func (b *switchedBody) Close() error {
 }
 
 // drainTimeout bounds the time spent draining a discarded body: a slow
-// server costs a connection, not the caller's time. The policy shortens it
-// to fit the caller's deadline.
+// server costs a connection, not the caller's time.
 const drainTimeout = time.Second
 
 // maxDrain is how many bytes of a discarded response body are read before
@@ -462,22 +447,28 @@ const drainTimeout = time.Second
 // reading it.
 const maxDrain = 64 << 10
 
-// drain reads up to maxDrain bytes of a discarded response body, for at
-// most limit, so that its connection can go back to the pool, then closes
-// it. A body known to be longer is closed unread: its connection is lost
-// either way.
-func drain(resp *http.Response, limit time.Duration) {
+// discard lets go of a response the caller will not get. Its body is
+// drained, up to maxDrain bytes and for at most drainTimeout, so that its
+// connection can go back to the pool; then closed. The drain runs in a
+// goroutine of its own, bounded by those limits: the caller's retry does
+// not wait for a server that trickles its 503, and the caller's deadline
+// is spent on attempts only. A body known to be longer is closed at once,
+// unread: its connection is lost either way.
+func discard(resp *http.Response) {
 	body := resp.Body
-	if body == nil {
+	switch {
+	case body == nil:
+		return
+	case body == http.NoBody || resp.ContentLength == 0 || resp.ContentLength > maxDrain:
+		body.Close()
 		return
 	}
-	defer body.Close()
-	if body == http.NoBody || resp.ContentLength > maxDrain || limit <= 0 {
-		return
-	}
-	stop := time.AfterFunc(limit, func() { body.Close() })
-	defer stop.Stop()
-	_, _ = io.Copy(io.Discard, io.LimitReader(body, maxDrain+1))
+	go func() {
+		defer body.Close()
+		stop := time.AfterFunc(drainTimeout, func() { body.Close() })
+		defer stop.Stop()
+		_, _ = io.Copy(io.Discard, io.LimitReader(body, maxDrain+1))
+	}()
 }
 
 // sleep waits for d or until ctx ends, whichever is first.

@@ -80,7 +80,7 @@
 // options.go (every option and default), transport.go (the Transport and
 // its tuned http.Transport), retry.go (RoundTrip: the retry loop),
 // host.go (the per-host state, found once per request), policy.go (the
-// pure decision: whether, how long to wait, how long to drain),
+// pure decision: whether to retry and how long to wait),
 // attempt.go (one attempt, top-down: breaker, count, context, dial gate,
 // round trip, settle, body), hedge.go (when to start another attempt, and
 // which wins), lifetime.go (retiring old connections), body.go (request

@@ -112,6 +112,6 @@ func nextBody(first *http.Request) (*http.Request, error) {
 func (t *Transport) discard(res *hedgeResult, cancels []context.CancelCauseFunc) {
 	cancels[res.i](errHedgeLost)
 	if res.resp != nil {
-		drain(res.resp, 0)
+		res.resp.Body.Close()
 	}
 }

@@ -55,7 +55,7 @@ type verdict uint8
 
 const (
 	verdictReturn verdict = iota // not worth a retry: return the outcome as it is
-	verdictRetry                 // drain, wait, send again
+	verdictRetry                 // wait, send again
 	verdictGiveUp                // worth a retry, but none may be sent: see decision.reason
 )
 
@@ -65,7 +65,6 @@ type decision struct {
 	reason     GiveUpReason  // with verdictGiveUp
 	wait       time.Duration // before the next attempt; for GiveUpRetryAfter and GiveUpDeadline, the refused wait
 	retryAfter bool          // wait is the server's Retry-After rather than the backoff
-	drain      time.Duration // the longest the discarded response's body may be drained
 	policyErr  error         // the CheckRetry policy's error: returned instead of the outcome on giving up
 }
 
@@ -86,8 +85,9 @@ type attemptOutcome struct {
 // (the CheckRetry policy, or the status list and the error rules); the
 // retries left; whether the request may be sent again; the wait
 // (Retry-After within its cap, or the backoff); and whether the caller's
-// deadline covers the drain of the discarded body, the wait and another
-// attempt as long as this one.
+// deadline covers the wait and another attempt as long as this one. The
+// discarded response is drained off the caller's time (body.go), so it
+// takes none of the deadline.
 func (p *policy) decide(o attemptOutcome, now time.Time, bo backoff.BackOff) decision {
 	if o.ctx.Err() != nil {
 		return decision{verdict: verdictReturn}
@@ -117,17 +117,10 @@ func (p *policy) decide(o attemptOutcome, now time.Time, bo backoff.BackOff) dec
 	} else {
 		d.wait = p.backoffWait(bo)
 	}
-	d.drain = drainTimeout
 	if dl, ok := o.ctx.Deadline(); ok {
-		// After the wait, another attempt needs about as long as this one
-		// took; what is left over may go to draining the discarded body,
-		// but only half of it, so that a slow drain still leaves the
-		// attempt its time.
-		slack := satSub(satSub(dl.Sub(now), d.wait), o.took)
-		if slack <= 0 {
+		if satSub(satSub(dl.Sub(now), d.wait), o.took) <= 0 {
 			return giveUp(GiveUpDeadline, d.wait)
 		}
-		d.drain = min(d.drain, slack/2)
 	}
 	return d
 }

@@ -129,37 +129,6 @@ func TestPolicyDecides(t *testing.T) {
 	}
 }
 
-// The drain of a discarded body gets at most half of what the deadline
-// leaves after the wait and another attempt, and at most drainTimeout.
-func TestPolicyBoundsTheDrainByTheDeadline(t *testing.T) {
-	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
-	p := newPolicy(defaultOptions())
-	tests := []struct {
-		name      string
-		deadline  time.Duration // 0: none
-		took      time.Duration
-		wantDrain time.Duration
-	}{
-		{"no deadline: the full drain timeout", 0, 10 * time.Millisecond, drainTimeout},
-		{"a long deadline: the full drain timeout", time.Minute, 10 * time.Millisecond, drainTimeout},
-		{"700 ms left, 100 ms wait, 10 ms attempt: half of 590 ms", 700 * time.Millisecond, 10 * time.Millisecond, 295 * time.Millisecond},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ctx := context.Background()
-			if tt.deadline > 0 {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithDeadline(ctx, now.Add(tt.deadline))
-				defer cancel()
-			}
-			req := policyRequest(t, ctx, http.MethodGet)
-			d := decideAt(&p, attemptOutcome{ctx: ctx, req: req, resp: status(503), attempt: 1, replayable: true, took: tt.took}, now)
-			require.Equal(t, verdictRetry, d.verdict)
-			assert.Equal(t, tt.wantDrain, d.drain)
-		})
-	}
-}
-
 // A CheckRetry policy's error is kept whatever the verdict, so that giving
 // up returns it (go-retryablehttp does).
 func TestPolicyKeepsTheCheckRetryError(t *testing.T) {

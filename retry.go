@@ -2,7 +2,7 @@
 // attempt (attempt.go), or a hedged set of them (hedge.go), asks the pure
 // policy (policy.go) whether and when to send the next, and does what only
 // the loop can: the retry budget (budget.go), the events (events.go), the
-// drain of the discarded response and the wait. Request bodies are
+// discarded response and the wait. Request bodies are
 // replayed by body.go.
 
 package keepalive
@@ -85,7 +85,7 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 		status := 0
 		if resp != nil {
 			status = resp.StatusCode
-			drain(resp, d.drain) // body.go
+			discard(resp) // body.go: drained off the caller's time
 		}
 		if serr := sleep(ctx, d.wait); serr != nil {
 			t.observeGiveUp(req, h, resp, err, n, GiveUpCanceled, d.wait)

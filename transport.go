@@ -28,6 +28,7 @@ type Transport struct {
 	stats  counters
 	budget *retryBudget // budget.go; nil: off
 	hosts  *hostTable   // host.go: counters, budget, breaker and dial gate of each host
+	reads  *readWatch   // readwatch.go: the read timeout of response bodies; nil: none
 
 	inner        http.RoundTripper // what attempts are sent through: roundTripBase, maybe wrapped (WithAttemptTransport)
 	contextHooks bool              // attempts carry their number or a connection trace in their context
@@ -42,7 +43,7 @@ func NewTransport(opts ...Option) (*Transport, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Transport{opts: o, policy: newPolicy(o), budget: newRetryBudget(o.budget)}
+	t := &Transport{opts: o, policy: newPolicy(o), budget: newRetryBudget(o.budget), reads: newReadWatch(o.readTimeout)}
 	t.hosts = newHostTable(t.newHostState)
 	t.base = t.newBase()
 	var rt http.RoundTripper = roundTripperFunc(t.roundTripBase) // lifetime.go

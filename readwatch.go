@@ -1,0 +1,144 @@
+// This file holds the read timeout of response bodies (WithReadTimeout):
+// one watch per Transport, not a timer per body. The body wrapper that
+// links into it is in body.go.
+
+package keepalive
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// readWatchShards spreads the bodies being read over this many lists, so
+// that concurrent requests rarely meet on one lock.
+const readWatchShards = 16
+
+// readWatch is the read timeout of a Transport's response bodies. Every
+// body whose first Read has started is linked into one of the shards'
+// lists until it ends (EOF, an error or Close), and one timer, armed only
+// while some list is not empty, fails the Reads that have waited d: it
+// fires at the earliest deadline of the Reads in progress, or d from now
+// when none is, so a Read fails d after it started, to the timer's
+// precision, as it would with a timer of its own. A body costs two short
+// critical sections (link, unlink) instead of a timer's allocation,
+// insertion in the runtime's timer heap, and stop: measured, that timer
+// was the largest part of keepalive's cost on the success path.
+type readWatch struct {
+	d       time.Duration
+	running atomic.Bool // the timer is armed, or its func is running
+	timer   *time.Timer
+	next    atomic.Uint32 // round-robin over the shards
+	shards  [readWatchShards]readShard
+}
+
+type readShard struct {
+	mu   sync.Mutex
+	head *respBody
+	n    atomic.Int32 // bodies linked; read without mu by the timer's stop check
+	_    [64 - 8 - 8 - 4]byte
+}
+
+func newReadWatch(d time.Duration) *readWatch {
+	if d <= 0 {
+		return nil
+	}
+	w := &readWatch{d: d}
+	w.timer = time.AfterFunc(time.Hour, w.tick)
+	w.timer.Stop()
+	return w
+}
+
+// shard picks the list of a new body.
+func (w *readWatch) shard() *readShard {
+	return &w.shards[w.next.Add(1)%readWatchShards]
+}
+
+// link watches b, unless it already ended.
+func (w *readWatch) link(b *respBody) {
+	s := b.shard
+	s.mu.Lock()
+	if b.done.Load() || b.linked {
+		s.mu.Unlock()
+		return
+	}
+	b.linked = true
+	b.next = s.head
+	if s.head != nil {
+		s.head.prev = b
+	}
+	s.head = b
+	s.n.Add(1)
+	s.mu.Unlock()
+	if !w.running.Load() && w.running.CompareAndSwap(false, true) {
+		w.timer.Reset(w.d)
+	}
+}
+
+// unlink stops watching b.
+func (w *readWatch) unlink(b *respBody) {
+	s := b.shard
+	s.mu.Lock()
+	if b.linked {
+		if b.prev != nil {
+			b.prev.next = b.next
+		} else {
+			s.head = b.next
+		}
+		if b.next != nil {
+			b.next.prev = b.prev
+		}
+		b.prev, b.next, b.linked = nil, nil, false
+		s.n.Add(-1)
+	}
+	s.mu.Unlock()
+}
+
+// tick fails the Reads that have waited d, and re-arms for the earliest
+// deadline of those still waiting, or stops when no body is watched.
+func (w *readWatch) tick() {
+	now := monotonic()
+	next := now + int64(w.d)
+	var expired []*respBody
+	for i := range w.shards {
+		s := &w.shards[i]
+		if s.n.Load() == 0 {
+			continue
+		}
+		s.mu.Lock()
+		for b := s.head; b != nil; b = b.next {
+			start := b.readStart.Load()
+			if start == 0 || b.fired.Load() {
+				continue
+			}
+			if deadline := start + int64(w.d); deadline <= now {
+				expired = append(expired, b)
+			} else if deadline < next {
+				next = deadline
+			}
+		}
+		s.mu.Unlock()
+	}
+	for _, b := range expired {
+		b.fired.Store(true)
+		go b.rc.Close() // unblocks the Read, on HTTP/1 and HTTP/2, without holding up the others
+	}
+	if w.empty() {
+		w.running.Store(false)
+		// A body linked since the check above may have seen running still
+		// true and left the timer to this tick: take it back.
+		if w.empty() || !w.running.CompareAndSwap(false, true) {
+			return
+		}
+	}
+	w.timer.Reset(time.Duration(max(next-monotonic(), int64(time.Millisecond))))
+}
+
+func (w *readWatch) empty() bool {
+	for i := range w.shards {
+		if w.shards[i].n.Load() != 0 {
+			return false
+		}
+	}
+	return true
+}
