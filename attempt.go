@@ -52,10 +52,21 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 
 	// 4. The round trip: through WithAttemptTransport's wraps, if any, to
 	// the lifetime rule (lifetime.go) and the tuned http.Transport.
-	start := time.Now()
-	resp, err := t.inner.RoundTrip(r)
+	var start time.Time
+	if t.opts.observer.OnAttemptEnd != nil { // the event's Duration: no clock read otherwise
+		start = time.Now()
+	}
+	var (
+		resp *http.Response
+		err  error
+	)
+	if t.inner != nil {
+		resp, err = t.inner.RoundTrip(r)
+	} else {
+		resp, err = t.roundTripBase(r)
+	}
 	resp, err = t.settle(h, ctl, outer, resp, err)
-	t.observeAttemptEnd(r, h, n, resp, err, time.Since(start), trace) // events.go
+	t.observeAttemptEnd(r, h, n, resp, err, start, trace) // events.go
 
 	// 5. The response gets the attempt's one body wrapper (body.go); a
 	// failed attempt releases what it held now.

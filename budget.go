@@ -8,6 +8,7 @@ package keepalive
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -112,15 +113,21 @@ func (b *retryBudget) init(h *hostBudget) {
 	}
 }
 
-// deposit records a request to the host whose window is h, at now. It runs
-// on every request: one lock of the host's own, no allocation.
+// deposit records a request to the host whose window is h, at now. It
+// runs on every request: one atomic add, and a lock only on the first
+// request of a second.
 func (b *retryBudget) deposit(h *hostBudget, now time.Time) {
 	if b == nil {
 		return
 	}
-	h.mu.Lock()
-	h.bucket(now.Unix()).deposits++
-	h.mu.Unlock()
+	sec := now.Unix()
+	bk := &h.ring[int(uint64(sec)%uint64(len(h.ring)))]
+	if bk.sec.Load() != sec {
+		h.mu.Lock()
+		bk = h.bucket(sec)
+		h.mu.Unlock()
+	}
+	bk.deposits.Add(1)
 }
 
 // withdraw takes one retry from the budget of the host whose window is h,
@@ -136,28 +143,36 @@ func (b *retryBudget) withdraw(h *hostBudget, now time.Time) bool {
 	if b.cfg.ratio*float64(deposits)+b.reserve-float64(withdrawals) < 1 {
 		return false
 	}
-	h.bucket(sec).withdrawals++
+	h.bucket(sec).withdrawals.Add(1)
 	return true
 }
 
 // hostBudget is one host's window: a ring of one-second buckets, each
 // tagged with the Unix second it counts, so a bucket from a lap ago is
 // recognised as stale and reset instead of being swept by a timer.
+// Deposits are lock-free while their bucket is current; mu serialises the
+// resets of buckets, and withdrawals.
 type hostBudget struct {
 	mu   sync.Mutex
 	ring []budgetBucket
 }
 
 type budgetBucket struct {
-	sec                   int64
-	deposits, withdrawals int64
+	sec                   atomic.Int64
+	deposits, withdrawals atomic.Int64
 }
 
-// bucket returns the bucket of second sec, reset if it held an older one.
+// bucket returns the bucket of second sec, reset if it held an older one;
+// h.mu is held. The counts are cleared before the second is stored, so a
+// deposit that sees the new second counts in the new bucket (one that
+// raced the reset may count in the old second's: the budget is a rate,
+// and one request more or less does not change it).
 func (h *hostBudget) bucket(sec int64) *budgetBucket {
 	bk := &h.ring[int(uint64(sec)%uint64(len(h.ring)))]
-	if bk.sec != sec {
-		*bk = budgetBucket{sec: sec}
+	if bk.sec.Load() != sec {
+		bk.deposits.Store(0)
+		bk.withdrawals.Store(0)
+		bk.sec.Store(sec)
 	}
 	return bk
 }
@@ -166,9 +181,10 @@ func (h *hostBudget) bucket(sec int64) *budgetBucket {
 func (h *hostBudget) sums(sec int64) (deposits, withdrawals int64) {
 	oldest := sec - int64(len(h.ring)) + 1
 	for i := range h.ring {
-		if bk := &h.ring[i]; bk.sec >= oldest && bk.sec <= sec {
-			deposits += bk.deposits
-			withdrawals += bk.withdrawals
+		bk := &h.ring[i]
+		if s := bk.sec.Load(); s >= oldest && s <= sec {
+			deposits += bk.deposits.Load()
+			withdrawals += bk.withdrawals.Load()
 		}
 	}
 	return deposits, withdrawals

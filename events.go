@@ -260,14 +260,14 @@ func (t *Transport) observeAttemptStart(r *http.Request, h *hostState, n int) {
 }
 
 // observeAttemptEnd tells the observers of the outcome of attempt n of a
-// request, r, to host h, which took d; trace is its connection trace, if
+// request, r, to host h, sent at start; trace is its connection trace, if
 // Observer.TraceConns is set.
-func (t *Transport) observeAttemptEnd(r *http.Request, h *hostState, n int, resp *http.Response, err error, d time.Duration, trace *connTrace) {
+func (t *Transport) observeAttemptEnd(r *http.Request, h *hostState, n int, resp *http.Response, err error, start time.Time, trace *connTrace) {
 	f := t.opts.observer.OnAttemptEnd
 	if f == nil {
 		return
 	}
-	e := AttemptEndEvent{Request: r, Host: h.key, Attempt: n, Response: resp, Err: err, Duration: d}
+	e := AttemptEndEvent{Request: r, Host: h.key, Attempt: n, Response: resp, Err: err, Duration: time.Since(start)}
 	if err == nil {
 		e.Status = resp.StatusCode
 	}

@@ -47,11 +47,11 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 	rp := t.newReplay(req) // body.go
 	defer rp.done()
 	r := rp.first
-	t.budget.deposit(&h.budget, time.Now())
+	start := time.Now() // of the current attempt
+	t.budget.deposit(&h.budget, start)
 	hedge := t.opts.hedgeDelay > 0 && rp.replayable() && t.policy.mayRepeat(req) && req.Header.Get("Upgrade") == ""
 	var bo backoff.BackOff // made on the first outcome that needs a decision: most requests never do
 	for n := 1; ; n++ {
-		start := time.Now()
 		var (
 			resp *http.Response
 			err  error
@@ -91,6 +91,7 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 			t.observeGiveUp(req, h, resp, err, n, GiveUpCanceled, d.wait)
 			return nil, t.retryError(req, n, status, err, serr)
 		}
+		start = time.Now()
 		var berr error
 		if r, berr = rp.next(); berr != nil {
 			t.observeGiveUp(req, h, resp, berr, n, GiveUpBody, 0)

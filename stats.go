@@ -25,10 +25,20 @@ type Stats struct {
 	ConnsExpired    int64 // connections retired by WithConnMaxLifetime
 }
 
-// Stats returns the counters of all hosts so far. It is safe to call
-// concurrently with requests; each counter is read atomically, the set as
-// a whole is not a snapshot.
-func (t *Transport) Stats() Stats { return t.stats.snapshot() }
+// Stats returns the counters of all hosts so far: the sum of HostStats.
+// It is safe to call concurrently with requests; each counter is read
+// atomically, the set as a whole is not a snapshot. It costs a pass over
+// the hosts (at most HostStatsLimit+1): a request adds to its host's
+// counters only, so that concurrent requests to different hosts share no
+// counter.
+func (t *Transport) Stats() Stats {
+	m := t.hosts.maps.Load()
+	s := t.hosts.overflow.snapshot()
+	for _, h := range m.canon {
+		s = s.add(h.snapshot())
+	}
+	return s
+}
 
 // HostStatsLimit is the most hosts a Transport keeps apart, in HostStats
 // and for its per-host retry budget, circuit breaker and dial gate; the
@@ -79,8 +89,7 @@ func (s Stats) ReuseRatio() float64 {
 
 // Private implementation past this point.
 
-// counters are the atomics behind Stats, kept once for the Transport and
-// once per host.
+// counters are the atomics behind Stats, kept per host.
 type counters struct {
 	requests, attempts, retries, gaveUp atomic.Int64
 	dials, dialErrors                   atomic.Int64
@@ -104,10 +113,27 @@ func circuitOpenCounter(c *counters) *atomic.Int64    { return &c.circuitOpen }
 func hedgeCounter(c *counters) *atomic.Int64          { return &c.hedges }
 func connExpiredCounter(c *counters) *atomic.Int64    { return &c.connsExpired }
 
-// count adds one to the counter pick selects, in total and for host h.
+// count adds one to the counter pick selects, for host h (Stats sums the
+// hosts).
 func (t *Transport) count(h *hostState, pick counter) {
-	pick(&t.stats).Add(1)
 	pick(&h.counters).Add(1)
+}
+
+// add returns the field-wise sum of s and o.
+func (s Stats) add(o Stats) Stats {
+	s.Requests += o.Requests
+	s.Attempts += o.Attempts
+	s.Retries += o.Retries
+	s.GaveUp += o.GaveUp
+	s.Dials += o.Dials
+	s.DialErrors += o.DialErrors
+	s.BudgetRefusals += o.BudgetRefusals
+	s.AttemptTimeouts += o.AttemptTimeouts
+	s.WriteTimeouts += o.WriteTimeouts
+	s.CircuitOpen += o.CircuitOpen
+	s.Hedges += o.Hedges
+	s.ConnsExpired += o.ConnsExpired
+	return s
 }
 
 // snapshot reads the counters into Stats.

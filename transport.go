@@ -25,12 +25,11 @@ type Transport struct {
 	base   *http.Transport
 	policy policy
 	opts   options
-	stats  counters
 	budget *retryBudget // budget.go; nil: off
 	hosts  *hostTable   // host.go: counters, budget, breaker and dial gate of each host
 	reads  *readWatch   // readwatch.go: the read timeout of response bodies; nil: none
 
-	inner        http.RoundTripper // what attempts are sent through: roundTripBase, maybe wrapped (WithAttemptTransport)
+	inner        http.RoundTripper // what attempts are sent through when WithAttemptTransport wraps roundTripBase; nil: roundTripBase
 	contextHooks bool              // attempts carry their number or a connection trace in their context
 }
 
@@ -46,13 +45,15 @@ func NewTransport(opts ...Option) (*Transport, error) {
 	t := &Transport{opts: o, policy: newPolicy(o), budget: newRetryBudget(o.budget), reads: newReadWatch(o.readTimeout)}
 	t.hosts = newHostTable(t.newHostState)
 	t.base = t.newBase()
-	var rt http.RoundTripper = roundTripperFunc(t.roundTripBase) // lifetime.go
-	for _, wrap := range o.attemptWraps {
-		if rt = wrap(rt); rt == nil {
-			return nil, &OptionError{Option: "WithAttemptTransport", Reason: "wrap returned a nil RoundTripper"}
+	if len(o.attemptWraps) > 0 {
+		var rt http.RoundTripper = roundTripperFunc(t.roundTripBase) // lifetime.go
+		for _, wrap := range o.attemptWraps {
+			if rt = wrap(rt); rt == nil {
+				return nil, &OptionError{Option: "WithAttemptTransport", Reason: "wrap returned a nil RoundTripper"}
+			}
 		}
+		t.inner = rt
 	}
-	t.inner = rt
 	t.contextHooks = len(o.attemptWraps) > 0 || o.observer.TraceConns
 	return t, nil
 }
