@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 )
 
@@ -128,19 +129,28 @@ func (t *Transport) newBase() *http.Transport {
 // reading an HTTP/1 upload, or any HTTP/2 frame) fails with a
 // *WriteTimeoutError, and net/http closes the connection. net/http's
 // header timeout starts only once the request is written, so nothing else
-// bounds a write. The deadline is set before each write and never read by
-// an idle connection, which only reads; it costs a clock reading and a
-// poller update per write, no allocation. An HTTP/2 stream that the server
-// gives no flow-control window never reaches the connection: the upload
-// watch of attempt.go covers that.
+// bounds a write. An idle connection only reads, so the deadline never
+// fails one. An HTTP/2 stream that the server gives no flow-control
+// window never reaches the connection: the upload watch of attempt.go
+// covers that.
+//
+// The deadline is moved only when less than d of it is left, to d+d/8
+// from now: a write gets between d and d+d/8, and a busy connection pays
+// a clock reading per write and a poller update per d/8, not per write.
 type writeDeadlineConn struct {
 	net.Conn
-	d time.Duration
+	d     time.Duration
+	until atomic.Int64 // the deadline set, as a monotonic() reading; 0: none
 }
 
 func (c *writeDeadlineConn) Write(p []byte) (int, error) {
-	if err := c.SetWriteDeadline(time.Now().Add(c.d)); err != nil {
-		return 0, err
+	now := monotonic()
+	if c.until.Load()-now < int64(c.d) {
+		until := now + int64(c.d+c.d/8)
+		if err := c.SetWriteDeadline(clockStart.Add(time.Duration(until))); err != nil {
+			return 0, err
+		}
+		c.until.Store(until)
 	}
 	n, err := c.Conn.Write(p)
 	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
