@@ -315,6 +315,13 @@ var clockStart = time.Now()
 
 func monotonic() int64 { return max(int64(time.Since(clockStart)), 1) }
 
+// clockStartUnix is the wall clock at clockStart, in Unix nanoseconds.
+var clockStartUnix = clockStart.UnixNano()
+
+// unixSec is the Unix second of a monotonic() reading: the budget's
+// seconds, without a wall clock reading per request.
+func unixSec(mono int64) int64 { return (clockStartUnix + mono) / int64(time.Second) }
+
 // wrapBody gives resp the one wrapper of its attempt, which owns all that
 // ends with the body: the read timeout (readwatch.go), the dial gate's
 // release (gate, nil if ungated) and the attempt's context (ctl, nil if it
@@ -352,27 +359,29 @@ func (t *Transport) wrapBody(resp *http.Response, gate *gateHost, ctl *attemptCt
 // its attempt (the dial gate's count, the attempt's context) at its end:
 // an error or EOF from Read, or Close.
 //
-// For the timeout, each Read stores when it started, and the first links
-// the body into the Transport's read watch, which closes the body (that
-// unblocks a Read on HTTP/1 and HTTP/2 alike) once a Read has waited the
-// read timeout. Time between Reads (the caller processing) is not
-// counted, so a slow but steady body is never cut off. A read deadline on
-// the connection would do it for HTTP/1 only, and one left on a pooled
-// connection fails its next request.
+// For the timeout, each Read counts its start and its end, and the first
+// links the body into the Transport's read watch, which closes the body
+// (that unblocks a Read on HTTP/1 and HTTP/2 alike) once a Read has been
+// in progress for the read timeout. Time between Reads (the caller
+// processing) is not counted, so a slow but steady body is never cut off.
+// A read deadline on the connection would do it for HTTP/1 only, and one
+// left on a pooled connection fails its next request.
 type respBody struct {
-	rc        io.ReadCloser
-	watch     *readWatch   // nil: no read timeout
-	readStart atomic.Int64 // monotonic() when the Read in progress began; 0: none
-	fired     atomic.Bool  // the watch closed the body
-	done      atomic.Bool  // EOF, an error or Close: the watch lets go for good
-	gate      *gateHost
-	ctl       *attemptCtl
-	started   bool // a Read has linked the body into the watch
+	rc      io.ReadCloser
+	watch   *readWatch    // nil: no read timeout
+	reads   atomic.Uint64 // Read starts and ends: odd while a Read is in progress
+	fired   atomic.Bool   // the watch closed the body
+	done    atomic.Bool   // EOF, an error or Close: the watch lets go for good
+	gate    *gateHost
+	ctl     *attemptCtl
+	started bool // a Read has linked the body into the watch; only Read touches it
 
-	// The watch's list, under shard.mu.
+	// The watch's list and view of the body, under shard.mu.
 	shard      *readShard
 	prev, next *respBody
 	linked     bool
+	seenReads  uint64 // reads at the last tick
+	staleTicks int    // ticks for which the same Read was in progress
 }
 
 func (b *respBody) Read(p []byte) (int, error) {
@@ -387,13 +396,13 @@ func (b *respBody) Read(p []byte) (int, error) {
 	if b.fired.Load() {
 		return 0, &ReadTimeoutError{Limit: w.d}
 	}
-	b.readStart.Store(monotonic())
-	if !b.started { // Reads are not concurrent: only Read touches started
+	b.reads.Add(1)
+	if !b.started {
 		b.started = true
 		w.link(b)
 	}
 	n, err := b.rc.Read(p)
-	b.readStart.Store(0)
+	b.reads.Add(1)
 	if err != nil {
 		b.end()
 		if b.fired.Load() {

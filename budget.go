@@ -113,14 +113,13 @@ func (b *retryBudget) init(h *hostBudget) {
 	}
 }
 
-// deposit records a request to the host whose window is h, at now. It
-// runs on every request: one atomic add, and a lock only on the first
-// request of a second.
-func (b *retryBudget) deposit(h *hostBudget, now time.Time) {
+// deposit records a request to the host whose window is h, at the Unix
+// second sec. It runs on every request: one atomic add, and a lock only on
+// the first request of a second.
+func (b *retryBudget) deposit(h *hostBudget, sec int64) {
 	if b == nil {
 		return
 	}
-	sec := now.Unix()
 	bk := &h.ring[int(uint64(sec)%uint64(len(h.ring)))]
 	if bk.sec.Load() != sec {
 		h.mu.Lock()
@@ -131,14 +130,14 @@ func (b *retryBudget) deposit(h *hostBudget, now time.Time) {
 }
 
 // withdraw takes one retry from the budget of the host whose window is h,
-// at now, if it has one; it reports whether the retry may be sent.
-func (b *retryBudget) withdraw(h *hostBudget, now time.Time) bool {
+// at the Unix second sec, if it has one; it reports whether the retry may
+// be sent.
+func (b *retryBudget) withdraw(h *hostBudget, sec int64) bool {
 	if b == nil {
 		return true
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	sec := now.Unix()
 	deposits, withdrawals := h.sums(sec)
 	if b.cfg.ratio*float64(deposits)+b.reserve-float64(withdrawals) < 1 {
 		return false

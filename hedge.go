@@ -53,7 +53,7 @@ func (t *Transport) hedged(req, first *http.Request, n int, h *hostState) (*http
 			if stopHedging || len(cancels) > t.opts.maxHedges || ctx.Err() != nil {
 				continue
 			}
-			if !t.budget.withdraw(&h.budget, time.Now()) {
+			if !t.budget.withdraw(&h.budget, unixSec(monotonic())) {
 				t.observeBudgetRefused(req, h, n)
 				stopHedging = true
 				continue

@@ -47,8 +47,8 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 	rp := t.newReplay(req) // body.go
 	defer rp.done()
 	r := rp.first
-	start := time.Now() // of the current attempt
-	t.budget.deposit(&h.budget, start)
+	start := monotonic() // of the current attempt
+	t.budget.deposit(&h.budget, unixSec(start))
 	hedge := t.opts.hedgeDelay > 0 && rp.replayable() && t.policy.mayRepeat(req) && req.Header.Get("Upgrade") == ""
 	var bo backoff.BackOff // made on the first outcome that needs a decision: most requests never do
 	for n := 1; ; n++ {
@@ -68,15 +68,15 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 		if bo == nil {
 			bo = t.policy.newBackoff()
 		}
-		now := time.Now()
+		mono, now := monotonic(), time.Now()
 		d := t.policy.decide(attemptOutcome{
 			ctx: ctx, req: req, resp: resp, err: err, attempt: n,
-			replayable: rp.replayable(), took: now.Sub(start),
+			replayable: rp.replayable(), took: time.Duration(mono - start),
 		}, now, bo)
 		if d.verdict != verdictRetry {
 			return t.giveUp(req, h, resp, err, n, d)
 		}
-		if !t.budget.withdraw(&h.budget, now) {
+		if !t.budget.withdraw(&h.budget, unixSec(mono)) {
 			t.observeBudgetRefused(req, h, n)
 			return t.giveUp(req, h, resp, err, n, decision{verdict: verdictGiveUp, reason: GiveUpBudget, wait: d.wait, policyErr: d.policyErr})
 		}
@@ -91,7 +91,7 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 			t.observeGiveUp(req, h, resp, err, n, GiveUpCanceled, d.wait)
 			return nil, t.retryError(req, n, status, err, serr)
 		}
-		start = time.Now()
+		start = monotonic()
 		var berr error
 		if r, berr = rp.next(); berr != nil {
 			t.observeGiveUp(req, h, resp, berr, n, GiveUpBody, 0)
