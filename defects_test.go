@@ -623,10 +623,10 @@ func TestDefect11_MalformedRequestsAreNeverRetried(t *testing.T) {
 			req := &http.Request{Method: http.MethodGet, URL: tt.url, Header: http.Header{}, Proto: "HTTP/1.1",
 				ProtoMajor: 1, ProtoMinor: 1}
 
-			resp, err, panicked := func() (resp *http.Response, err error, panicked any) {
+			panicked, resp, err := func() (panicked any, resp *http.Response, err error) {
 				defer func() { panicked = recover() }()
 				resp, err = tr.RoundTrip(req)
-				return resp, err, nil
+				return nil, resp, err
 			}()
 			require.Nil(t, panicked, "RoundTrip panicked")
 			if resp != nil {
