@@ -6,10 +6,12 @@
 package keepalive
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"time"
@@ -222,6 +224,20 @@ func WithProxy(proxy func(*http.Request) (*url.URL, error)) Option {
 	return optionFunc(func(o *options) {
 		o.proxy = proxy
 		o.check("WithProxy", proxy != nil, "nil proxy func (use keepalive.NoProxy for none)")
+	})
+}
+
+// WithDialContext sets the function that opens connections, in place of
+// a net.Dialer with the connect timeout and TCP keep-alive probes: to dial
+// a unix socket, through a custom resolver, or from a given address. The
+// Transport still counts, gates and bounds (read timeout on writes,
+// lifetime) the connections it returns, and it is called with a context
+// that ends after the connect timeout (WithConnectTimeout). Default: the
+// tuned net.Dialer; nil is an error.
+func WithDialContext(dial func(ctx context.Context, network, addr string) (net.Conn, error)) Option {
+	return optionFunc(func(o *options) {
+		o.dial = dial
+		o.check("WithDialContext", dial != nil, "nil dial func")
 	})
 }
 
@@ -513,6 +529,7 @@ type options struct {
 	tlsHandshakeTimeout time.Duration
 	tlsConfig           *tls.Config
 	proxy               func(*http.Request) (*url.URL, error)
+	dial                func(ctx context.Context, network, addr string) (net.Conn, error) // nil: the tuned net.Dialer
 
 	maxRetries     int
 	retryStatuses  statusSet

@@ -45,6 +45,7 @@ func TestOptionValidation(t *testing.T) {
 		{"nil CheckRetry", WithCheckRetry(nil), "WithCheckRetry"},
 		{"nil option", nil, "option 0 is nil"},
 		{"nil attempt transport", WithAttemptTransport(nil), "WithAttemptTransport"},
+		{"nil dial func", WithDialContext(nil), "WithDialContext"},
 		{"an attempt transport that returns nil", WithAttemptTransport(nilWrap), "WithAttemptTransport"},
 
 		{"the default budget", WithRetryBudget(RetryBudget{}), ""},

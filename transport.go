@@ -93,7 +93,16 @@ func (t *Transport) newBase() *http.Transport {
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			h := t.hosts.forAddr(addr)
 			c, err := h.gateHost().dial(ctx, dialHoldMax, func() (net.Conn, error) { // dialgate.go
-				return dialer.DialContext(ctx, network, addr)
+				if o.dial == nil {
+					return dialer.DialContext(ctx, network, addr)
+				}
+				dctx := ctx
+				if o.connectTimeout > 0 {
+					var cancel context.CancelFunc
+					dctx, cancel = context.WithTimeout(ctx, o.connectTimeout)
+					defer cancel()
+				}
+				return o.dial(dctx, network, addr)
 			})
 			if err == errDialNotNeeded {
 				return nil, err
