@@ -53,7 +53,7 @@ const (
 	svgBarMaxW  = 340 // the widest bar
 	svgRowH     = 24
 	svgBarH     = 16
-	svgHistLabW = 150 // "0.512 ms [1234]" column of the histograms
+	svgHistLabW = 150 // "0.512 ms [1234]" column of the histograms, at least
 	svgHistMaxW = 480
 )
 
@@ -120,18 +120,20 @@ func (r *report) plotData() plotData {
 	for _, res := range r.Results {
 		c := plotClient{Title: res.Setup + ", " + res.Client + ": " + res.Description}
 		var most int64
+		labelW := svgHistLabW
 		for _, b := range res.Histogram {
 			most = max(most, b.Count)
+			c.Buckets = append(c.Buckets, plotBar{Label: strconv.FormatFloat(b.Ms, 'f', 3, 64) + " ms [" + strconv.FormatInt(b.Count, 10) + "]"})
+			labelW = max(labelW, len(c.Buckets[len(c.Buckets)-1].Label)*svgCharW+10)
 		}
+		d.Width = max(d.Width, labelW+svgHistMaxW+20)
 		for i, b := range res.Histogram {
 			w := 0
 			if most > 0 {
 				w = int(float64(b.Count) / float64(most) * svgHistMaxW)
 			}
-			c.Buckets = append(c.Buckets, plotBar{
-				Label: strconv.FormatFloat(b.Ms, 'f', 3, 64) + " ms [" + strconv.FormatInt(b.Count, 10) + "]",
-				Y:     i*svgRowH + 4, TextY: i*svgRowH + 17, W: w, ValueX: svgHistLabW,
-			})
+			bb := &c.Buckets[i]
+			bb.Y, bb.TextY, bb.W, bb.ValueX = i*svgRowH+4, i*svgRowH+17, w, labelW
 		}
 		c.Height = max(len(c.Buckets), 1)*svgRowH + 8
 		for i := range res.Runs {
