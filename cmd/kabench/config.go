@@ -54,6 +54,8 @@ type config struct {
 	timeout     time.Duration
 	maxErrors   int
 	proxy       string
+	plot        string // -plot: the HTML page to write (plot.go)
+	plotSet     bool   // -plot given, even if empty
 }
 
 // errUsage marks a command line error: exit status 2, as the flag package
@@ -86,6 +88,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.timeout, "timeout", defaultTimeout, "per request timeout (whole exchange, retries included); also bounds the probe and nginx start and stop")
 	fs.IntVar(&c.maxErrors, "max-errors", defaultMaxErrors, "stop a run after this many failed requests; 0 means never")
 	fs.StringVar(&c.proxy, "proxy", "", "put a proxy in front of the embedded server: only \"nginx\"")
+	fs.StringVar(&c.plot, "plot", "", "also write the charts to this self-contained HTML `file`")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: kabench [flags]\n\n"+
 			"kabench measures HTTP clients with and without keep-alive: %s.\n"+
@@ -100,6 +103,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		// The flag package has printed the error and the usage.
 		return c, fmt.Errorf("%w: %v", errUsage, err)
 	}
+	fs.Visit(func(f *flag.Flag) { c.plotSet = c.plotSet || f.Name == "plot" })
 	if fs.NArg() > 0 {
 		return c, &usageError{"url", fmt.Sprintf("unexpected argument %q (give the URL with -url)", fs.Arg(0))}
 	}
@@ -151,6 +155,11 @@ func (c *config) validate() error {
 		return &usageError{"proxy", fmt.Sprintf("unknown proxy %q (want %q)", c.proxy, proxyNginx)}
 	case c.proxy != "" && c.url != "":
 		return &usageError{"proxy", "puts nginx in front of the embedded server, so it cannot be combined with -url"}
+	}
+	if c.plotSet {
+		if err := checkPlot(c.plot); err != nil {
+			return err
+		}
 	}
 	// More workers than requests would only sit idle.
 	c.concurrency = min(c.concurrency, c.requests)

@@ -110,6 +110,11 @@ func measure(ctx context.Context, cfg *config, stdout, stderr io.Writer) (err er
 			return err
 		}
 	}
+	if cfg.plot != "" {
+		if err := rep.writePlot(cfg.plot); err != nil {
+			return err
+		}
+	}
 	switch {
 	case rep.Interrupted:
 		return fmt.Errorf("%w; the results above are partial", errInterrupted)

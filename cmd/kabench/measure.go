@@ -51,6 +51,8 @@ type clientResult struct {
 	// VsBaseline is the difference of the average requests per second to
 	// the baseline's, in percent; nil for the baseline itself.
 	VsBaseline *float64 `json:"vs_baseline_percent,omitempty"`
+	// Histogram counts the latencies of all runs (chart.go).
+	Histogram []bucket `json:"latency_histogram,omitempty"`
 
 	target target
 }
@@ -97,6 +99,7 @@ rounds:
 	results = slices.DeleteFunc(results, func(r clientResult) bool { return len(r.Runs) == 0 })
 	for i := range results {
 		results[i].Average = average(results[i].Runs)
+		results[i].Histogram = latencyHistogram(results[i].Runs)
 	}
 	return results, nil
 }

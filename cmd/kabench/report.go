@@ -164,6 +164,7 @@ func (r *report) writeSummary(w io.Writer) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", setups[i+1], clients[i+1], strings.Join(r.cells(&res.Average), "\t"), diff)
 	}
 	tw.Flush()
+	r.writeCharts(w)
 }
 
 // leftAlign pads labels to one width, so that a right-aligning tabwriter
