@@ -30,7 +30,7 @@ type report struct {
 	Platform    string         `json:"platform"`
 	CPUs        int            `json:"cpus"`
 	Baseline    string         `json:"baseline,omitempty"`
-	Targets     []targetInfo   `json:"targets,omitempty"` // of a comparison of several -url
+	Targets     []targetInfo   `json:"targets,omitempty"` // several -url, or nginx in front of -upstream
 	Results     []clientResult `json:"results"`
 	Errors      int64          `json:"errors"` // failed requests over all runs
 	Interrupted bool           `json:"interrupted,omitempty"`
@@ -96,6 +96,8 @@ func (r *report) writeHeader(w io.Writer) {
 		where += ")"
 	} else if r.Upstream != "" {
 		where += " (" + r.Upstream + " behind " + r.Proxy + ")"
+	} else if len(r.Targets) > 1 {
+		where = plural(len(r.Targets), "target") + ":"
 	}
 	body := ""
 	if r.BodyBytes > 0 {
