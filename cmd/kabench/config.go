@@ -55,12 +55,12 @@ type config struct {
 	maxErrors   int
 	proxy       string
 	// targets.go
-	labels     []string // -label, one per -url or -unix
-	unix       string   // -unix socket path
-	path       string   // -path of requests to the embedded server, nginx, unix sockets
-	upstream   string   // -upstream of -proxy nginx: host:port or unix:PATH
-	ext        []target // the -url and -unix targets, from validate (targets.go)
-	clientsSet bool     // -clients was given
+	labels   []string        // -label, one per -url or -unix
+	unix     string          // -unix socket path
+	path     string          // -path of requests to the embedded server, nginx, unix sockets
+	upstream string          // -upstream of -proxy nginx: host:port or unix:PATH
+	ext      []target        // the -url and -unix targets, from validate (targets.go)
+	set      map[string]bool // the flags given
 }
 
 // errUsage marks a command line error: exit status 2, as the flag package
@@ -100,7 +100,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: kabench [flags]\n\n"+
 			"kabench measures HTTP clients with and without keep-alive: %s.\n"+
-			"With no -url it measures an embedded server on 127.0.0.1.\n\nFlags:\n",
+			"With no -url, -unix or -upstream it measures an embedded server on 127.0.0.1.\n\nFlags:\n",
 			strings.Join(allClients, ", "))
 		fs.PrintDefaults()
 	}
@@ -114,7 +114,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	if fs.NArg() > 0 {
 		return c, &usageError{"url", fmt.Sprintf("unexpected argument %q (give the URL with -url)", fs.Arg(0))}
 	}
-	fs.Visit(func(f *flag.Flag) { c.clientsSet = c.clientsSet || f.Name == "clients" })
+	c.set = map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { c.set[f.Name] = true })
 	var err error
 	if c.clients, err = parseClients(clients); err != nil {
 		return c, err

@@ -69,9 +69,14 @@ func (c *config) validateTargets() error {
 	if err := c.label(); err != nil {
 		return err
 	}
+	if c.set["path"] && len(c.ext) > 0 && c.unix == "" && !slices.ContainsFunc(c.urls, func(u string) bool {
+		return strings.HasPrefix(u, "unix:") && !strings.Contains(u[len("unix:"):], ":/")
+	}) {
+		return &usageError{"path", "no target uses it: every -url has its own path (put the path in the URL)"}
+	}
 	if c.hasUnix() && slices.Contains(c.clients, clientKeepAlive) {
 		// keepalive.NewClient has no option for a dialer of one's own.
-		if c.clientsSet {
+		if c.set["clients"] {
 			return &usageError{"clients", "keepalive cannot be measured over a unix socket: keepalive.NewClient has no dialer option " +
 				"(measure it behind nginx with -proxy nginx -upstream unix:PATH, or leave it out of -clients)"}
 		}

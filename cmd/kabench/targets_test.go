@@ -171,6 +171,7 @@ func TestInvalidTargetsExitWithAMessageNamingTheFlag(t *testing.T) {
 		{"upstream on a relative socket", []string{"-proxy", "nginx", "-upstream", "unix:app.sock"}, "invalid -upstream: unix socket path must be absolute"},
 		{"upstream into nginx.conf", []string{"-proxy", "nginx", "-upstream", "127.0.0.1:1; evil"}, "invalid -upstream"},
 		{"path without a slash", []string{"-path", "items"}, `invalid -path: must start with /, got "items"`},
+		{"path with URLs", []string{"-url", u1, "-path", "/x"}, "invalid -path: no target uses it"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
