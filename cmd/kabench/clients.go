@@ -36,13 +36,19 @@ type benchClient struct {
 // adds another goroutine for the Request.Cancel that sets), which cost the
 // keepalive client 15-35% of its requests/s here. measureRun bounds each
 // request with its context instead, at the same cost for every client.
-func newClient(name string) (*benchClient, error) {
+//
+// For a target on a unix socket, every client dials the socket (keepalive
+// through keepalive.WithDialContext).
+func newClient(name string, t target) (*benchClient, error) {
 	switch name {
 	case clientNoKeepAlive, clientDefault:
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.DisableKeepAlives = name == clientNoKeepAlive
 		var dials atomic.Int64
 		dial := tr.DialContext
+		if t.unix != "" {
+			dial = unixDialer(t.unix)
+		}
 		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			c, err := dial(ctx, network, addr)
 			if err == nil {
@@ -57,7 +63,11 @@ func newClient(name string) (*benchClient, error) {
 			close:   tr.CloseIdleConnections,
 		}, nil
 	case clientKeepAlive:
-		c, err := keepalive.NewClient()
+		var opts []keepalive.Option
+		if t.unix != "" {
+			opts = append(opts, keepalive.WithDialContext(unixDialer(t.unix)))
+		}
+		c, err := keepalive.NewClient(opts...)
 		if err != nil {
 			return nil, fmt.Errorf("keepalive.NewClient: %w", err)
 		}

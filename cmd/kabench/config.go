@@ -43,7 +43,7 @@ const proxyNginx = "nginx"
 
 // config is the validated command line.
 type config struct {
-	url         string // empty: measure the embedded server
+	urls        []string // -url, each given or comma list; empty: the embedded server
 	requests    int
 	concurrency int
 	runs        int
@@ -56,6 +56,13 @@ type config struct {
 	proxy       string
 	plot        string // -plot: the HTML page to write (plot.go)
 	plotSet     bool   // -plot given, even if empty
+	// targets.go
+	labels   []string        // -label, one per -url or -unix
+	unix     string          // -unix socket path
+	path     string          // -path of requests to the embedded server, nginx, unix sockets
+	upstream string          // -upstream of -proxy nginx: host:port or unix:PATH
+	ext      []target        // the -url and -unix targets, from validate (targets.go)
+	set      map[string]bool // the flags given
 }
 
 // errUsage marks a command line error: exit status 2, as the flag package
@@ -77,7 +84,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	var clients string
 	fs := flag.NewFlagSet("kabench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&c.url, "url", "", "measure this HTTP(S) `URL` instead of the embedded server")
+	fs.Var((*listFlag)(&c.urls), "url", "measure this HTTP(S) `URL`, or unix:PATH:/path, instead of the embedded server; several (repeated or comma list) are compared")
 	fs.IntVar(&c.requests, "n", defaultRequests, "requests per run")
 	fs.IntVar(&c.concurrency, "c", defaultConcurrency, "concurrent requests")
 	fs.IntVar(&c.runs, "runs", defaultRuns, "runs per client; each run uses a new client")
@@ -87,12 +94,16 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&c.json, "json", false, "print the result as JSON on stdout instead of tables")
 	fs.DurationVar(&c.timeout, "timeout", defaultTimeout, "per request timeout (whole exchange, retries included); also bounds the probe and nginx start and stop")
 	fs.IntVar(&c.maxErrors, "max-errors", defaultMaxErrors, "stop a run after this many failed requests; 0 means never")
-	fs.StringVar(&c.proxy, "proxy", "", "put a proxy in front of the embedded server: only \"nginx\"")
+	fs.StringVar(&c.proxy, "proxy", "", "put a proxy in front of the embedded server (or -upstream): only \"nginx\"")
+	fs.Var((*listFlag)(&c.labels), "label", "`name` of each -url or -unix target in the report, in order (repeated or comma list); default: host:port/path")
+	fs.StringVar(&c.unix, "unix", "", "measure an app listening on the unix socket `PATH` (requests go to http://unix + -path)")
+	fs.StringVar(&c.path, "path", "/", "path of the requests to the embedded server, nginx and -unix")
+	fs.StringVar(&c.upstream, "upstream", "", "with -proxy nginx: put nginx in front of this app, `ADDR` host:port or unix:PATH, instead of the embedded server")
 	fs.StringVar(&c.plot, "plot", "", "also write the charts to this self-contained HTML `file`")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: kabench [flags]\n\n"+
 			"kabench measures HTTP clients with and without keep-alive: %s.\n"+
-			"With no -url it measures an embedded server on 127.0.0.1.\n\nFlags:\n",
+			"With no -url, -unix or -upstream it measures an embedded server on 127.0.0.1.\n\nFlags:\n",
 			strings.Join(allClients, ", "))
 		fs.PrintDefaults()
 	}
@@ -107,6 +118,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	if fs.NArg() > 0 {
 		return c, &usageError{"url", fmt.Sprintf("unexpected argument %q (give the URL with -url)", fs.Arg(0))}
 	}
+	c.set = map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { c.set[f.Name] = true })
 	var err error
 	if c.clients, err = parseClients(clients); err != nil {
 		return c, err
@@ -153,8 +166,8 @@ func (c *config) validate() error {
 		return &usageError{"method", fmt.Sprintf("%q is not an HTTP method token", c.method)}
 	case c.proxy != "" && c.proxy != proxyNginx:
 		return &usageError{"proxy", fmt.Sprintf("unknown proxy %q (want %q)", c.proxy, proxyNginx)}
-	case c.proxy != "" && c.url != "":
-		return &usageError{"proxy", "puts nginx in front of the embedded server, so it cannot be combined with -url"}
+	case c.proxy != "" && (len(c.urls) > 0 || c.unix != ""):
+		return &usageError{"proxy", "puts nginx in front of the embedded server or -upstream, so it cannot be combined with -url or -unix"}
 	}
 	if c.plotSet {
 		if err := checkPlot(c.plot); err != nil {
@@ -163,10 +176,7 @@ func (c *config) validate() error {
 	}
 	// More workers than requests would only sit idle.
 	c.concurrency = min(c.concurrency, c.requests)
-	if c.url != "" {
-		return checkURL(c.url)
-	}
-	return nil
+	return c.validateTargets() // targets.go
 }
 
 func checkURL(s string) error {

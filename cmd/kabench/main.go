@@ -74,12 +74,17 @@ func measure(ctx context.Context, cfg *config, stdout, stderr io.Writer) (err er
 	}()
 	body := make([]byte, cfg.bodySize)
 	for _, t := range targets {
-		if err := probe(ctx, cfg, t.url, body); err != nil {
+		if err := probe(ctx, cfg, t, body); err != nil {
 			return interrupted(ctx, err)
 		}
 	}
 
-	rep := newReport(cfg, targets[0].url)
+	rep := newReport(cfg, targets[0].address())
+	if len(targets) > 1 && !cfg.embedded() {
+		for _, t := range targets {
+			rep.Targets = append(rep.Targets, targetInfo{Label: t.setup, URL: t.address()})
+		}
+	}
 	out := stdout
 	if cfg.json {
 		out = io.Discard // only the JSON goes to stdout
@@ -136,30 +141,37 @@ func interrupted(ctx context.Context, err error) error {
 	return err
 }
 
-// setUp starts what the targets need: nothing for -url, the embedded server,
-// and nginx in front of it for -proxy nginx. cleanup stops them.
+// setUp starts what the targets need: nothing for -url and -unix, the
+// embedded server, and nginx in front of it or of -upstream for -proxy
+// nginx. cleanup stops them.
 func setUp(ctx context.Context, cfg *config) ([]target, func() error, error) {
-	if cfg.url != "" {
-		return []target{{setup: "direct", url: cfg.url}}, func() error { return nil }, nil
+	if len(cfg.ext) > 0 {
+		return cfg.ext, func() error { return nil }, nil
 	}
-	srv, err := startServer()
-	if err != nil {
-		return nil, nil, fmt.Errorf("starting the embedded server: %w", err)
+	// -upstream: nginx in front of the user's app, whose connections
+	// kabench cannot count.
+	upstream, serverConns, stopServer := cfg.upstream, (func() int64)(nil), func() {}
+	if upstream == "" {
+		srv, err := startServer()
+		if err != nil {
+			return nil, nil, fmt.Errorf("starting the embedded server: %w", err)
+		}
+		stopServer = func() { srv.close(cfg.timeout) }
+		if cfg.proxy == "" {
+			t := target{setup: "direct", url: srv.url + cfg.path[1:], serverConns: srv.conns.Load}
+			return []target{t}, func() error { stopServer(); return nil }, nil
+		}
+		u, _ := url.Parse(srv.url)
+		upstream, serverConns = u.Host, srv.conns.Load
 	}
-	stopServer := func() { srv.close(cfg.timeout) }
-	if cfg.proxy == "" {
-		t := target{setup: "direct", url: srv.url, serverConns: srv.conns.Load}
-		return []target{t}, func() error { stopServer(); return nil }, nil
-	}
-	u, _ := url.Parse(srv.url)
-	ng, err := startNginx(ctx, u.Host, cfg.timeout)
+	ng, err := startNginx(ctx, upstream, cfg.timeout)
 	if err != nil {
 		stopServer()
 		return nil, nil, err
 	}
 	targets := []target{
-		{setup: "nginx, upstream keep-alive off", url: ng.urlOff, serverConns: srv.conns.Load},
-		{setup: "nginx, upstream keep-alive on", url: ng.urlOn, serverConns: srv.conns.Load},
+		{setup: "nginx, upstream keep-alive off", url: ng.urlOff + cfg.path[1:], serverConns: serverConns},
+		{setup: "nginx, upstream keep-alive on", url: ng.urlOn + cfg.path[1:], serverConns: serverConns},
 	}
 	return targets, func() error {
 		// nginx first: its graceful stop may still talk to the server.

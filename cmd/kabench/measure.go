@@ -20,6 +20,7 @@ import (
 type target struct {
 	setup       string       // how the requests reach the server, for the report
 	url         string       // the URL requested
+	unix        string       // the unix socket the requests go to; empty: TCP
 	serverConns func() int64 // connections the embedded server accepted; nil for -url
 }
 
@@ -44,6 +45,7 @@ type runResult struct {
 // clientResult is every run of one client against one target.
 type clientResult struct {
 	Setup       string      `json:"setup"`
+	URL         string      `json:"url"`
 	Client      string      `json:"client"`
 	Description string      `json:"description"`
 	Runs        []runResult `json:"runs"`
@@ -71,7 +73,7 @@ func measureAll(ctx context.Context, cfg *config, targets []target, body []byte,
 	var results []clientResult
 	for _, t := range targets {
 		for _, name := range cfg.clients {
-			results = append(results, clientResult{Setup: t.setup, Client: name, Description: describe[name], target: t})
+			results = append(results, clientResult{Setup: t.setup, URL: t.address(), Client: name, Description: describe[name], target: t})
 		}
 	}
 	done := new(atomic.Int64)
@@ -108,12 +110,17 @@ rounds:
 // endpoint answers it without error. It keeps a benchmark of an endpoint
 // that is down, or answers only errors, from running at all: such a run
 // measures timeouts and retries, not keep-alive.
-func probe(ctx context.Context, cfg *config, url string, body []byte) error {
+func probe(ctx context.Context, cfg *config, t target, body []byte) error {
+	url := t.url
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.DisableKeepAlives = true
+	if t.unix != "" {
+		tr.DialContext = unixDialer(t.unix)
+		url = "unix:" + t.unix + " (" + t.url + ")"
+	}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr, Timeout: cfg.timeout}
-	req, err := newRequest(ctx, cfg.method, url, body)
+	req, err := newRequest(ctx, cfg.method, t.url, body)
 	if err != nil {
 		return err
 	}
@@ -145,7 +152,7 @@ func newRequest(ctx context.Context, method, url string, body []byte) (*http.Req
 // a new client, and returns what it saw. done counts finished requests for
 // the progress line.
 func measureRun(ctx context.Context, cfg *config, name string, t target, body []byte, done *atomic.Int64) (runResult, error) {
-	client, err := newClient(name)
+	client, err := newClient(name, t)
 	if err != nil {
 		return runResult{}, err
 	}

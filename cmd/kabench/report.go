@@ -19,6 +19,7 @@ type report struct {
 	URL         string         `json:"url"`
 	Embedded    bool           `json:"embedded_server"`
 	Proxy       string         `json:"proxy,omitempty"`
+	Upstream    string         `json:"upstream,omitempty"` // -upstream: the app behind the proxy
 	Method      string         `json:"method"`
 	BodyBytes   int            `json:"body_bytes"`
 	Requests    int            `json:"requests_per_run"`
@@ -29,6 +30,7 @@ type report struct {
 	Platform    string         `json:"platform"`
 	CPUs        int            `json:"cpus"`
 	Baseline    string         `json:"baseline,omitempty"`
+	Targets     []targetInfo   `json:"targets,omitempty"` // several -url, or nginx in front of -upstream
 	Results     []clientResult `json:"results"`
 	Errors      int64          `json:"errors"` // failed requests over all runs
 	Interrupted bool           `json:"interrupted,omitempty"`
@@ -37,8 +39,9 @@ type report struct {
 func newReport(cfg *config, url string) *report {
 	return &report{
 		URL:         url,
-		Embedded:    cfg.url == "",
+		Embedded:    cfg.embedded(),
 		Proxy:       cfg.proxy,
+		Upstream:    cfg.upstream,
 		Method:      cfg.method,
 		BodyBytes:   cfg.bodySize,
 		Requests:    cfg.requests,
@@ -91,12 +94,19 @@ func (r *report) writeHeader(w io.Writer) {
 			where += " behind " + r.Proxy
 		}
 		where += ")"
+	} else if r.Upstream != "" {
+		where += " (" + r.Upstream + " behind " + r.Proxy + ")"
+	} else if len(r.Targets) > 1 {
+		where = plural(len(r.Targets), "target") + ":"
 	}
 	body := ""
 	if r.BodyBytes > 0 {
 		body = fmt.Sprintf(", %d-byte body", r.BodyBytes)
 	}
 	fmt.Fprintf(w, "kabench: %s %s%s\n", r.Method, where, body)
+	if len(r.Targets) > 1 {
+		writeTargets(w, r.Targets) // targets.go
+	}
 	fmt.Fprintf(w, "%s per run, concurrency %d, %s per client in rounds, a new client per run; %s %s, %s\n\n",
 		plural(r.Requests, "request"), r.Concurrency, plural(r.Runs, "run"), r.Go, r.Platform, plural(r.CPUs, "CPU"))
 }
