@@ -28,6 +28,8 @@ type benchClient struct {
 	dials   func() int64 // connections opened so far
 	retries func() int64 // retries so far
 	close   func()       // closes idle connections
+
+	tlsHandshakes *atomic.Int64 // counted by the TLS configuration (tls.go)
 }
 
 // newClient builds the client name. It sets no Client.Timeout: for a
@@ -36,7 +38,8 @@ type benchClient struct {
 // adds another goroutine for the Request.Cancel that sets), which cost the
 // keepalive client 15-35% of its requests/s here. measureRun bounds each
 // request with its context instead, at the same cost for every client.
-func newClient(name string) (*benchClient, error) {
+func newClient(name string, cfg *config) (*benchClient, error) {
+	handshakes := new(atomic.Int64)
 	switch name {
 	case clientNoKeepAlive, clientDefault:
 		tr := http.DefaultTransport.(*http.Transport).Clone()
@@ -50,14 +53,17 @@ func newClient(name string) (*benchClient, error) {
 			}
 			return c, err
 		}
+		setTransportTLS(tr, cfg, handshakes) // tls.go
 		return &benchClient{
 			Client:  &http.Client{Transport: tr},
 			dials:   dials.Load,
 			retries: func() int64 { return 0 },
 			close:   tr.CloseIdleConnections,
+
+			tlsHandshakes: handshakes,
 		}, nil
 	case clientKeepAlive:
-		c, err := keepalive.NewClient()
+		c, err := keepalive.NewClient(keepalive.WithTLSConfig(clientTLSConfig(cfg, handshakes)))
 		if err != nil {
 			return nil, fmt.Errorf("keepalive.NewClient: %w", err)
 		}
@@ -67,6 +73,8 @@ func newClient(name string) (*benchClient, error) {
 			dials:   func() int64 { return tr.Stats().Dials },
 			retries: func() int64 { return tr.Stats().Retries },
 			close:   tr.CloseIdleConnections,
+
+			tlsHandshakes: handshakes,
 		}, nil
 	}
 	return nil, fmt.Errorf("unknown client %q", name)

@@ -6,6 +6,7 @@
 package main
 
 import (
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -54,6 +55,14 @@ type config struct {
 	timeout     time.Duration
 	maxErrors   int
 	proxy       string
+
+	// HTTPS (tls.go)
+	tls      bool           // serve the embedded server, and nginx, over TLS
+	cacert   string         // PEM roots to trust for an https -url
+	insecure bool           // skip certificate verification
+	http1    bool           // force HTTP/1.1
+	roots    *x509.CertPool // from -cacert, or -tls's certificate; nil: the system's
+	cert     *generatedCert // -tls's certificate, once generated
 }
 
 // errUsage marks a command line error: exit status 2, as the flag package
@@ -86,6 +95,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.timeout, "timeout", defaultTimeout, "per request timeout (whole exchange, retries included); also bounds the probe and nginx start and stop")
 	fs.IntVar(&c.maxErrors, "max-errors", defaultMaxErrors, "stop a run after this many failed requests; 0 means never")
 	fs.StringVar(&c.proxy, "proxy", "", "put a proxy in front of the embedded server: only \"nginx\"")
+	fs.BoolVar(&c.tls, "tls", false, "serve the embedded server (and nginx) over TLS, with a certificate generated at start")
+	fs.StringVar(&c.cacert, "cacert", "", "trust the PEM certificates in `FILE` for an https -url")
+	fs.BoolVar(&c.insecure, "insecure", false, "do not verify the certificate of an https -url (insecure)")
+	fs.BoolVar(&c.http1, "http1", false, "force HTTP/1.1 (no HTTP/2) for every client")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: kabench [flags]\n\n"+
 			"kabench measures HTTP clients with and without keep-alive: %s.\n"+
@@ -155,9 +168,11 @@ func (c *config) validate() error {
 	// More workers than requests would only sit idle.
 	c.concurrency = min(c.concurrency, c.requests)
 	if c.url != "" {
-		return checkURL(c.url)
+		if err := checkURL(c.url); err != nil {
+			return err
+		}
 	}
-	return nil
+	return c.validateTLS()
 }
 
 func checkURL(s string) error {

@@ -15,6 +15,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -72,6 +73,7 @@ func measure(ctx context.Context, cfg *config, stdout, stderr io.Writer) (err er
 			err = cerr
 		}
 	}()
+	warnTLS(cfg, stderr)
 	body := make([]byte, cfg.bodySize)
 	for _, t := range targets {
 		if err := probe(ctx, cfg, t.url, body); err != nil {
@@ -137,7 +139,15 @@ func setUp(ctx context.Context, cfg *config) ([]target, func() error, error) {
 	if cfg.url != "" {
 		return []target{{setup: "direct", url: cfg.url}}, func() error { return nil }, nil
 	}
-	srv, err := startServer()
+	var tc *tls.Config
+	if cfg.tls { // tls.go
+		cert, err := generateCert()
+		if err != nil {
+			return nil, nil, fmt.Errorf("generating the -tls certificate: %w", err)
+		}
+		cfg.roots, cfg.cert, tc = cert.roots, cert, cert.serverTLSConfig(cfg.http1)
+	}
+	srv, err := startServer(tc)
 	if err != nil {
 		return nil, nil, fmt.Errorf("starting the embedded server: %w", err)
 	}
