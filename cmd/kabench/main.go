@@ -145,7 +145,10 @@ func setUp(ctx context.Context, cfg *config) ([]target, func() error, error) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("generating the -tls certificate: %w", err)
 		}
-		cfg.roots, cfg.cert, tc = cert.roots, cert, cert.serverTLSConfig(cfg.http1)
+		cfg.roots, cfg.cert = cert.roots, cert
+		if cfg.proxy == "" { // behind nginx, nginx terminates TLS
+			tc = cert.serverTLSConfig(cfg.http1)
+		}
 	}
 	srv, err := startServer(tc)
 	if err != nil {
@@ -157,7 +160,11 @@ func setUp(ctx context.Context, cfg *config) ([]target, func() error, error) {
 		return []target{t}, func() error { stopServer(); return nil }, nil
 	}
 	u, _ := url.Parse(srv.url)
-	ng, err := startNginx(ctx, u.Host, cfg.timeout)
+	var ntls *nginxTLS
+	if cfg.tls {
+		ntls = &nginxTLS{cert: cfg.cert, http1: cfg.http1}
+	}
+	ng, err := startNginx(ctx, u.Host, cfg.timeout, ntls)
 	if err != nil {
 		stopServer()
 		return nil, nil, err

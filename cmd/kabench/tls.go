@@ -19,6 +19,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -235,4 +237,59 @@ func writeHTTP2Note(w io.Writer, results []clientResult) {
 			return
 		}
 	}
+}
+
+// nginxTLS is what nginx needs for -proxy nginx -tls: it terminates TLS
+// with the generated certificate, and proxies to the embedded server over
+// plain HTTP, as such a proxy usually does.
+type nginxTLS struct {
+	cert  *generatedCert
+	http1 bool
+}
+
+// configure writes the certificate and key into dir and sets the template
+// variables TLS (directives in http {}) and Listen (parameters of listen),
+// and returns the scheme of nginx's URLs. A nil n is plain HTTP.
+func (n *nginxTLS) configure(bin, dir string, vars map[string]any) (string, error) {
+	vars["TLS"], vars["Listen"] = "", ""
+	if n == nil {
+		return "http", nil
+	}
+	certPath, keyPath := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certPath, n.cert.certPEM, 0o600); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(keyPath, n.cert.keyPEM, 0o600); err != nil {
+		return "", err
+	}
+	directives := fmt.Sprintf("    ssl_certificate %s;\n    ssl_certificate_key %s;\n", certPath, keyPath)
+	listen := " ssl"
+	if !n.http1 {
+		switch nginxHTTP2(bin) {
+		case "directive":
+			directives += "    http2 on;\n"
+		case "listen":
+			listen += " http2"
+		}
+	}
+	vars["TLS"], vars["Listen"] = directives, listen
+	return "https", nil
+}
+
+// nginxHTTP2 says how the nginx at bin turns HTTP/2 on: "directive"
+// (http2 on;, nginx 1.25.1 and later), "listen" (listen ... http2, before),
+// or "" if it was built without HTTP/2.
+func nginxHTTP2(bin string) string {
+	out, err := exec.Command(bin, "-V").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--with-http_v2_module") {
+		return ""
+	}
+	var major, minor, patch int
+	if i := strings.Index(string(out), "nginx/"); i >= 0 {
+		fmt.Sscanf(string(out[i:]), "nginx/%d.%d.%d", &major, &minor, &patch)
+	}
+	if major > 1 || major == 1 && (minor > 25 || minor == 25 && patch >= 1) {
+		return "directive"
+	}
+	return "listen"
 }

@@ -4,7 +4,9 @@ import (
 	"encoding/pem"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -154,5 +156,40 @@ func TestInvalidTLSFlagsExitWithAMessageNamingTheFlag(t *testing.T) {
 			assert.Contains(t, r.stderr, tt.want)
 			assert.Empty(t, r.stdout)
 		})
+	}
+}
+
+func TestProxyNginxTLS(t *testing.T) {
+	bin, err := exec.LookPath("nginx")
+	if err != nil && os.Getenv("CI") == "" {
+		t.Skip("nginx is not on PATH; install nginx (or nginx-light) to test -proxy nginx -tls")
+	}
+	const n, c = 100, 4
+	want := "HTTP/1.1"
+	if nginxHTTP2(bin) != "" {
+		want = "HTTP/2"
+	}
+	for _, http1 := range []bool{false, true} {
+		args := []string{"-proxy", "nginx", "-tls", "-n", "100", "-c", "4", "-runs", "1", "-json"}
+		if http1 {
+			args, want = append(args, "-http1"), "HTTP/1.1"
+		}
+		r := runKabench(t, nil, nil, args...)
+		require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+		rep := decode(t, r.stdout)
+		require.Len(t, rep.Results, 6)
+		for _, res := range rep.Results {
+			run := res.Runs[0]
+			assert.EqualValues(t, n, run.Requests, res.Client)
+			assert.Equal(t, want, run.Protocol, "%s, %s, -http1 %v", res.Setup, res.Client, http1)
+			require.NotNil(t, run.TLSHandshake, res.Client)
+			assert.Equal(t, run.NewConns, *run.TLSHandshake, res.Client)
+		}
+		assert.GreaterOrEqual(t, *find(t, rep, "nginx, upstream keep-alive on", clientNoKeepAlive).Runs[0].TLSHandshake, int64(n))
+		assert.LessOrEqual(t, *find(t, rep, "nginx, upstream keep-alive on", clientKeepAlive).Runs[0].TLSHandshake, int64(2*c))
+		u, err := url.Parse(rep.URL)
+		require.NoError(t, err)
+		assert.Equal(t, "https", u.Scheme)
+		assertNginxStopped(t, "http://"+u.Host+"/")
 	}
 }
