@@ -15,6 +15,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"log"
 	"math/big"
 	"net"
 	"net/http"
@@ -133,11 +134,15 @@ func (g *generatedCert) serverTLSConfig(http1 bool) *tls.Config {
 }
 
 // setServerTLS sets tc, if not nil, on srv, with HTTP/2 off unless tc
-// offers h2.
+// offers h2. The server's log is dropped: it logs a handshake error for
+// every connection a client drops before its handshake ends (net/http
+// does so with dials it no longer needs), and the clients report the
+// errors that matter.
 func setServerTLS(srv *http.Server, tc *tls.Config) {
 	if tc == nil {
 		return
 	}
+	srv.ErrorLog = log.New(io.Discard, "", 0)
 	srv.TLSConfig = tc
 	if !slices.Contains(tc.NextProtos, "h2") {
 		srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
@@ -150,7 +155,7 @@ func setServerTLS(srv *http.Server, tc *tls.Config) {
 // cheap count, the same for the three clients, through VerifyConnection,
 // which crypto/tls calls on every client handshake.
 func clientTLSConfig(cfg *config, handshakes *atomic.Int64) *tls.Config {
-	c := &tls.Config{RootCAs: cfg.roots, InsecureSkipVerify: cfg.insecure} //nolint:gosec // -insecure asks for it, with a warning
+	c := &tls.Config{RootCAs: cfg.roots, InsecureSkipVerify: cfg.insecure} // -insecure asks for it; warnTLS warns
 	if cfg.http1 {
 		c.NextProtos = []string{"http/1.1"}
 	}
@@ -233,7 +238,7 @@ func protoCells(url string, run *runResult) []string {
 func writeHTTP2Note(w io.Writer, results []clientResult) {
 	for _, res := range results {
 		if res.Average.Protocol == "HTTP/2" {
-			fmt.Fprintln(w, "Note: over HTTP/2 the default client and keepalive both multiplex every request over the few connections they opened first (New conns), so they look alike; -http1 compares their HTTP/1.1 connection pools.")
+			fmt.Fprintln(w, "Note: over HTTP/2 the default client and keepalive both multiplex every request over the connections they opened first (New conns), so they look alike; -http1 compares their HTTP/1.1 connection pools.")
 			return
 		}
 	}

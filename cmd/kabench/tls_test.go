@@ -33,7 +33,9 @@ func TestTLSServesTheEmbeddedServerOverHTTPS(t *testing.T) {
 		assert.Equal(t, "HTTP/2", run.Protocol, res.Client)
 		assert.Equal(t, "HTTP/2", res.Average.Protocol, res.Client)
 		require.NotNil(t, run.TLSHandshake, res.Client)
-		assert.Equal(t, run.NewConns, *run.TLSHandshake, "a handshake per connection: %s", res.Client)
+		// A handshake per connection, but for dials dropped before theirs.
+		assert.Positive(t, *run.TLSHandshake, res.Client)
+		assert.LessOrEqual(t, *run.TLSHandshake, run.NewConns, res.Client)
 	}
 	nokeep := find(t, rep, "direct", clientNoKeepAlive).Runs[0]
 	assert.GreaterOrEqual(t, *nokeep.TLSHandshake, int64(n), "a handshake per request")
@@ -183,7 +185,8 @@ func TestProxyNginxTLS(t *testing.T) {
 			assert.EqualValues(t, n, run.Requests, res.Client)
 			assert.Equal(t, want, run.Protocol, "%s, %s, -http1 %v", res.Setup, res.Client, http1)
 			require.NotNil(t, run.TLSHandshake, res.Client)
-			assert.Equal(t, run.NewConns, *run.TLSHandshake, res.Client)
+			assert.Positive(t, *run.TLSHandshake, res.Client)
+			assert.LessOrEqual(t, *run.TLSHandshake, run.NewConns, res.Client)
 		}
 		assert.GreaterOrEqual(t, *find(t, rep, "nginx, upstream keep-alive on", clientNoKeepAlive).Runs[0].TLSHandshake, int64(n))
 		assert.LessOrEqual(t, *find(t, rep, "nginx, upstream keep-alive on", clientKeepAlive).Runs[0].TLSHandshake, int64(2*c))
