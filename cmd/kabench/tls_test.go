@@ -196,3 +196,11 @@ func TestProxyNginxTLS(t *testing.T) {
 		assertNginxStopped(t, "http://"+u.Host+"/")
 	}
 }
+
+func TestHelpListsTheTLSFlags(t *testing.T) {
+	r := runKabench(t, nil, nil, "-h")
+	assert.Equal(t, exitOK, r.code)
+	for _, flag := range []string{"-tls", "-cacert FILE", "-insecure", "-http1"} {
+		assert.Contains(t, r.stderr, flag)
+	}
+}
