@@ -68,3 +68,30 @@ func TestWithDialContextHasTheConnectTimeout(t *testing.T) {
 	assert.ErrorIs(t, err, context.DeadlineExceeded, "the dial's deadline, not the caller's")
 	assert.NoError(t, ctx.Err())
 }
+
+// WithoutHTTP2 keeps a Transport on HTTP/1.1 against a server that offers
+// HTTP/2; by default it takes HTTP/2.
+func TestWithoutHTTP2SpeaksHTTP1(t *testing.T) {
+	srv, tlsOpt := fleetServer(t, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, r.Proto)
+	}))
+	for _, tt := range []struct {
+		name string
+		opts []Option
+		want string
+	}{
+		{"by default HTTP/2", nil, "HTTP/2.0"},
+		{"WithoutHTTP2: HTTP/1.1", []Option{WithoutHTTP2()}, "HTTP/1.1"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _ := newTestClient(t, append(tt.opts, tlsOpt, WithProxy(NoProxy))...)
+			resp, err := c.Get(srv.URL)
+			require.NoError(t, err)
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, string(b))
+			assert.Equal(t, tt.want, resp.Proto)
+		})
+	}
+}

@@ -241,6 +241,14 @@ func WithDialContext(dial func(ctx context.Context, network, addr string) (net.C
 	})
 }
 
+// WithoutHTTP2 makes the Transport speak HTTP/1.1 only, over TLS too: no
+// "h2" in ALPN. Use it against servers whose HTTP/2 misbehaves, or to
+// measure HTTP/1 connection pooling. Default: HTTP/2 is used when a TLS
+// server offers it, as with http.DefaultTransport.
+func WithoutHTTP2() Option {
+	return optionFunc(func(o *options) { o.noHTTP2 = true })
+}
+
 // NoProxy is a proxy function that sends every request directly.
 func NoProxy(*http.Request) (*url.URL, error) { return nil, nil }
 
@@ -530,6 +538,7 @@ type options struct {
 	tlsConfig           *tls.Config
 	proxy               func(*http.Request) (*url.URL, error)
 	dial                func(ctx context.Context, network, addr string) (net.Conn, error) // nil: the tuned net.Dialer
+	noHTTP2             bool
 
 	maxRetries     int
 	retryStatuses  statusSet

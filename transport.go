@@ -86,8 +86,14 @@ func (t *Transport) newBase() *http.Transport {
 			Count:    tcpKeepAliveCount,
 		},
 	}
+	var protocols *http.Protocols
+	if o.noHTTP2 {
+		protocols = new(http.Protocols)
+		protocols.SetHTTP1(true)
+	}
 	return &http.Transport{
-		Proxy: o.proxy,
+		Protocols: protocols, // nil: HTTP/1 and HTTP/2
+		Proxy:     o.proxy,
 		// Counting in the dialer costs two atomic adds per connection, where
 		// an httptrace.ClientTrace would cost allocations on every request.
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {

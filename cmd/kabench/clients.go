@@ -28,6 +28,8 @@ type benchClient struct {
 	dials   func() int64 // connections opened so far
 	retries func() int64 // retries so far
 	close   func()       // closes idle connections
+
+	tlsHandshakes *atomic.Int64 // counted by the TLS configuration (tls.go)
 }
 
 // newClient builds the client name. It sets no Client.Timeout: for a
@@ -39,7 +41,8 @@ type benchClient struct {
 //
 // For a target on a unix socket, every client dials the socket (keepalive
 // through keepalive.WithDialContext).
-func newClient(name string, t target) (*benchClient, error) {
+func newClient(name string, t target, cfg *config) (*benchClient, error) {
+	handshakes := new(atomic.Int64)
 	switch name {
 	case clientNoKeepAlive, clientDefault:
 		tr := http.DefaultTransport.(*http.Transport).Clone()
@@ -56,14 +59,20 @@ func newClient(name string, t target) (*benchClient, error) {
 			}
 			return c, err
 		}
+		setTransportTLS(tr, cfg, handshakes) // tls.go
 		return &benchClient{
 			Client:  &http.Client{Transport: tr},
 			dials:   dials.Load,
 			retries: func() int64 { return 0 },
 			close:   tr.CloseIdleConnections,
+
+			tlsHandshakes: handshakes,
 		}, nil
 	case clientKeepAlive:
-		var opts []keepalive.Option
+		opts := []keepalive.Option{keepalive.WithTLSConfig(clientTLSConfig(cfg, handshakes))}
+		if cfg.http1 {
+			opts = append(opts, keepalive.WithoutHTTP2())
+		}
 		if t.unix != "" {
 			opts = append(opts, keepalive.WithDialContext(unixDialer(t.unix)))
 		}
@@ -77,6 +86,8 @@ func newClient(name string, t target) (*benchClient, error) {
 			dials:   func() int64 { return tr.Stats().Dials },
 			retries: func() int64 { return tr.Stats().Retries },
 			close:   tr.CloseIdleConnections,
+
+			tlsHandshakes: handshakes,
 		}, nil
 	}
 	return nil, fmt.Errorf("unknown client %q", name)

@@ -6,6 +6,7 @@
 package main
 
 import (
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -63,6 +64,14 @@ type config struct {
 	upstream string          // -upstream of -proxy nginx: host:port or unix:PATH
 	ext      []target        // the -url and -unix targets, from validate (targets.go)
 	set      map[string]bool // the flags given
+
+	// HTTPS (tls.go)
+	tls      bool           // serve the embedded server, and nginx, over TLS
+	cacert   string         // PEM roots to trust for an https -url
+	insecure bool           // skip certificate verification
+	http1    bool           // force HTTP/1.1
+	roots    *x509.CertPool // from -cacert, or -tls's certificate; nil: the system's
+	cert     *generatedCert // -tls's certificate, once generated
 }
 
 // errUsage marks a command line error: exit status 2, as the flag package
@@ -100,6 +109,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.path, "path", "/", "path of the requests to the embedded server, nginx and -unix")
 	fs.StringVar(&c.upstream, "upstream", "", "with -proxy nginx: put nginx in front of this app, `ADDR` host:port or unix:PATH, instead of the embedded server")
 	fs.StringVar(&c.plot, "plot", "", "also write the charts to this self-contained HTML `file`")
+	fs.BoolVar(&c.tls, "tls", false, "serve the embedded server (and nginx) over TLS, with a certificate generated at start")
+	fs.StringVar(&c.cacert, "cacert", "", "trust the PEM certificates in `FILE` for an https -url")
+	fs.BoolVar(&c.insecure, "insecure", false, "do not verify the certificate of an https -url (insecure)")
+	fs.BoolVar(&c.http1, "http1", false, "force HTTP/1.1 (no HTTP/2) for every client")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: kabench [flags]\n\n"+
 			"kabench measures HTTP clients with and without keep-alive: %s.\n"+
@@ -176,7 +189,10 @@ func (c *config) validate() error {
 	}
 	// More workers than requests would only sit idle.
 	c.concurrency = min(c.concurrency, c.requests)
-	return c.validateTargets() // targets.go
+	if err := c.validateTargets(); err != nil { // targets.go
+		return err
+	}
+	return c.validateTLS() // tls.go
 }
 
 func checkURL(s string) error {

@@ -15,6 +15,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -72,6 +73,7 @@ func measure(ctx context.Context, cfg *config, stdout, stderr io.Writer) (err er
 			err = cerr
 		}
 	}()
+	warnTLS(cfg, stderr)
 	body := make([]byte, cfg.bodySize)
 	for _, t := range targets {
 		if err := probe(ctx, cfg, t, body); err != nil {
@@ -150,9 +152,20 @@ func setUp(ctx context.Context, cfg *config) ([]target, func() error, error) {
 	}
 	// -upstream: nginx in front of the user's app, whose connections
 	// kabench cannot count.
+	var tc *tls.Config
+	if cfg.tls { // tls.go
+		cert, err := generateCert()
+		if err != nil {
+			return nil, nil, fmt.Errorf("generating the -tls certificate: %w", err)
+		}
+		cfg.roots, cfg.cert = cert.roots, cert
+		if cfg.proxy == "" { // behind nginx, nginx terminates TLS
+			tc = cert.serverTLSConfig(cfg.http1)
+		}
+	}
 	upstream, serverConns, stopServer := cfg.upstream, (func() int64)(nil), func() {}
 	if upstream == "" {
-		srv, err := startServer()
+		srv, err := startServer(tc)
 		if err != nil {
 			return nil, nil, fmt.Errorf("starting the embedded server: %w", err)
 		}
@@ -164,7 +177,11 @@ func setUp(ctx context.Context, cfg *config) ([]target, func() error, error) {
 		u, _ := url.Parse(srv.url)
 		upstream, serverConns = u.Host, srv.conns.Load
 	}
-	ng, err := startNginx(ctx, upstream, cfg.timeout)
+	var ntls *nginxTLS
+	if cfg.tls {
+		ntls = &nginxTLS{cert: cfg.cert, http1: cfg.http1}
+	}
+	ng, err := startNginx(ctx, upstream, cfg.timeout, ntls)
 	if err != nil {
 		stopServer()
 		return nil, nil, err

@@ -37,7 +37,9 @@ type runResult struct {
 	ServerConns  *int64  `json:"server_connections,omitempty"`
 	Retries      int64   `json:"retries"`
 	FirstError   string  `json:"first_error,omitempty"`
-	Aborted      bool    `json:"aborted,omitempty"` // stopped early: too many errors or interrupted
+	Aborted      bool    `json:"aborted,omitempty"`        // stopped early: too many errors or interrupted
+	Protocol     string  `json:"protocol,omitempty"`       // the most common resp.Proto: HTTP/1.1, HTTP/2
+	TLSHandshake *int64  `json:"tls_handshakes,omitempty"` // new TLS connections; nil without TLS
 
 	latencies []time.Duration // of the requests without error
 }
@@ -114,6 +116,7 @@ func probe(ctx context.Context, cfg *config, t target, body []byte) error {
 	url := t.url
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.DisableKeepAlives = true
+	setTransportTLS(tr, cfg, nil) // tls.go
 	if t.unix != "" {
 		tr.DialContext = unixDialer(t.unix)
 		url = "unix:" + t.unix + " (" + t.url + ")"
@@ -152,7 +155,7 @@ func newRequest(ctx context.Context, method, url string, body []byte) (*http.Req
 // a new client, and returns what it saw. done counts finished requests for
 // the progress line.
 func measureRun(ctx context.Context, cfg *config, name string, t target, body []byte, done *atomic.Int64) (runResult, error) {
-	client, err := newClient(name, t)
+	client, err := newClient(name, t, cfg)
 	if err != nil {
 		return runResult{}, err
 	}
@@ -164,6 +167,7 @@ func measureRun(ctx context.Context, cfg *config, name string, t target, body []
 		next, errs atomic.Int64
 		lats       = make([]time.Duration, cfg.requests)
 		ok         = make([]bool, cfg.requests)
+		protos     = make([]uint8, cfg.requests) // ProtoMajor*10 + ProtoMinor
 		firstErr   error
 		errOnce    sync.Once
 		wg         sync.WaitGroup
@@ -183,7 +187,7 @@ func measureRun(ctx context.Context, cfg *config, name string, t target, body []
 				if i >= int64(cfg.requests) {
 					return
 				}
-				d, err := doRequest(ctx, client.Client, cfg, t.url, body)
+				d, proto, err := doRequest(ctx, client.Client, cfg, t.url, body)
 				done.Add(1)
 				if err != nil {
 					if ctx.Err() == nil { // not a request cut off by the end of the run
@@ -191,7 +195,7 @@ func measureRun(ctx context.Context, cfg *config, name string, t target, body []
 					}
 					continue
 				}
-				lats[i], ok[i] = d, true
+				lats[i], ok[i], protos[i] = d, true, proto
 			}
 		})
 	}
@@ -212,10 +216,17 @@ func measureRun(ctx context.Context, cfg *config, name string, t target, body []
 	if firstErr != nil {
 		r.FirstError = firstErr.Error()
 	}
+	var pc protoCounts
 	for i, d := range lats {
 		if ok[i] {
 			r.latencies = append(r.latencies, d)
+			pc.add(int(protos[i]/10), int(protos[i]%10))
 		}
+	}
+	r.Protocol = pc.most()
+	if isHTTPS(t.url) {
+		n := client.tlsHandshakes.Load()
+		r.TLSHandshake = &n
 	}
 	r.Requests = int64(len(r.latencies))
 	r.setRates(cfg.concurrency)
@@ -231,29 +242,30 @@ func serverConns(t target) int64 {
 
 // doRequest sends one request and reads its response to the end, as a
 // client must for its connection to be reused; all of it within
-// cfg.timeout. It returns the latency.
-func doRequest(ctx context.Context, c *http.Client, cfg *config, url string, body []byte) (time.Duration, error) {
+// cfg.timeout. It returns the latency and the protocol, as
+// ProtoMajor*10 + ProtoMinor.
+func doRequest(ctx context.Context, c *http.Client, cfg *config, url string, body []byte) (time.Duration, uint8, error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
 	defer cancel()
 	method := cfg.method
 	req, err := newRequest(ctx, method, url, body)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	_, err = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	if err != nil {
-		return 0, fmt.Errorf("%s %s: reading the response: %w", method, url, err)
+		return 0, 0, fmt.Errorf("%s %s: reading the response: %w", method, url, err)
 	}
 	if failed(resp.StatusCode) {
-		return 0, fmt.Errorf("%s %s: %s", method, url, resp.Status)
+		return 0, 0, fmt.Errorf("%s %s: %s", method, url, resp.Status)
 	}
-	return time.Since(start), nil
+	return time.Since(start), uint8(resp.ProtoMajor*10 + resp.ProtoMinor), nil
 }
 
 // setRates fills the rates and percentiles from Requests, Seconds and the
@@ -286,7 +298,8 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 func average(runs []runResult) runResult {
 	var a runResult
 	var rps, msPer, seconds float64
-	var conns, server, retries, reqs, errs int64
+	var conns, server, retries, reqs, errs, handshakes int64
+	protos := map[string]int{}
 	var all []time.Duration
 	for _, r := range runs {
 		rps += r.RPS
@@ -304,6 +317,13 @@ func average(runs []runResult) runResult {
 			a.FirstError = r.FirstError
 		}
 		a.Aborted = a.Aborted || r.Aborted
+		if r.TLSHandshake != nil {
+			handshakes += *r.TLSHandshake
+			a.TLSHandshake = new(int64)
+		}
+		if r.Protocol != "" {
+			protos[r.Protocol]++
+		}
 		all = append(all, r.latencies...)
 	}
 	n := int64(len(runs))
@@ -315,6 +335,14 @@ func average(runs []runResult) runResult {
 	a.NewConns, a.Retries = roundDiv(conns, n), roundDiv(retries, n)
 	if a.ServerConns != nil {
 		*a.ServerConns = roundDiv(server, n)
+	}
+	if a.TLSHandshake != nil {
+		*a.TLSHandshake = roundDiv(handshakes, n)
+	}
+	for p, c := range protos { // the protocol most runs used; HTTP/2 on a tie
+		if c > protos[a.Protocol] || c == protos[a.Protocol] && p > a.Protocol {
+			a.Protocol = p
+		}
 	}
 	slices.Sort(all)
 	a.P50Ms = ms(percentile(all, 50))

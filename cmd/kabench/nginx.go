@@ -41,6 +41,7 @@ http {
     fastcgi_temp_path {{.Dir}}/fastcgi;
     uwsgi_temp_path {{.Dir}}/uwsgi;
     scgi_temp_path {{.Dir}}/scgi;
+{{.TLS}}
 
     keepalive_requests 5000;
     keepalive_timeout 120;
@@ -54,7 +55,7 @@ http {
     }
 
     server {
-        listen 127.0.0.1:{{.PortOn}};
+        listen 127.0.0.1:{{.PortOn}}{{.Listen}};
         location / {
             proxy_pass http://app_keepalive;
             proxy_http_version 1.1;
@@ -62,7 +63,7 @@ http {
         }
     }
     server {
-        listen 127.0.0.1:{{.PortOff}};
+        listen 127.0.0.1:{{.PortOff}}{{.Listen}};
         location / {
             proxy_pass http://app_plain;
         }
@@ -86,7 +87,8 @@ var errNoNginx = errors.New("-proxy nginx: no nginx on PATH (install it, for exa
 
 // startNginx starts nginx in front of upstream (host:port) and returns once
 // it accepts connections on both ports, or fails within timeout.
-func startNginx(ctx context.Context, upstream string, timeout time.Duration) (*nginxProcess, error) {
+// With tc (tls.go) it serves HTTPS.
+func startNginx(ctx context.Context, upstream string, timeout time.Duration, tc *nginxTLS) (*nginxProcess, error) {
 	bin, err := exec.LookPath("nginx")
 	if err != nil {
 		return nil, errNoNginx
@@ -95,7 +97,7 @@ func startNginx(ctx context.Context, upstream string, timeout time.Duration) (*n
 	// take one in between, so a failed start is tried again.
 	var last error
 	for range 3 {
-		p, err := tryStartNginx(ctx, bin, upstream, timeout)
+		p, err := tryStartNginx(ctx, bin, upstream, timeout, tc)
 		if err == nil {
 			return p, nil
 		}
@@ -107,7 +109,7 @@ func startNginx(ctx context.Context, upstream string, timeout time.Duration) (*n
 	return nil, last
 }
 
-func tryStartNginx(ctx context.Context, bin, upstream string, timeout time.Duration) (*nginxProcess, error) {
+func tryStartNginx(ctx context.Context, bin, upstream string, timeout time.Duration, tc *nginxTLS) (*nginxProcess, error) {
 	dir, err := os.MkdirTemp("", "kabench-nginx-")
 	if err != nil {
 		return nil, err
@@ -123,10 +125,16 @@ func tryStartNginx(ctx context.Context, bin, upstream string, timeout time.Durat
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	var conf bytes.Buffer
-	if err := nginxConf.Execute(&conf, map[string]any{
+	vars := map[string]any{
 		"Dir": dir, "Upstream": upstream, "PortOn": ports[0], "PortOff": ports[1],
-	}); err != nil {
+	}
+	scheme, err := tc.configure(bin, dir, vars) // tls.go
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	var conf bytes.Buffer
+	if err := nginxConf.Execute(&conf, vars); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
@@ -148,8 +156,8 @@ func tryStartNginx(ctx context.Context, bin, upstream string, timeout time.Durat
 	}
 	p := &nginxProcess{
 		cmd: cmd, dir: dir, exited: make(chan struct{}),
-		urlOn:  "http://127.0.0.1:" + strconv.Itoa(ports[0]) + "/",
-		urlOff: "http://127.0.0.1:" + strconv.Itoa(ports[1]) + "/",
+		urlOn:  scheme + "://127.0.0.1:" + strconv.Itoa(ports[0]) + "/",
+		urlOff: scheme + "://127.0.0.1:" + strconv.Itoa(ports[1]) + "/",
 	}
 	go func() {
 		p.waitErr = cmd.Wait()

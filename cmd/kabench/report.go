@@ -174,6 +174,7 @@ func (r *report) writeSummary(w io.Writer) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", setups[i+1], clients[i+1], strings.Join(r.cells(&res.Average), "\t"), diff)
 	}
 	tw.Flush()
+	writeHTTP2Note(w, r.Results) // tls.go
 	r.writeCharts(w)
 }
 
@@ -190,10 +191,11 @@ func leftAlign(labels []string) {
 }
 
 func (r *report) columns() []string {
-	if r.hasServerConns() {
-		return columns
+	c := columns[:len(columns):len(columns)]
+	if !r.hasServerConns() {
+		c = append(columns[:5:5], columns[6:]...)
 	}
-	return append(columns[:5:5], columns[6:]...)
+	return append(c, protoColumns(r.URL)...) // tls.go
 }
 
 func (r *report) cells(run *runResult) []string {
@@ -211,7 +213,8 @@ func (r *report) cells(run *runResult) []string {
 		}
 		c = append(c, s)
 	}
-	return append(c, commas(float64(run.Errors), 0), commas(float64(run.Retries), 0))
+	c = append(c, commas(float64(run.Errors), 0), commas(float64(run.Retries), 0))
+	return append(c, protoCells(r.URL, run)...) // tls.go
 }
 
 // commas formats f with prec decimals and thousands separators.

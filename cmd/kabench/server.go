@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -24,12 +25,18 @@ type embeddedServer struct {
 	done  chan struct{}
 }
 
-func startServer() (*embeddedServer, error) {
+// startServer starts the server, over TLS with tc if it is not nil
+// (tls.go).
+func startServer(tc *tls.Config) (*embeddedServer, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	s := &embeddedServer{url: "http://" + ln.Addr().String() + "/", done: make(chan struct{})}
+	scheme := "http"
+	if tc != nil {
+		scheme = "https"
+	}
+	s := &embeddedServer{url: scheme + "://" + ln.Addr().String() + "/", done: make(chan struct{})}
 	s.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			// The request body is read whole so that the connection can be
@@ -48,10 +55,15 @@ func startServer() (*embeddedServer, error) {
 		// not be the one that closes idle connections during a run.
 		IdleTimeout: 180 * time.Second,
 	}
+	setServerTLS(s.srv, tc)
 	go func() {
 		defer close(s.done)
 		// Serve returns ErrServerClosed on close; a listener that fails
 		// otherwise shows up as request errors in the report.
+		if tc != nil {
+			_ = s.srv.ServeTLS(ln, "", "")
+			return
+		}
 		_ = s.srv.Serve(ln)
 	}()
 	return s, nil
