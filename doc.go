@@ -85,6 +85,7 @@
 // round trip, settle, body), hedge.go (when to start another attempt, and
 // which wins), lifetime.go (retiring old connections), body.go (request
 // body replay and upload watch; the response body wrapper and drain),
+// readwatch.go (the read timeout of response bodies),
 // events.go, stats.go and log.go (what the Transport tells), errors.go,
 // and the mechanics of budget.go, breaker.go and dialgate.go.
 package keepalive
