@@ -96,7 +96,6 @@ func (t *Transport) attemptContext(r *http.Request, n int, cancel context.Cancel
 	// HTTP/2 stream can stall on flow control with its connection idle, so
 	// a body that may go over HTTP/2 (https) is watched instead.
 	watch := hasBody && o.readTimeout > 0 && r.URL.Scheme == "https"
-	var trace *connTrace
 	if cancel == nil && o.attemptTimeout <= 0 && !watch && !t.contextHooks {
 		return r, nil, nil
 	}
@@ -104,16 +103,28 @@ func (t *Transport) attemptContext(r *http.Request, n int, cancel context.Cancel
 	if len(o.attemptWraps) > 0 {
 		ctx = context.WithValue(ctx, attemptKey{}, n)
 	}
+	// One trace for the hooks of the attempt: Observer.TraceConns's, and
+	// the upload watch's, which lasts from the body's first Read until
+	// net/http has written the whole request (its header timeout takes
+	// over from there).
+	var (
+		trace  *connTrace
+		upload *uploadWatch
+		ct     *httptrace.ClientTrace
+	)
 	if o.observer.TraceConns {
 		trace = new(connTrace)
-		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: trace.gotConn})
+		ct = &httptrace.ClientTrace{GotConn: trace.gotConn}
 	}
-	var upload *uploadWatch
 	if watch {
-		// Watched from the body's first Read until net/http has written
-		// the whole request; its header timeout takes over from there.
 		upload = &uploadWatch{d: o.readTimeout}
-		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{WroteRequest: upload.wroteRequest})
+		if ct == nil {
+			ct = new(httptrace.ClientTrace)
+		}
+		ct.WroteRequest = upload.wroteRequest
+	}
+	if ct != nil {
+		ctx = httptrace.WithClientTrace(ctx, ct)
 	}
 	var ctl *attemptCtl
 	if cancel != nil || o.attemptTimeout > 0 || watch {

@@ -117,7 +117,7 @@ func (h *gateHost) dial(ctx context.Context, holdMax time.Duration, connect func
 		h.conns.Add(-1)
 		return nil, err
 	}
-	return &gateConn{Conn: c, h: h}, nil
+	return &conn{Conn: c, gate: h}, nil // its Close leaves the count (transport.go)
 }
 
 // hold waits, up to max, while a connection is likely to come free for the
@@ -140,30 +140,4 @@ func (h *gateHost) hold(ctx context.Context, m *gateMark, max time.Duration) boo
 		}
 	}
 	return false
-}
-
-// gateConn leaves the gate's connection count once, when closed.
-type gateConn struct {
-	net.Conn
-	h      *gateHost
-	closed atomic.Bool
-}
-
-func (c *gateConn) Close() error {
-	if c.closed.CompareAndSwap(false, true) {
-		c.h.conns.Add(-1)
-	}
-	return c.Conn.Close()
-}
-
-// NetConn returns the underlying connection, as tls.Conn's NetConn does.
-func (c *gateConn) NetConn() net.Conn { return c.Conn }
-
-// CloseWrite half-closes the connection, for the bodies of 101 Switching
-// Protocols responses.
-func (c *gateConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return errors.ErrUnsupported
 }

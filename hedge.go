@@ -20,13 +20,13 @@ type hedgeResult struct {
 }
 
 // hedged sends first, attempt number n of req to host h, and hedges of it
-// every hedgeDelay until an outcome not worth a retry arrives or every
+// (each with a fresh body from rp) every hedgeDelay until an outcome not worth a retry arrives or every
 // attempt has ended; it returns that outcome, or the last one when all
 // were worth a retry. A hedge refused by the circuit breaker or the retry
 // budget is not an outcome: it ends the hedging and nothing else. Every
 // other attempt is cancelled, and its response closed, before
 // hedged returns, so no goroutine outlives the call.
-func (t *Transport) hedged(req, first *http.Request, n int, h *hostState) (*http.Response, error) {
+func (t *Transport) hedged(req, first *http.Request, rp *replay, n int, h *hostState) (*http.Response, error) {
 	ctx := req.Context()
 	results := make(chan hedgeResult, 1+t.opts.maxHedges)
 	cancels := make([]context.CancelCauseFunc, 0, 1+t.opts.maxHedges)
@@ -58,7 +58,7 @@ func (t *Transport) hedged(req, first *http.Request, n int, h *hostState) (*http
 				stopHedging = true
 				continue
 			}
-			r, err := nextBody(first)
+			r, err := rp.next() // body.go
 			if err != nil {
 				stopHedging = true
 				continue
@@ -99,12 +99,6 @@ func (t *Transport) hedged(req, first *http.Request, n int, h *hostState) (*http
 		t.discard(&res, cancels)
 	}
 	return win.resp, win.err // the winner's context ends with its body (attempt.go)
-}
-
-// nextBody returns first with a fresh body, for a hedge.
-func nextBody(first *http.Request) (*http.Request, error) {
-	rp := replay{first: first}
-	return rp.next()
 }
 
 // discard ends a hedged attempt that lost: its context first, then its

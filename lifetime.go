@@ -11,13 +11,9 @@ package keepalive
 
 import (
 	"crypto/tls"
-	"errors"
-	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptrace"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -29,61 +25,14 @@ const connLifetimeJitter = 0.1
 
 // Private implementation past this point.
 
-// lifetimeConn is a connection stamped with its expiry.
-type lifetimeConn struct {
-	net.Conn
-	expires time.Time
-	retired atomic.Bool // a request asked for the connection to close
-	refused atomic.Bool // a request was given it after that: its writes fail
-}
-
-// Write refuses the request of a connection that already carried its last
-// one: a server that does not echo "Connection: close" leaves the
-// connection open, and net/http pools it. Nothing is written, so net/http
-// sends the request again on a new connection (its nothingWrittenError
-// path), or, for a body it cannot rewind, the retry loop may (neverSent in
-// policy.go).
-func (c *lifetimeConn) Write(p []byte) (int, error) {
-	if c.refused.Load() {
-		return 0, errConnRetired // net/http closes the connection on a write error
-	}
-	return c.Conn.Write(p)
-}
-
-// withLifetime stamps a new connection when WithConnMaxLifetime is set.
-func (t *Transport) withLifetime(c net.Conn) net.Conn {
-	d := t.opts.connMaxLifetime
-	if d <= 0 {
-		return c
-	}
-	jitter := (rand.Float64()*2 - 1) * connLifetimeJitter
-	return &lifetimeConn{Conn: c, expires: time.Now().Add(d + time.Duration(jitter*float64(d)))}
-}
-
-// CloseWrite half-closes the connection, for the bodies of 101 Switching
-// Protocols responses (http.Response.Body is then an io.ReadWriteCloser).
-func (c *lifetimeConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return errors.ErrUnsupported
-}
+// The dialer (transport.go) stamps each connection with its expiry, in
+// its conn wrapper, which also refuses the writes of a retired one.
 
 // isHTTP2 reports whether c speaks HTTP/2: TLS with "h2" chosen by ALPN
 // (the Transport does not speak HTTP/2 in clear text).
 func isHTTP2(c net.Conn) bool {
 	tc, ok := c.(*tls.Conn)
 	return ok && tc.ConnectionState().NegotiatedProtocol == "h2"
-}
-
-// asLifetimeConn returns the lifetimeConn under c, if there is one: c
-// itself, or the connection under TLS.
-func asLifetimeConn(c net.Conn) *lifetimeConn {
-	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn()
-	}
-	lc, _ := c.(*lifetimeConn)
-	return lc
 }
 
 // roundTripBase sends r on the tuned http.Transport; with a lifetime set,
@@ -111,8 +60,8 @@ func (t *Transport) roundTripBase(r *http.Request) (*http.Response, error) {
 	}
 	var refused atomic.Bool // the last connection r was given refused it
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		c := asLifetimeConn(info.Conn)
-		h1 := c != nil && !isHTTP2(info.Conn)
+		c := asConn(info.Conn)
+		h1 := c != nil && !c.expires.IsZero() && !isHTTP2(info.Conn)
 		refused.Store(false)
 		switch {
 		case h1 && c.retired.Load() && info.Reused:
@@ -134,12 +83,15 @@ func (t *Transport) roundTripBase(r *http.Request) (*http.Response, error) {
 	if r.Body == nil || r.Body == http.NoBody || r.GetBody != nil {
 		return t.base.RoundTrip(rr)
 	}
-	guard := &unreadGuard{rc: r.Body}
+	// A body recorder (body.go) that records nothing: each write gets a
+	// view of the body, and a view after a refusal that read no byte reads
+	// the body from its start; the body is closed once the last view is.
+	rec := &bodyRecorder{src: r.Body}
 	for try := 0; ; try++ {
-		rr.Body = guard.next()
+		rr.Body = rec.view()
 		resp, err := t.base.RoundTrip(rr)
-		if err == nil || !refused.Load() || try == maxRefusals || !guard.unread() {
-			guard.finish()
+		if err == nil || !refused.Load() || try == maxRefusals || !rec.replayable() {
+			rec.finish()
 			return resp, err
 		}
 	}
@@ -148,71 +100,3 @@ func (t *Transport) roundTripBase(r *http.Request) (*http.Response, error) {
 // maxRefusals bounds the resends of an unrewindable body whose
 // connections were retired: each refusal closes one such connection.
 const maxRefusals = 3
-
-// unreadGuard lends an unrewindable request body to one write at a time.
-// A write that was refused before it read a byte hands the body, still
-// whole, to the next; only the last write's Close reaches the body.
-type unreadGuard struct {
-	rc      io.ReadCloser
-	mu      sync.Mutex
-	current *guardedBody
-	final   bool // no write will follow the current one
-	read    bool // a write has read from rc
-	closed  bool // rc was closed
-}
-
-type guardedBody struct {
-	g      *unreadGuard
-	closed bool // net/http is done with this write's body
-}
-
-func (g *unreadGuard) next() io.ReadCloser {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.current = &guardedBody{g: g}
-	return g.current
-}
-
-func (g *unreadGuard) unread() bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return !g.read
-}
-
-// finish makes the current write the last: its Close, or one that came
-// already, closes the body.
-func (g *unreadGuard) finish() {
-	g.mu.Lock()
-	g.final = true
-	closeNow := g.current.closed && !g.closed
-	g.closed = g.closed || closeNow
-	g.mu.Unlock()
-	if closeNow {
-		g.rc.Close()
-	}
-}
-
-func (b *guardedBody) Read(p []byte) (int, error) {
-	g := b.g
-	g.mu.Lock()
-	if g.current != b || b.closed {
-		g.mu.Unlock()
-		return 0, errConnRetired
-	}
-	g.read = true
-	g.mu.Unlock()
-	return g.rc.Read(p)
-}
-
-func (b *guardedBody) Close() error {
-	g := b.g
-	g.mu.Lock()
-	b.closed = true
-	closeNow := g.final && g.current == b && !g.closed
-	g.closed = g.closed || closeNow
-	g.mu.Unlock()
-	if closeNow {
-		return g.rc.Close()
-	}
-	return nil
-}

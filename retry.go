@@ -57,7 +57,7 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 			err  error
 		)
 		if hedge {
-			resp, err = t.hedged(req, r, n, h)
+			resp, err = t.hedged(req, r, &rp, n, h)
 		} else {
 			resp, err = t.attempt(r, n, h, false, nil)
 		}

@@ -7,7 +7,9 @@ package keepalive
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -117,10 +119,7 @@ func (t *Transport) newBase() *http.Transport {
 			if err != nil {
 				return nil, &dialError{err: err}
 			}
-			if d := o.readTimeout; d > 0 {
-				c = &writeDeadlineConn{Conn: c, d: d}
-			}
-			return t.withLifetime(c), nil // lifetime.go
+			return t.wrapConn(c), nil
 		},
 		// A custom DialContext or TLS config turns HTTP/2 off unless forced.
 		ForceAttemptHTTP2:     true,
@@ -139,26 +138,66 @@ func (t *Transport) newBase() *http.Transport {
 	}
 }
 
-// writeDeadlineConn bounds every write on a connection by the read
-// timeout: a write that makes no progress for it (the server stopped
-// reading an HTTP/1 upload, or any HTTP/2 frame) fails with a
-// *WriteTimeoutError, and net/http closes the connection. net/http's
-// header timeout starts only once the request is written, so nothing else
-// bounds a write. An idle connection only reads, so the deadline never
-// fails one. An HTTP/2 stream that the server gives no flow-control
-// window never reaches the connection: the upload watch of attempt.go
-// covers that.
-//
-// The deadline is moved only when less than d of it is left, to d+d/8
-// from now: a write gets between d and d+d/8, and a busy connection pays
-// a clock reading per write and a poller update per d/8, not per write.
-type writeDeadlineConn struct {
+// conn is a connection the Transport dialed, with all it attaches to one,
+// in one wrapper: the dial gate's count (gate; dialgate.go), the write
+// deadline (d), and the lifetime (expires; lifetime.go). A connection that
+// needs none of them is not wrapped.
+type conn struct {
 	net.Conn
-	d     time.Duration
-	until atomic.Int64 // the deadline set, as a monotonic() reading; 0: none
+	gate   *gateHost // nil: ungated
+	closed atomic.Bool
+
+	// The write deadline bounds every write by the read timeout: a write
+	// that makes no progress for it (the server stopped reading an HTTP/1
+	// upload, or any HTTP/2 frame) fails with a *WriteTimeoutError, and
+	// net/http closes the connection. net/http's header timeout starts
+	// only once the request is written, so nothing else bounds a write. An
+	// idle connection only reads, so the deadline never fails one. An
+	// HTTP/2 stream that the server gives no flow-control window never
+	// reaches the connection: the upload watch of attempt.go covers that.
+	//
+	// The deadline is moved only when less than d of it is left, to d+d/8
+	// from now: a write gets between d and d+d/8, and a busy connection
+	// pays a clock reading per write and a poller update per d/8, not per
+	// write.
+	d     time.Duration // 0: no write deadline
+	until atomic.Int64  // the deadline set, as a monotonic() reading; 0: none
+
+	expires time.Time   // zero: no lifetime
+	retired atomic.Bool // a request asked for the connection to close
+	refused atomic.Bool // a request was given it after that: its writes fail
 }
 
-func (c *writeDeadlineConn) Write(p []byte) (int, error) {
+// wrapConn gives a new connection the write deadline and the lifetime, in
+// the gate's wrapper if the dial gate made one.
+func (t *Transport) wrapConn(nc net.Conn) net.Conn {
+	d, life := t.opts.readTimeout, t.opts.connMaxLifetime
+	c, ok := nc.(*conn)
+	if !ok {
+		if d <= 0 && life <= 0 {
+			return nc
+		}
+		c = &conn{Conn: nc}
+	}
+	c.d = d
+	if life > 0 {
+		jitter := (rand.Float64()*2 - 1) * connLifetimeJitter
+		c.expires = time.Now().Add(life + time.Duration(jitter*float64(life)))
+	}
+	return c
+}
+
+// Write refuses the request of a connection that already carried its last
+// one (lifetime.go): nothing is written, so net/http sends the request
+// again on a new connection (its nothingWrittenError path), or
+// roundTripBase or the retry loop does (neverSent in policy.go).
+func (c *conn) Write(p []byte) (int, error) {
+	if c.refused.Load() {
+		return 0, errConnRetired // net/http closes the connection on a write error
+	}
+	if c.d <= 0 {
+		return c.Conn.Write(p)
+	}
 	now := monotonic()
 	if c.until.Load()-now < int64(c.d) {
 		until := now + int64(c.d+c.d/8)
@@ -174,16 +213,34 @@ func (c *writeDeadlineConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// Close leaves the dial gate's count once.
+func (c *conn) Close() error {
+	if c.gate != nil && c.closed.CompareAndSwap(false, true) {
+		c.gate.conns.Add(-1)
+	}
+	return c.Conn.Close()
+}
+
 // NetConn returns the underlying connection, as tls.Conn's NetConn does.
-func (c *writeDeadlineConn) NetConn() net.Conn { return c.Conn }
+func (c *conn) NetConn() net.Conn { return c.Conn }
 
 // CloseWrite half-closes the connection, for the bodies of 101 Switching
-// Protocols responses.
-func (c *writeDeadlineConn) CloseWrite() error {
+// Protocols responses (http.Response.Body is then an io.ReadWriteCloser).
+func (c *conn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
 	return errors.ErrUnsupported
+}
+
+// asConn returns the conn under c, if there is one: c itself, or the
+// connection under TLS.
+func asConn(c net.Conn) *conn {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	wc, _ := c.(*conn)
+	return wc
 }
 
 // roundTripperFunc makes a method value a RoundTripper.
