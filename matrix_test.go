@@ -138,6 +138,10 @@ var mxOptions = []mxOption{
 	{"nobudget", func(*mxCell) []Option { return []Option{WithoutRetryBudget()} }},
 	{"observer", func(c *mxCell) []Option { return []Option{WithObserver(c.observer())} }},
 	{"attemptrt", func(c *mxCell) []Option { return []Option{WithAttemptTransport(c.wrapAttempts)} }},
+	{"dialer", func(*mxCell) []Option { return []Option{WithDialContext((&net.Dialer{}).DialContext)} }},
+	// Over HTTP/1 a no-op; in the HTTP/2 cells, HTTP/1.1 over TLS, whose
+	// faults the server then commits as HTTP/1 ones.
+	{"http1only", func(*mxCell) []Option { return []Option{WithoutHTTP2()} }},
 }
 
 // mxFault is a fault class: what the server does to the requests whose
@@ -1242,7 +1246,7 @@ func (s *mxServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.ok(w, r, id, true)
 		return
 	}
-	if s.h2 {
+	if r.ProtoMajor == 2 {
 		s.fault.http2(s, w, r, id)
 	} else {
 		s.fault.http1(s, w, r, id)
@@ -1313,7 +1317,7 @@ func (s *mxServer) ok(w http.ResponseWriter, r *http.Request, id string, quirk b
 		return
 	}
 	body := mxResponseBody(id)
-	if quirk && !s.h2 && r.Close {
+	if quirk && r.ProtoMajor == 1 && r.Close {
 		conn, brw, err := http.NewResponseController(w).Hijack()
 		if err != nil {
 			return
@@ -1390,7 +1394,7 @@ func mxGoaway(s *mxServer, w http.ResponseWriter, r *http.Request, id string) {
 }
 
 func mxSilentClose(s *mxServer, w http.ResponseWriter, r *http.Request, _ string) {
-	if !s.h2 {
+	if r.ProtoMajor == 1 {
 		if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
 			conn.Close()
 		}
