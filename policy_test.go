@@ -21,6 +21,12 @@ import (
 // 100 ms, so a row's wait is known.
 const policyBackoff = 100 * time.Millisecond
 
+// policyNow is the fixed instant of a policy table: an hour from now, so
+// that the contexts whose deadlines the rows set from it have not ended
+// by the real clock (a context ends by the real clock, decide reads the
+// deadline against now).
+func policyNow() time.Time { return time.Now().Truncate(time.Second).Add(time.Hour) }
+
 // decideAt asks p about o at now, with a backoff of policyBackoff; o's
 // context is its request's unless set.
 func decideAt(p *policy, o attemptOutcome, now time.Time) decision {
@@ -61,7 +67,7 @@ func status(code int, hdr ...string) *http.Response {
 // TestPolicyDecides is the policy's whole table: each row an outcome at a
 // fixed instant, and the verdict, reason and wait it must get.
 func TestPolicyDecides(t *testing.T) {
-	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	now := policyNow()
 	bg := context.Background()
 	dl := func(d time.Duration) context.Context {
 		ctx, cancel := context.WithDeadline(bg, now.Add(d))
@@ -132,7 +138,7 @@ func TestPolicyDecides(t *testing.T) {
 // A CheckRetry policy's error is kept whatever the verdict, so that giving
 // up returns it (go-retryablehttp does).
 func TestPolicyKeepsTheCheckRetryError(t *testing.T) {
-	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	now := policyNow()
 	o := defaultOptions()
 	o.checkRetry = retryablehttp.ErrorPropagatedRetryPolicy
 	p := newPolicy(o)
@@ -151,7 +157,7 @@ func TestPolicyKeepsTheCheckRetryError(t *testing.T) {
 // Every duration the policy computes saturates: huge backoffs and
 // Retry-After values never wrap to a negative wait.
 func TestPolicySaturates(t *testing.T) {
-	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	now := policyNow()
 	o := defaultOptions()
 	o.backoffInitial, o.backoffMax = math.MaxInt64, math.MaxInt64
 	o.maxRetryAfter = math.MaxInt64
