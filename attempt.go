@@ -74,6 +74,7 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 		gate.leave()
 		ctl.release()
 	} else {
+		t.observeKeepAlive(h, resp) // idle.go: a Keep-Alive: timeout=N
 		resp = t.wrapBody(resp, gate, ctl)
 	}
 

@@ -18,15 +18,29 @@
 // Only requests that start while a dial to their host is in progress are
 // watched (with an httptrace.GotConn hook); in steady state no dial is in
 // progress and a request pays three atomic operations.
+//
+// HTTP/2 needs the opposite: one connection serves every request, yet
+// net/http dials for every request waiting while the first connection of a
+// host negotiates its protocol (and again after each GOAWAY), then closes
+// all but one: 32 concurrent requests to a new HTTPS host made 32 TLS
+// handshakes. So while the protocol of an https host is unknown or known
+// to be HTTP/2, its dials go one at a time (serial): the others wait for
+// the one in progress to finish its TLS handshake, and are dropped if it
+// gave their request an HTTP/2 connection. Requests to such hosts are
+// always watched, which costs HTTP/2 requests a few allocations (they make
+// dozens anyway); HTTP/1 hosts, http:// hosts and WithoutHTTP2 keep the
+// steady state above.
 
 package keepalive
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -37,6 +51,19 @@ import (
 const (
 	dialHoldMax  = 10 * time.Millisecond
 	dialHoldStep = time.Millisecond
+)
+
+// serialGrace is how long a serial dial waits, once the dial before it
+// made an HTTP/2 connection, for its request to be given that connection
+// (net/http hands a new HTTP/2 connection to every waiting request at
+// once) before it dials itself.
+const serialGrace = 100 * time.Millisecond
+
+// The protocol of a host, as its connections negotiated it.
+const (
+	protoUnknown int32 = iota
+	protoHTTP1
+	protoHTTP2
 )
 
 // errDialNotNeeded ends a dial whose request took another connection. It
@@ -51,36 +78,90 @@ type gateHost struct {
 	busy    atomic.Int64 // attempts from their start until their response body is done
 	conns   atomic.Int64 // connections open, and dials in progress
 	dialing atomic.Int64 // dials in progress
+	proto   atomic.Int32 // protoUnknown, protoHTTP1 or protoHTTP2
+
+	mu     sync.Mutex
+	serial chan struct{} // closed when the serial dial in progress ends; nil: none
 }
 
 // gateKey is the context key of a watched request's gateMark.
 type gateKey struct{}
 
-// gateMark tells a held dial that its request got a connection.
+// gateMark tells a held dial that its request got a connection. A mark of
+// a request to an https host whose protocol is not known to be HTTP/1
+// (serial) also hears its dials' TLS handshakes and which connections
+// carry it.
 type gateMark struct {
-	got  atomic.Bool
-	done chan struct{}
+	got     atomic.Bool
+	done    chan struct{}
+	ended   <-chan struct{} // the request's context's Done: a dial for it is not needed once it ends
+	serial  bool
+	gate    *gateHost
+	dialed  atomic.Pointer[conn] // the connection of the dial in progress for the request (serial)
 }
 
-func (m *gateMark) gotConn(httptrace.GotConnInfo) {
+func (m *gateMark) gotConn(info httptrace.GotConnInfo) {
 	if m.got.CompareAndSwap(false, true) {
 		close(m.done)
 	}
+	if !m.serial {
+		return
+	}
+	if tc, ok := info.Conn.(*tls.Conn); ok {
+		if tc.ConnectionState().NegotiatedProtocol == "h2" {
+			m.gate.proto.Store(protoHTTP2)
+		} else {
+			m.gate.proto.Store(protoHTTP1)
+		}
+	}
+	if c := asConn(info.Conn); c != nil {
+		c.carry()
+	}
+}
+
+// tlsDone ends the serial dial of the request (its TLS handshake done) and
+// learns the host's protocol from it.
+func (m *gateMark) tlsDone(cs tls.ConnectionState, err error) {
+	c := m.dialed.Swap(nil)
+	if c == nil {
+		return
+	}
+	if err == nil {
+		if cs.NegotiatedProtocol == "h2" {
+			c.h2.Store(true)
+			m.gate.proto.Store(protoHTTP2)
+		} else {
+			c.h1.Store(true)
+			m.gate.proto.Store(protoHTTP1)
+			c.carry() // an HTTP/1 connection is dialed for its request
+		}
+	}
+	c.endSerial()
 }
 
 // enter counts r as busy on its host (h, nil if ungated) and returns r to
-// send: watched for its connection when a dial to its host is in progress.
+// send: watched for its connection when a dial to its host is in progress,
+// or when its host is an https host not known to speak HTTP/1.
 func (h *gateHost) enter(r *http.Request) *http.Request {
 	if h == nil {
 		return r
 	}
 	h.busy.Add(1)
-	if h.dialing.Load() == 0 {
+	p := h.proto.Load()
+	if p == protoUnknown && r.URL.Scheme != "https" {
+		h.proto.CompareAndSwap(protoUnknown, protoHTTP1) // no HTTP/2 in clear text
+		p = protoHTTP1
+	}
+	if h.dialing.Load() == 0 && p == protoHTTP1 {
 		return r
 	}
-	m := &gateMark{done: make(chan struct{})}
+	m := &gateMark{done: make(chan struct{}), ended: r.Context().Done(), serial: p != protoHTTP1, gate: h}
 	ctx := context.WithValue(r.Context(), gateKey{}, m)
-	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: m.gotConn})
+	trace := &httptrace.ClientTrace{GotConn: m.gotConn}
+	if m.serial {
+		trace.TLSHandshakeDone = m.tlsDone
+	}
+	ctx = httptrace.WithClientTrace(ctx, trace)
 	return r.WithContext(ctx)
 }
 
@@ -100,6 +181,16 @@ func (h *gateHost) dial(ctx context.Context, holdMax time.Duration, connect func
 		return connect()
 	}
 	m, _ := ctx.Value(gateKey{}).(*gateMark)
+	serial := m != nil && m.serial && h.proto.Load() != protoHTTP1
+	if serial {
+		if err := h.awaitSerial(ctx, m); err != nil {
+			return nil, err
+		}
+		serial = h.proto.Load() != protoHTTP1 // the dial before may have found HTTP/1
+		if !serial {
+			h.endSerial()
+		}
+	}
 	// A request that had a connection before its dial started dials again
 	// only when net/http retries it on a new one: that dial is needed.
 	// Read before the dial counts, so that a connection that comes free
@@ -108,16 +199,82 @@ func (h *gateHost) dial(ctx context.Context, holdMax time.Duration, connect func
 	h.conns.Add(1)
 	h.dialing.Add(1)
 	defer h.dialing.Add(-1)
-	if !needed && h.hold(ctx, m, holdMax) {
+	if !serial && !needed && h.hold(ctx, m, holdMax) {
 		h.conns.Add(-1)
 		return nil, errDialNotNeeded
 	}
 	c, err := connect()
 	if err != nil {
 		h.conns.Add(-1)
+		if serial {
+			h.endSerial()
+		}
 		return nil, err
 	}
-	return &conn{Conn: c, gate: h}, nil // its Close leaves the count (transport.go)
+	wc := &conn{Conn: c, gate: h} // its Close leaves the count (transport.go)
+	if serial {
+		wc.serial.Store(true) // its TLS handshake, or its Close, ends the serial dial
+		wc.uncounted.Store(true) // counted once it carries a request (carry)
+		m.dialed.Store(wc)
+	}
+	return wc, nil
+}
+
+// awaitSerial waits for the host's serial dial in progress, if any, to
+// end, and makes the dial of m's request the one in progress. It returns
+// errDialNotNeeded if the request got a connection meanwhile (or ended),
+// and nil with the serial dial taken, or with the host found to speak
+// HTTP/1 (then the caller ends the serial dial it took).
+func (h *gateHost) awaitSerial(ctx context.Context, m *gateMark) error {
+	for {
+		h.mu.Lock()
+		wait := h.serial
+		if wait == nil {
+			h.serial = make(chan struct{})
+			h.mu.Unlock()
+			return nil
+		}
+		h.mu.Unlock()
+		select {
+		case <-m.done:
+			return errDialNotNeeded
+		case <-m.ended:
+			return errDialNotNeeded
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-wait:
+		}
+		if h.proto.Load() != protoHTTP2 {
+			continue // the dial failed, or found HTTP/1: take the next turn
+		}
+		// The dial made an HTTP/2 connection: net/http is handing it to
+		// every waiting request, this one included unless the
+		// connection is full.
+		grace := time.NewTimer(serialGrace)
+		select {
+		case <-m.done:
+			grace.Stop()
+			return errDialNotNeeded
+		case <-m.ended:
+			grace.Stop()
+			return errDialNotNeeded
+		case <-ctx.Done():
+			grace.Stop()
+			return ctx.Err()
+		case <-grace.C:
+		}
+	}
+}
+
+// endSerial ends the host's serial dial in progress.
+func (h *gateHost) endSerial() {
+	h.mu.Lock()
+	wait := h.serial
+	h.serial = nil
+	h.mu.Unlock()
+	if wait != nil {
+		close(wait)
+	}
 }
 
 // hold waits, up to max, while a connection is likely to come free for the

@@ -195,10 +195,11 @@ func (e *dialError) Timeout() bool {
 }
 
 // errConnRetired refuses to write a request on a connection that already
-// carried the request meant to be its last (lifetime.go): nothing was
+// carried the request meant to be its last (lifetime.go), or that has been
+// idle for longer than its server keeps connections (idle.go): nothing was
 // written, so net/http, or the retry loop, sends the request on another
 // connection.
-var errConnRetired = errors.New("keepalive: connection retired by WithConnMaxLifetime")
+var errConnRetired = errors.New("keepalive: connection retired before use (lifetime or learned idle timeout)")
 
 // Causes of an attempt's context being cancelled by the Transport itself.
 var (

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptrace"
 	"sync/atomic"
@@ -363,10 +364,15 @@ func (t *Transport) observeBreakerChange(host, from, to string) {
 // err, and tells the observers. A dial cancelled because no request needed
 // it any more (CloseIdleConnections cancels them) neither connected nor
 // failed to: it is neither counted nor told.
-func (t *Transport) observeDial(h *hostState, addr string, err error) {
+//
+// A connection of the dial gate's serial dial (dialgate.go) is counted
+// once it carries a request instead, c being its wrapper.
+func (t *Transport) observeDial(h *hostState, addr string, err error, c net.Conn) {
 	switch {
 	case err == nil:
-		t.count(h, dialsCounter)
+		if wc, ok := c.(*conn); !ok || !wc.uncounted.Load() {
+			t.count(h, dialsCounter)
+		}
 	case errors.Is(err, context.Canceled):
 		return
 	default:

@@ -25,6 +25,7 @@ type hostState struct {
 	budget  hostBudget   // budget.go; unused when the budget is off
 	breaker *hostBreaker // breaker.go; nil when off, and for the overflow state
 	gate    gateHost     // dialgate.go; unused for the overflow state
+	idle    hostIdle     // idle.go: the learned idle timeout; unused for the overflow state
 }
 
 // gateHost returns the host's dial gate, nil for the overflow state.

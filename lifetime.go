@@ -11,10 +11,10 @@ package keepalive
 
 import (
 	"crypto/tls"
+	"errors"
 	"net"
 	"net/http"
 	"net/http/httptrace"
-	"sync/atomic"
 	"time"
 )
 
@@ -44,13 +44,18 @@ func isHTTP2(c net.Conn) bool {
 // before the request is written, in the goroutine that hands it to the
 // writer.
 //
-// net/http sends a refused request again on another connection when it
+// net/http sends a request refused by a retired connection (here, or by
+// idle-timeout learning in idle.go) again on another connection when it
 // can rewind the body (no body, or GetBody). A body it cannot rewind is
 // still unread when the write is refused (net/http flushes the headers of
 // such a body before reading it), so it is sent again from here, at most
 // maxRefusals times.
 func (t *Transport) roundTripBase(r *http.Request) (*http.Response, error) {
+	unrewindable := r.Body != nil && r.Body != http.NoBody && r.GetBody == nil
 	if t.opts.connMaxLifetime <= 0 || r.Header.Get("Upgrade") != "" {
+		if unrewindable {
+			return t.resendRefused(r)
+		}
 		return t.base.RoundTrip(r)
 	}
 	orig := r.Header["Connection"]
@@ -58,15 +63,12 @@ func (t *Transport) roundTripBase(r *http.Request) (*http.Response, error) {
 	if hdr == nil {
 		hdr = make(http.Header, 1)
 	}
-	var refused atomic.Bool // the last connection r was given refused it
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
 		c := asConn(info.Conn)
 		h1 := c != nil && !c.expires.IsZero() && !isHTTP2(info.Conn)
-		refused.Store(false)
 		switch {
 		case h1 && c.retired.Load() && info.Reused:
 			c.refused.Store(true)
-			refused.Store(true)
 		case h1 && !time.Now().Before(c.expires):
 			hdr.Set("Connection", "close")
 			if !c.retired.Swap(true) {
@@ -80,17 +82,24 @@ func (t *Transport) roundTripBase(r *http.Request) (*http.Response, error) {
 	}}
 	rr := r.WithContext(httptrace.WithClientTrace(r.Context(), trace))
 	rr.Header = hdr
-	if r.Body == nil || r.Body == http.NoBody || r.GetBody != nil {
+	if !unrewindable {
 		return t.base.RoundTrip(rr)
 	}
-	// A body recorder (body.go) that records nothing: each write gets a
-	// view of the body, and a view after a refusal that read no byte reads
-	// the body from its start; the body is closed once the last view is.
+	return t.resendRefused(rr)
+}
+
+// resendRefused sends r, whose body net/http cannot rewind, and sends it
+// again while a retired connection refused it before a byte of the body
+// was read. A body recorder (body.go) that records nothing: each write
+// gets a view of the body, and a view after a refusal that read no byte
+// reads the body from its start; the body is closed once the last view
+// is.
+func (t *Transport) resendRefused(r *http.Request) (*http.Response, error) {
 	rec := &bodyRecorder{src: r.Body}
 	for try := 0; ; try++ {
-		rr.Body = rec.view()
-		resp, err := t.base.RoundTrip(rr)
-		if err == nil || !refused.Load() || try == maxRefusals || !rec.replayable() {
+		r.Body = rec.view()
+		resp, err := t.base.RoundTrip(r)
+		if err == nil || !errors.Is(err, errConnRetired) || try == maxRefusals || !rec.replayable() {
 			rec.finish()
 			return resp, err
 		}

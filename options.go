@@ -249,6 +249,20 @@ func WithoutHTTP2() Option {
 	return optionFunc(func(o *options) { o.noHTTP2 = true })
 }
 
+// WithoutIdleLearning turns off idle-timeout learning: by default the
+// Transport learns each host's idle timeout, from the connections its
+// server closes while idle and from a "Keep-Alive: timeout=N" response
+// header, and does not hand a request to an HTTP/1 connection of that host
+// idle for longer than the timeout less a margin (250 ms, or half a
+// timeout under 500 ms), so that no request is written on a connection its
+// server is closing: net/http sends it on another connection, and an
+// unkeyed POST, which nothing may resend once written, is not lost. See
+// Stats.IdleCloses and Stats.ConnsRetiredIdle. Without it, only
+// WithIdleConnTimeout bounds the reuse of idle connections.
+func WithoutIdleLearning() Option {
+	return optionFunc(func(o *options) { o.noIdleLearning = true })
+}
+
 // NoProxy is a proxy function that sends every request directly.
 func NoProxy(*http.Request) (*url.URL, error) { return nil, nil }
 
@@ -539,6 +553,7 @@ type options struct {
 	proxy               func(*http.Request) (*url.URL, error)
 	dial                func(ctx context.Context, network, addr string) (net.Conn, error) // nil: the tuned net.Dialer
 	noHTTP2             bool
+	noIdleLearning      bool // idle.go
 
 	maxRetries     int
 	retryStatuses  statusSet

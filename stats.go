@@ -14,7 +14,7 @@ type Stats struct {
 	Attempts   int64 // requests sent to the underlying transport, retries and hedges included
 	Retries    int64 // attempts after the first of their request
 	GaveUp     int64 // requests that ran out of retries, or whose wait for the next attempt was refused
-	Dials      int64 // new connections opened (TCP connect succeeded)
+	Dials      int64 // new connections opened (TCP connect succeeded); of an https host not known to speak HTTP/1, those that carried a request
 	DialErrors int64 // TCP connects that failed; dials cancelled because no request needed them are not counted
 
 	BudgetRefusals  int64 // retries and hedges not sent because the retry budget was spent
@@ -23,6 +23,20 @@ type Stats struct {
 	CircuitOpen     int64 // attempts refused by an open circuit (WithCircuitBreaker)
 	Hedges          int64 // hedged attempts sent (WithHedging), counted in Attempts too
 	ConnsExpired    int64 // connections retired by WithConnMaxLifetime
+
+	// IdleCloses are connections their server closed while they were
+	// idle in the pool; ConnsRetiredIdle are connections not reused
+	// because they had been idle for longer than their host's learned
+	// idle timeout allows (see WithoutIdleLearning): each is an idle
+	// close that no request ran into.
+	IdleCloses       int64
+	ConnsRetiredIdle int64
+
+	// DiscardedDials are connections dialed that carried no request: the
+	// extra connections of an HTTP/2 host that lost the race to the one
+	// it shares (the dial gate keeps them few), or whose TLS handshake
+	// failed. They are not in Dials.
+	DiscardedDials int64
 }
 
 // Stats returns the counters of all hosts so far: the sum of HostStats.
@@ -95,6 +109,7 @@ type counters struct {
 	dials, dialErrors                   atomic.Int64
 
 	budgetRefusals, attemptTimeouts, writeTimeouts, circuitOpen, hedges, connsExpired atomic.Int64
+	idleCloses, connsRetiredIdle, discardedDials                                     atomic.Int64
 }
 
 // counter picks one counter of a counters.
@@ -112,6 +127,7 @@ func writeTimeoutCounter(c *counters) *atomic.Int64   { return &c.writeTimeouts 
 func circuitOpenCounter(c *counters) *atomic.Int64    { return &c.circuitOpen }
 func hedgeCounter(c *counters) *atomic.Int64          { return &c.hedges }
 func connExpiredCounter(c *counters) *atomic.Int64    { return &c.connsExpired }
+func idleClosesCounter(c *counters) *atomic.Int64     { return &c.idleCloses }
 
 // count adds one to the counter pick selects, for host h (Stats sums the
 // hosts).
@@ -133,6 +149,9 @@ func (s Stats) add(o Stats) Stats {
 	s.CircuitOpen += o.CircuitOpen
 	s.Hedges += o.Hedges
 	s.ConnsExpired += o.ConnsExpired
+	s.IdleCloses += o.IdleCloses
+	s.ConnsRetiredIdle += o.ConnsRetiredIdle
+	s.DiscardedDials += o.DiscardedDials
 	return s
 }
 
@@ -152,5 +171,9 @@ func (c *counters) snapshot() Stats {
 		CircuitOpen:     c.circuitOpen.Load(),
 		Hedges:          c.hedges.Load(),
 		ConnsExpired:    c.connsExpired.Load(),
+
+		IdleCloses:       c.idleCloses.Load(),
+		ConnsRetiredIdle: c.connsRetiredIdle.Load(),
+		DiscardedDials:   c.discardedDials.Load(),
 	}
 }

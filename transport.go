@@ -6,6 +6,7 @@
 package keepalive
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -70,6 +71,9 @@ func (t *Transport) CloseIdleConnections() { t.base.CloseIdleConnections() }
 // newHostState makes the state of a host the first time it is met.
 func (t *Transport) newHostState(key string) *hostState {
 	h := &hostState{key: key}
+	if t.opts.noHTTP2 {
+		h.gate.proto.Store(protoHTTP1)
+	}
 	t.budget.init(&h.budget)
 	if cfg := t.opts.breaker; cfg != nil {
 		h.breaker = newHostBreaker(*cfg, key, t.observeBreakerChange)
@@ -115,11 +119,12 @@ func (t *Transport) newBase() *http.Transport {
 			if err == errDialNotNeeded {
 				return nil, err
 			}
-			t.observeDial(h, addr, err) // events.go
+			wc := t.wrapConn(c, h)
+			t.observeDial(h, addr, err, wc) // events.go
 			if err != nil {
 				return nil, &dialError{err: err}
 			}
-			return t.wrapConn(c), nil
+			return wc, nil
 		},
 		// A custom DialContext or TLS config turns HTTP/2 off unless forced.
 		ForceAttemptHTTP2:     true,
@@ -139,13 +144,28 @@ func (t *Transport) newBase() *http.Transport {
 }
 
 // conn is a connection the Transport dialed, with all it attaches to one,
-// in one wrapper: the dial gate's count (gate; dialgate.go), the write
-// deadline (d), and the lifetime (expires; lifetime.go). A connection that
-// needs none of them is not wrapped.
+// in one wrapper: the dial gate's count and serial dial (gate; dialgate.go),
+// the write deadline (d), the lifetime (expires; lifetime.go) and the idle
+// age (idle.go). A connection that needs none of them is not wrapped.
 type conn struct {
 	net.Conn
 	gate   *gateHost // nil: ungated
 	closed atomic.Bool
+
+	// The dial gate's serial dial of an https host (dialgate.go): the
+	// connection ends it once its TLS handshake is done, or when closed;
+	// it is counted in Stats.Dials once it carries a request, and in
+	// Stats.DiscardedDials if it is closed before.
+	serial, uncounted atomic.Bool
+
+	// Idle-timeout learning (idle.go); host is nil when off. The times are
+	// monotonic() readings: the last two reads that returned data, and the
+	// last write. h1 marks a connection known to speak HTTP/1 (plain text,
+	// or TLS that negotiated it), h2 one that negotiated HTTP/2.
+	t                      *Transport
+	host                   *hostState
+	readAt, prevRead, wrAt atomic.Int64
+	h1, h2                 atomic.Bool
 
 	// The write deadline bounds every write by the read timeout: a write
 	// that makes no progress for it (the server stopped reading an HTTP/1
@@ -168,18 +188,26 @@ type conn struct {
 	refused atomic.Bool // a request was given it after that: its writes fail
 }
 
-// wrapConn gives a new connection the write deadline and the lifetime, in
-// the gate's wrapper if the dial gate made one.
-func (t *Transport) wrapConn(nc net.Conn) net.Conn {
+// wrapConn gives a new connection of host h the write deadline, the
+// lifetime and the idle age, in the gate's wrapper if the dial gate made
+// one. nc may be nil (a failed dial).
+func (t *Transport) wrapConn(nc net.Conn, h *hostState) net.Conn {
+	if nc == nil {
+		return nil
+	}
 	d, life := t.opts.readTimeout, t.opts.connMaxLifetime
 	c, ok := nc.(*conn)
 	if !ok {
-		if d <= 0 && life <= 0 {
-			return nc
-		}
 		c = &conn{Conn: nc}
 	}
 	c.d = d
+	c.t = t
+	if !h.overflow { // the overflow state mixes hosts: nothing to learn
+		c.host = h
+		if t.opts.noHTTP2 {
+			c.h1.Store(true) // TLS or not, it speaks HTTP/1
+		}
+	}
 	if life > 0 {
 		jitter := (rand.Float64()*2 - 1) * connLifetimeJitter
 		c.expires = time.Now().Add(life + time.Duration(jitter*float64(life)))
@@ -191,14 +219,24 @@ func (t *Transport) wrapConn(nc net.Conn) net.Conn {
 // one (lifetime.go): nothing is written, so net/http sends the request
 // again on a new connection (its nothingWrittenError path), or
 // roundTripBase or the retry loop does (neverSent in policy.go).
+//
+// It also refuses the first write of a request on an HTTP/1 connection
+// idle for longer than its host's learned idle timeout allows (idle.go),
+// the same way: the server is about to close it, or has.
 func (c *conn) Write(p []byte) (int, error) {
 	if c.refused.Load() {
 		return 0, errConnRetired // net/http closes the connection on a write error
 	}
+	now := monotonic()
+	if c.host != nil {
+		if c.idleTooLong(p, now) {
+			return 0, errConnRetired
+		}
+		c.wrAt.Store(now)
+	}
 	if c.d <= 0 {
 		return c.Conn.Write(p)
 	}
-	now := monotonic()
 	if c.until.Load()-now < int64(c.d) {
 		until := now + int64(c.d+c.d/8)
 		if err := c.SetWriteDeadline(clockStart.Add(time.Duration(until))); err != nil {
@@ -213,10 +251,88 @@ func (c *conn) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// Close leaves the dial gate's count once.
+// idleTooLong reports whether p, about to be written at now, is the first
+// write of a request on an HTTP/1 connection that has been idle for longer
+// than its host's learned idle timeout allows (idle.go), and retires the
+// connection if so.
+func (c *conn) idleTooLong(p []byte, now int64) bool {
+	w := c.wrAt.Load()
+	if w == 0 { // the first write: a request in plain text, or a TLS handshake
+		if len(p) > 0 && p[0] != tlsHandshakeRecord && !bytes.HasPrefix(p, []byte("CONNECT ")) {
+			c.h1.Store(true)
+		}
+		return false
+	}
+	r := c.readAt.Load()
+	if r <= w || !c.h1.Load() || c.h2.Load() {
+		return false // not the first write since a response, or not HTTP/1
+	}
+	limit := c.host.idle.limit(now)
+	if limit == 0 || now-r <= limit {
+		return false
+	}
+	if !c.refused.Swap(true) {
+		c.host.counters.connsRetiredIdle.Add(1)
+	}
+	return true
+}
+
+// tlsHandshakeRecord is the first byte a TLS client writes.
+const tlsHandshakeRecord = 0x16
+
+// Read notes when the connection last read data, and learns its host's
+// idle timeout when its server closes it while idle (idle.go).
+func (c *conn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if c.host == nil {
+		return n, err
+	}
+	now := monotonic()
+	if n > 0 {
+		c.prevRead.Store(c.readAt.Swap(now))
+	} else if err != nil {
+		c.readFailed(err, now)
+	}
+	return n, err
+}
+
+// readFailed learns from a read that failed at now: with nothing written
+// since the connection's last response, its server closed it while idle.
+func (c *conn) readFailed(err error, now int64) {
+	r := c.readAt.Load()
+	if now-r < int64(idleAlertGap) {
+		r = c.prevRead.Load() // a TLS alert or a GOAWAY came with the close
+	}
+	if r == 0 || c.wrAt.Load() > r {
+		return // nothing read yet, or a request was in flight
+	}
+	c.t.observeIdleClose(c.host, time.Duration(now-r), err)
+}
+
+// carry counts a connection of a serial dial in Stats.Dials the first
+// time it carries a request.
+func (c *conn) carry() {
+	if c.uncounted.CompareAndSwap(true, false) && c.host != nil {
+		c.host.counters.dials.Add(1)
+	}
+}
+
+// endSerial ends the host's serial dial that made c, once.
+func (c *conn) endSerial() {
+	if c.serial.CompareAndSwap(true, false) {
+		c.gate.endSerial()
+	}
+}
+
+// Close leaves the dial gate's count once; a connection of a serial dial
+// that never carried a request is counted as discarded.
 func (c *conn) Close() error {
 	if c.gate != nil && c.closed.CompareAndSwap(false, true) {
 		c.gate.conns.Add(-1)
+		c.endSerial()
+		if c.uncounted.CompareAndSwap(true, false) && c.host != nil {
+			c.host.counters.discardedDials.Add(1)
+		}
 	}
 	return c.Conn.Close()
 }

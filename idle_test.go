@@ -1,0 +1,234 @@
+package keepalive
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// idleServer is a fault server whose connections close like a real
+// server's idle timeout, with the race that loses requests made certain:
+// a request arriving on a connection idle for dropAfter or longer is read
+// and the connection closed without an answer, as if the server's close
+// had crossed it on the wire; a connection idle for closeAfter is closed.
+// announce, if set, is sent as a Keep-Alive header.
+type idleServer struct {
+	*faultServer
+	dropped atomic.Int64 // requests read and not answered
+}
+
+func newIdleServer(t *testing.T, dropAfter, closeAfter time.Duration, announce string) *idleServer {
+	s := &idleServer{}
+	s.faultServer = newFaultServer(t, func(fc *faultConn) {
+		var idleSince time.Time
+		for {
+			if !idleSince.IsZero() {
+				fc.Conn.SetReadDeadline(idleSince.Add(closeAfter))
+			}
+			r, err := fc.readRequest()
+			if err != nil {
+				return // the idle close (or the client's)
+			}
+			if !idleSince.IsZero() && time.Since(idleSince) >= dropAfter {
+				s.dropped.Add(1)
+				return
+			}
+			var hdr []string
+			if announce != "" {
+				hdr = append(hdr, "Keep-Alive: "+announce)
+			}
+			if fc.reply(http.StatusOK, faultEcho(r.Method, r.Header.Get("X-Req-Id"), r.bodySum), hdr...) != nil {
+				return
+			}
+			idleSince = time.Now()
+		}
+	})
+	return s
+}
+
+func idlePost(t *testing.T, c *http.Client, url, id string) error {
+	t.Helper()
+	req, err := http.NewRequestWithContext(context.Background(), http.MethodPost, url, bytes.NewReader([]byte("body "+id)))
+	require.NoError(t, err)
+	req.Header.Set("X-Req-Id", id)
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(string(b), " "+id+" ") {
+		t.Errorf("request %s got the answer %q", id, b)
+	}
+	return nil
+}
+
+// A server's idle close is learned, and a connection idle for nearly as
+// long is not written on again: the unkeyed POST that would have crossed
+// the close goes to a new connection. Without learning, it is lost.
+func TestIdleTimeoutLearnedFromClose(t *testing.T) {
+	for _, learn := range []bool{true, false} {
+		name := "learning"
+		if !learn {
+			name = "WithoutIdleLearning"
+		}
+		t.Run(name, func(t *testing.T) {
+			srv := newIdleServer(t, 760*time.Millisecond, time.Second, "")
+			var opts []Option
+			if !learn {
+				opts = append(opts, WithoutIdleLearning())
+			}
+			tr, err := NewTransport(opts...)
+			require.NoError(t, err)
+			t.Cleanup(tr.CloseIdleConnections)
+			c := &http.Client{Transport: tr}
+
+			require.NoError(t, idlePost(t, c, srv.url("/"), "1"))
+			// The server closes the idle connection after 1 s.
+			require.True(t, pollUntil(5*time.Second, func() bool { return tr.Stats().IdleCloses == 1 }), "idle close seen")
+			require.NoError(t, idlePost(t, c, srv.url("/"), "2"))
+			time.Sleep(850 * time.Millisecond) // the idle age under test: past 1 s less the margin, and past dropAfter
+			err = idlePost(t, c, srv.url("/"), "3")
+			if learn {
+				require.NoError(t, err)
+				assert.EqualValues(t, 0, srv.dropped.Load(), "requests crossed by a close")
+				assert.EqualValues(t, 1, tr.Stats().ConnsRetiredIdle)
+				assert.EqualValues(t, 3, tr.Stats().Dials)
+			} else {
+				require.Error(t, err, "the POST crossed the close")
+				assert.EqualValues(t, 1, srv.dropped.Load())
+				assert.EqualValues(t, 0, tr.Stats().ConnsRetiredIdle)
+			}
+		})
+	}
+}
+
+// pollUntil checks cond every millisecond until it holds or limit passes.
+func pollUntil(limit time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return true
+}
+
+// A "Keep-Alive: timeout=N" header is honoured before any close: the
+// server announces 2 s, and a connection idle for longer than 2 s less
+// the margin is not written on, even though nothing was ever closed.
+func TestIdleTimeoutAnnouncedByKeepAlive(t *testing.T) {
+	for _, learn := range []bool{true, false} {
+		name := "learning"
+		if !learn {
+			name = "WithoutIdleLearning"
+		}
+		t.Run(name, func(t *testing.T) {
+			// Requests arriving after 1 s of idleness cross the close;
+			// the server never closes an idle connection by itself.
+			srv := newIdleServer(t, time.Second, time.Hour, "timeout=2, max=100")
+			var opts []Option
+			if !learn {
+				opts = append(opts, WithoutIdleLearning())
+			}
+			tr, err := NewTransport(opts...)
+			require.NoError(t, err)
+			t.Cleanup(tr.CloseIdleConnections)
+			c := &http.Client{Transport: tr}
+
+			require.NoError(t, idlePost(t, c, srv.url("/"), "1"))
+			time.Sleep(1800 * time.Millisecond) // past 2 s less the margin, and past the server's 1 s
+			err = idlePost(t, c, srv.url("/"), "2")
+			if learn {
+				require.NoError(t, err)
+				assert.EqualValues(t, 0, srv.dropped.Load())
+				assert.EqualValues(t, 1, tr.Stats().ConnsRetiredIdle)
+			} else {
+				require.Error(t, err)
+				assert.EqualValues(t, 1, srv.dropped.Load())
+			}
+		})
+	}
+}
+
+// A connection used again within the learned timeout is reused: learning
+// retires only what the server is about to close.
+func TestIdleTimeoutKeepsFreshConnections(t *testing.T) {
+	srv := newIdleServer(t, time.Hour, time.Hour, "timeout=2")
+	tr, err := NewTransport()
+	require.NoError(t, err)
+	t.Cleanup(tr.CloseIdleConnections)
+	c := &http.Client{Transport: tr}
+	for i := range 20 {
+		require.NoError(t, idlePost(t, c, srv.url("/"), strings.Repeat("x", i+1)))
+	}
+	s := tr.Stats()
+	assert.EqualValues(t, 1, s.Dials)
+	assert.EqualValues(t, 0, s.ConnsRetiredIdle)
+	assert.EqualValues(t, 1, srv.accepted.Load())
+}
+
+func TestParseKeepAliveTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"timeout=5, max=100", 5 * time.Second, true},
+		{"max=100, timeout=15", 15 * time.Second, true},
+		{"Timeout = 3", 3 * time.Second, true},
+		{`timeout="7"`, 7 * time.Second, true},
+		{"timeout=0", 0, false},
+		{"timeout=-1", 0, false},
+		{"timeout=86401", 0, false},
+		{"timeout=1e3", 0, false},
+		{"timeout=99999999999999999999999", 0, false},
+		{"max=5", 0, false},
+		{"", 0, false},
+		{",,,", 0, false},
+		{"timeout", 0, false},
+	} {
+		got, ok := parseKeepAliveTimeout(tc.in)
+		assert.Equal(t, tc.ok, ok, tc.in)
+		assert.Equal(t, tc.want, got, tc.in)
+	}
+}
+
+// The learned timeout keeps the shortest value seen while it is fresh,
+// takes a longer one once stale, and doubles back after idleTTL.
+func TestHostIdleLearnsShortestAndDecays(t *testing.T) {
+	var h hostIdle
+	t0 := int64(time.Hour) // a monotonic reading
+	assert.Zero(t, h.limit(t0))
+	h.observe(2*time.Second, t0)
+	assert.Equal(t, int64(2*time.Second-idleMargin), h.limit(t0))
+	h.observe(5*time.Second, t0+int64(time.Second)) // longer, while fresh: ignored
+	assert.Equal(t, int64(2*time.Second-idleMargin), h.limit(t0+int64(time.Second)))
+	h.observe(time.Second, t0+int64(2*time.Second)) // shorter: kept
+	t1 := t0 + int64(2*time.Second)
+	assert.Equal(t, int64(time.Second-idleMargin), h.limit(t1))
+	h.observe(400*time.Millisecond, t1) // under twice the margin: half of it
+	assert.Equal(t, int64(200*time.Millisecond), h.limit(t1))
+
+	// Unconfirmed for idleTTL, it holds; for each idleTTL more, it doubles.
+	assert.Equal(t, int64(200*time.Millisecond), h.limit(t1+int64(idleTTL)))
+	assert.Equal(t, int64(800*time.Millisecond-idleMargin), h.limit(t1+int64(2*idleTTL)+1))
+	assert.Equal(t, int64(1600*time.Millisecond-idleMargin), h.limit(t1+int64(3*idleTTL)+1))
+	assert.Zero(t, h.limit(t1+int64(30*idleTTL)), "long unconfirmed: no limit")
+
+	// Stale, a longer close is learned as it is.
+	h.observe(3*time.Second, t1+int64(2*idleTTL))
+	assert.Equal(t, int64(3*time.Second-idleMargin), h.limit(t1+int64(2*idleTTL)))
+}
