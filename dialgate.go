@@ -92,12 +92,12 @@ type gateKey struct{}
 // (serial) also hears its dials' TLS handshakes and which connections
 // carry it.
 type gateMark struct {
-	got     atomic.Bool
-	done    chan struct{}
-	ended   <-chan struct{} // the request's context's Done: a dial for it is not needed once it ends
-	serial  bool
-	gate    *gateHost
-	dialed  atomic.Pointer[conn] // the connection of the dial in progress for the request (serial)
+	got    atomic.Bool
+	done   chan struct{}
+	ended  <-chan struct{} // the request's context's Done: a dial for it is not needed once it ends
+	serial bool
+	gate   *gateHost
+	dialed atomic.Pointer[conn] // the connection of the dial in progress for the request (serial)
 }
 
 func (m *gateMark) gotConn(info httptrace.GotConnInfo) {
@@ -213,7 +213,7 @@ func (h *gateHost) dial(ctx context.Context, holdMax time.Duration, connect func
 	}
 	wc := &conn{Conn: c, gate: h} // its Close leaves the count (transport.go)
 	if serial {
-		wc.serial.Store(true) // its TLS handshake, or its Close, ends the serial dial
+		wc.serial.Store(true)    // its TLS handshake, or its Close, ends the serial dial
 		wc.uncounted.Store(true) // counted once it carries a request (carry)
 		m.dialed.Store(wc)
 	}

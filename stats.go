@@ -109,7 +109,7 @@ type counters struct {
 	dials, dialErrors                   atomic.Int64
 
 	budgetRefusals, attemptTimeouts, writeTimeouts, circuitOpen, hedges, connsExpired atomic.Int64
-	idleCloses, connsRetiredIdle, discardedDials                                     atomic.Int64
+	idleCloses, connsRetiredIdle, discardedDials                                      atomic.Int64
 }
 
 // counter picks one counter of a counters.
