@@ -107,7 +107,7 @@ func TestOptionsAcceptZeroValues(t *testing.T) {
 		WithMaxIdleConns(0), WithMaxIdleConnsPerHost(0), WithMaxConnsPerHost(0),
 		WithIdleConnTimeout(0), WithConnectTimeout(0), WithReadTimeout(0),
 		WithTLSHandshakeTimeout(0), WithMaxRetries(0), WithRetryStatuses(),
-		WithRetryMethods(), WithBackoff(0, 0), WithMaxRetryAfter(0), WithBodyBuffer(0),
+		WithRetryMethods(), WithBackoff(0, 0), WithMaxRetryAfter(0), WithBodyBuffer(0), WithResponseBuffer(0),
 		WithTLSConfig(nil), WithLogger(nil), WithProxy(NoProxy))
 	assert.Equal(t, DefaultMaxIdleConnsPerHost, tr.base.MaxIdleConnsPerHost, "zero means the default")
 	assert.Zero(t, tr.base.ResponseHeaderTimeout)

@@ -352,6 +352,24 @@ func WithBodyBuffer(maxBytes int64) Option {
 	})
 }
 
+// WithResponseBuffer lets a response whose body fails part-way be retried:
+// for a request that may be sent again (an idempotent method or an
+// Idempotency-Key header, with a body that can be replayed), a response
+// body of known length (Content-Length) up to maxBytes is read whole
+// before the response is returned, so a failure while reading it (a reset,
+// an HTTP/2 GOAWAY that closed the connection, the read timeout) is an
+// attempt that failed, retried like any other, rather than an error from
+// the caller's Read. The response then carries the body in memory and its
+// connection is back in the pool at once. Bodies of unknown length
+// (chunked, or decompressed by net/http) and longer ones are streamed as
+// usual. Default: off; zero means no buffering; negative is an error.
+func WithResponseBuffer(maxBytes int64) Option {
+	return optionFunc(func(o *options) {
+		o.responseBuffer = maxBytes
+		o.check("WithResponseBuffer", maxBytes >= 0, "must not be negative, got %d", maxBytes)
+	})
+}
+
 // WithCheckRetry replaces the retry policy with a go-retryablehttp one, such
 // as retryablehttp.DefaultRetryPolicy or a policy of your own. The policy
 // sees transport errors wrapped in *url.Error, as it does inside
@@ -562,6 +580,7 @@ type options struct {
 	backoffMax     time.Duration
 	maxRetryAfter  time.Duration
 	bodyBuffer     int64
+	responseBuffer int64 // retry.go; zero: off
 	checkRetry     retryablehttp.CheckRetry
 	logger         *slog.Logger
 

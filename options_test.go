@@ -39,6 +39,7 @@ func TestOptionValidation(t *testing.T) {
 		{"negative backoff", WithBackoff(-1, time.Second), "WithBackoff"},
 		{"the longest backoff", WithBackoff(math.MaxInt64, math.MaxInt64), ""},
 		{"negative Retry-After cap", WithMaxRetryAfter(-1), "WithMaxRetryAfter"},
+		{"negative response buffer", WithResponseBuffer(-1), "WithResponseBuffer"},
 		{"the longest Retry-After cap", WithMaxRetryAfter(math.MaxInt64), ""},
 		{"negative body buffer", WithBodyBuffer(-1), "WithBodyBuffer"},
 		{"the largest body buffer", WithBodyBuffer(math.MaxInt64), ""},

@@ -8,6 +8,8 @@
 package keepalive
 
 import (
+	"bytes"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -49,7 +51,9 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 	r := rp.first
 	start := monotonic() // of the current attempt
 	t.budget.deposit(&h.budget, unixSec(start))
-	hedge := t.opts.hedgeDelay > 0 && rp.replayable() && t.policy.mayRepeat(req) && req.Header.Get("Upgrade") == ""
+	repeatable := rp.replayable() && t.policy.mayRepeat(req)
+	hedge := t.opts.hedgeDelay > 0 && repeatable && req.Header.Get("Upgrade") == ""
+	buffer := t.opts.responseBuffer > 0 && repeatable // WithResponseBuffer
 	var bo backoff.BackOff // made on the first outcome that needs a decision: most requests never do
 	for n := 1; ; n++ {
 		var (
@@ -60,6 +64,9 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 			resp, err = t.hedged(req, r, &rp, n, h)
 		} else {
 			resp, err = t.attempt(r, n, h, false, nil)
+		}
+		if buffer && err == nil {
+			resp, err = bufferBody(resp, t.opts.responseBuffer)
 		}
 		if err == nil && t.policy.check == nil && !t.policy.statuses.has(resp.StatusCode) {
 			return t.finish(req, resp), nil // the success path: nothing more to decide
@@ -99,6 +106,28 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 		}
 		t.count(h, retriesCounter)
 	}
+}
+
+// bufferBody reads the body of resp whole, if its length is known and at
+// most limit (WithResponseBuffer), so that a failure while reading it is
+// the attempt's error, which the loop may retry. It returns exactly one of
+// a response and an error.
+func bufferBody(resp *http.Response, limit int64) (*http.Response, error) {
+	n := resp.ContentLength
+	if n <= 0 || n > limit || resp.Body == http.NoBody {
+		return resp, nil
+	}
+	buf := make([]byte, n)
+	_, err := io.ReadFull(resp.Body, buf)
+	resp.Body.Close()
+	if err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF // n > 0: the body ended before it began
+		}
+		return nil, err
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(buf))
+	return resp, nil
 }
 
 // finish returns the response of the last attempt to the caller.
