@@ -54,7 +54,7 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 	repeatable := rp.replayable() && t.policy.mayRepeat(req)
 	hedge := t.opts.hedgeDelay > 0 && repeatable && req.Header.Get("Upgrade") == ""
 	buffer := t.opts.responseBuffer > 0 && repeatable // WithResponseBuffer
-	var bo backoff.BackOff // made on the first outcome that needs a decision: most requests never do
+	var bo backoff.BackOff                            // made on the first outcome that needs a decision: most requests never do
 	for n := 1; ; n++ {
 		var (
 			resp *http.Response
