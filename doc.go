@@ -69,7 +69,14 @@
 // a failing upstream sees about 1.2 attempts per request instead of 4, from
 // every client instance at once. A retry starts only when the context's
 // deadline leaves room for the wait and another attempt. Opt-in:
-// WithAttemptTimeout, WithConnMaxLifetime, WithCircuitBreaker, WithHedging.
+// WithAttemptTimeout, WithConnMaxLifetime, WithCircuitBreaker, WithHedging,
+// WithResponseBuffer.
+//
+// Each host's idle timeout is learned (from the connections its server
+// closes while idle, and from Keep-Alive: timeout=N), and an HTTP/1
+// connection about to be closed by its server is not reused, so that no
+// request, an unkeyed POST least of all, is written into a closing
+// connection (WithoutIdleLearning turns it off).
 //
 // Logs (WithLogger) and errors never contain URL credentials, query values,
 // or header values.
@@ -83,9 +90,12 @@
 // pure decision: whether to retry and how long to wait),
 // attempt.go (one attempt, top-down: breaker, count, context, dial gate,
 // round trip, settle, body), hedge.go (when to start another attempt, and
-// which wins), lifetime.go (retiring old connections), body.go (request
+// which wins), lifetime.go (retiring old connections), idle.go (learning
+// each host's idle timeout, retiring idle connections before their
+// server closes them), body.go (request
 // body replay and upload watch; the response body wrapper and drain),
 // readwatch.go (the read timeout of response bodies),
 // events.go, stats.go and log.go (what the Transport tells), errors.go,
-// and the mechanics of budget.go, breaker.go and dialgate.go.
+// and the mechanics of budget.go, breaker.go and dialgate.go (which also
+// dials HTTP/2 hosts one at a time).
 package keepalive

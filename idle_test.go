@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -231,4 +232,68 @@ func TestHostIdleLearnsShortestAndDecays(t *testing.T) {
 	// Stale, a longer close is learned as it is.
 	h.observe(3*time.Second, t1+int64(2*idleTTL))
 	assert.Equal(t, int64(3*time.Second-idleMargin), h.limit(t1+int64(2*idleTTL)))
+}
+
+// Over TLS, an HTTP/1 connection is retired like a plain one; an HTTP/2
+// connection never is: its server announces an idle close with GOAWAY,
+// and a refused write would fail the streams it carries.
+func TestIdleTimeoutOverTLS(t *testing.T) {
+	for _, h2 := range []bool{false, true} {
+		t.Run(map[bool]string{false: "HTTP/1.1", true: "HTTP/2"}[h2], func(t *testing.T) {
+			srv, conns, tlsOpt := tlsCountingServer(t, h2, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				io.WriteString(w, r.Proto)
+			}))
+			tr, err := NewTransport(tlsOpt)
+			require.NoError(t, err)
+			t.Cleanup(tr.CloseIdleConnections)
+			c := &http.Client{Transport: tr}
+			get := func() string {
+				resp, err := c.Get(srv.URL)
+				require.NoError(t, err)
+				defer resp.Body.Close()
+				b, err := io.ReadAll(resp.Body)
+				require.NoError(t, err)
+				return string(b)
+			}
+			want := map[bool]string{false: "HTTP/1.1", true: "HTTP/2.0"}[h2]
+			require.Equal(t, want, get())
+			// As if the server had been seen to close idle connections
+			// after 1 s (Go's HTTP/2 server sends no Keep-Alive header).
+			u, _ := url.Parse(srv.URL)
+			tr.hosts.forURL(u).idle.observe(time.Second, monotonic())
+			time.Sleep(800 * time.Millisecond) // past 1 s less the margin
+			require.Equal(t, want, get())
+			if h2 {
+				assert.EqualValues(t, 1, conns.Load(), "the HTTP/2 connection is kept")
+				assert.EqualValues(t, 0, tr.Stats().ConnsRetiredIdle)
+			} else {
+				assert.EqualValues(t, 2, conns.Load(), "the idle HTTP/1 connection is retired")
+				assert.EqualValues(t, 1, tr.Stats().ConnsRetiredIdle)
+			}
+		})
+	}
+}
+
+// A body net/http cannot rewind (no GetBody) is sent again, whole, when
+// the connection it was given is retired for its idle age.
+func TestIdleTimeoutResendsUnrewindableBody(t *testing.T) {
+	srv := newIdleServer(t, time.Second, time.Hour, "timeout=2")
+	tr, err := NewTransport()
+	require.NoError(t, err)
+	t.Cleanup(tr.CloseIdleConnections)
+	c := &http.Client{Transport: tr}
+	require.NoError(t, idlePost(t, c, srv.url("/"), "1"))
+	time.Sleep(1800 * time.Millisecond)
+	req, err := http.NewRequest(http.MethodPost, srv.url("/"), io.NopCloser(&faultBody{n: 10000, seed: 7}))
+	require.NoError(t, err)
+	require.Nil(t, req.GetBody)
+	req.Header.Set("X-Req-Id", "2")
+	resp, err := c.Do(req)
+	require.NoError(t, err)
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	assert.Equal(t, faultEcho(http.MethodPost, "2", faultBodySum(10000, 7)), string(b))
+	assert.EqualValues(t, 0, srv.dropped.Load())
+	assert.EqualValues(t, 1, tr.Stats().ConnsRetiredIdle)
 }

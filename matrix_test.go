@@ -135,6 +135,7 @@ var mxOptions = []mxOption{
 	}},
 	{"lifetime", func(*mxCell) []Option { return []Option{WithConnMaxLifetime(mxLifetime)} }},
 	{"bodybuf", func(*mxCell) []Option { return []Option{WithBodyBuffer(mxBodyBuffer)} }},
+	{"respbuf", func(*mxCell) []Option { return []Option{WithResponseBuffer(mxBodyBuffer)} }},
 	{"nobudget", func(*mxCell) []Option { return []Option{WithoutRetryBudget()} }},
 	{"observer", func(c *mxCell) []Option { return []Option{WithObserver(c.observer())} }},
 	{"attemptrt", func(c *mxCell) []Option { return []Option{WithAttemptTransport(c.wrapAttempts)} }},

@@ -204,8 +204,10 @@ func (t *Transport) wrapConn(nc net.Conn, h *hostState) net.Conn {
 	c.t = t
 	if !h.overflow { // the overflow state mixes hosts: nothing to learn
 		c.host = h
-		if t.opts.noHTTP2 {
-			c.h1.Store(true) // TLS or not, it speaks HTTP/1
+		if h.gate.proto.Load() == protoHTTP1 {
+			// WithoutHTTP2, or a host whose connections negotiated
+			// HTTP/1: TLS or not, it speaks HTTP/1.
+			c.h1.Store(true)
 		}
 	}
 	if life > 0 {
