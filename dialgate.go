@@ -181,16 +181,20 @@ func (h *gateHost) dial(ctx context.Context, holdMax time.Duration, connect func
 		return connect()
 	}
 	m, _ := ctx.Value(gateKey{}).(*gateMark)
-	serial := m != nil && m.serial && h.proto.Load() != protoHTTP1
-	if serial {
-		if err := h.awaitSerial(ctx, m); err != nil {
+	// Serial dials are counted on the request's host (m.gate), which is
+	// the dialed one but behind a proxy.
+	var sg *gateHost
+	if m != nil && m.serial && m.gate.proto.Load() != protoHTTP1 {
+		sg = m.gate
+		if err := sg.awaitSerial(ctx, m); err != nil {
 			return nil, err
 		}
-		serial = h.proto.Load() != protoHTTP1 // the dial before may have found HTTP/1
-		if !serial {
-			h.endSerial()
+		if sg.proto.Load() == protoHTTP1 { // the dial before found HTTP/1
+			sg.endSerial()
+			sg = nil
 		}
 	}
+	serial := sg != nil
 	// A request that had a connection before its dial started dials again
 	// only when net/http retries it on a new one: that dial is needed.
 	// Read before the dial counts, so that a connection that comes free
@@ -207,13 +211,13 @@ func (h *gateHost) dial(ctx context.Context, holdMax time.Duration, connect func
 	if err != nil {
 		h.conns.Add(-1)
 		if serial {
-			h.endSerial()
+			sg.endSerial()
 		}
 		return nil, err
 	}
 	wc := &conn{Conn: c, gate: h} // its Close leaves the count (transport.go)
 	if serial {
-		wc.serial.Store(true)    // its TLS handshake, or its Close, ends the serial dial
+		wc.serialGate.Store(sg)  // its TLS handshake, or its Close, ends the serial dial
 		wc.uncounted.Store(true) // counted once it carries a request (carry)
 		m.dialed.Store(wc)
 	}

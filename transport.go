@@ -156,7 +156,8 @@ type conn struct {
 	// connection ends it once its TLS handshake is done, or when closed;
 	// it is counted in Stats.Dials once it carries a request, and in
 	// Stats.DiscardedDials if it is closed before.
-	serial, uncounted atomic.Bool
+	serialGate atomic.Pointer[gateHost] // nil: none, or ended
+	uncounted  atomic.Bool
 
 	// Idle-timeout learning (idle.go); host is nil when off. The times are
 	// monotonic() readings: the last two reads that returned data, and the
@@ -321,8 +322,8 @@ func (c *conn) carry() {
 
 // endSerial ends the host's serial dial that made c, once.
 func (c *conn) endSerial() {
-	if c.serial.CompareAndSwap(true, false) {
-		c.gate.endSerial()
+	if g := c.serialGate.Swap(nil); g != nil {
+		g.endSerial()
 	}
 }
 
