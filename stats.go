@@ -23,6 +23,14 @@ type Stats struct {
 	CircuitOpen     int64 // attempts refused by an open circuit (WithCircuitBreaker)
 	Hedges          int64 // hedged attempts sent (WithHedging), counted in Attempts too
 	ConnsExpired    int64 // connections retired by WithConnMaxLifetime
+
+	// Pauses counts the pauses a host asked for (see WithoutHostPause):
+	// responses that paused a host that was not paused. A response that
+	// moves the end of a running pause later is not counted.
+	Pauses int64
+	// PauseWaits counts the attempts held back by a pause: they waited
+	// for its end, or failed at once with a HostPausedError.
+	PauseWaits int64
 }
 
 // Stats returns the counters of all hosts so far: the sum of HostStats.
@@ -41,8 +49,9 @@ func (t *Transport) Stats() Stats {
 }
 
 // HostStatsLimit is the most hosts a Transport keeps apart, in HostStats
-// and for its per-host retry budget, circuit breaker and dial gate; the
-// hosts past it share one state under the key OtherHosts, so a client that
+// and for its per-host retry budget, circuit breaker, dial gate and pause;
+// the hosts past it share one state under the key OtherHosts (and are
+// never paused), so a client that
 // meets unboundedly many hosts (a crawler) holds bounded memory.
 const HostStatsLimit = 1024
 
@@ -95,6 +104,7 @@ type counters struct {
 	dials, dialErrors                   atomic.Int64
 
 	budgetRefusals, attemptTimeouts, writeTimeouts, circuitOpen, hedges, connsExpired atomic.Int64
+	pauses, pauseWaits                                                                atomic.Int64
 }
 
 // counter picks one counter of a counters.
@@ -112,6 +122,8 @@ func writeTimeoutCounter(c *counters) *atomic.Int64   { return &c.writeTimeouts 
 func circuitOpenCounter(c *counters) *atomic.Int64    { return &c.circuitOpen }
 func hedgeCounter(c *counters) *atomic.Int64          { return &c.hedges }
 func connExpiredCounter(c *counters) *atomic.Int64    { return &c.connsExpired }
+func pausesCounter(c *counters) *atomic.Int64         { return &c.pauses }
+func pauseWaitsCounter(c *counters) *atomic.Int64     { return &c.pauseWaits }
 
 // count adds one to the counter pick selects, for host h (Stats sums the
 // hosts).
@@ -133,6 +145,8 @@ func (s Stats) add(o Stats) Stats {
 	s.CircuitOpen += o.CircuitOpen
 	s.Hedges += o.Hedges
 	s.ConnsExpired += o.ConnsExpired
+	s.Pauses += o.Pauses
+	s.PauseWaits += o.PauseWaits
 	return s
 }
 
@@ -152,5 +166,7 @@ func (c *counters) snapshot() Stats {
 		CircuitOpen:     c.circuitOpen.Load(),
 		Hedges:          c.hedges.Load(),
 		ConnsExpired:    c.connsExpired.Load(),
+		Pauses:          c.pauses.Load(),
+		PauseWaits:      c.pauseWaits.Load(),
 	}
 }
