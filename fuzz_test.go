@@ -1,5 +1,6 @@
 // This file holds the fuzzers of what a caller or a server controls: the
-// Retry-After parser (server input) and option validation (caller input).
+// Retry-After and rate-limit field parsers (server input) and option
+// validation (caller input).
 // CI runs each for about 20 s with -fuzz; plain go test runs the seeds.
 
 package keepalive
