@@ -1,6 +1,6 @@
 // This file holds the attempt pipeline: one attempt of a request, from the
-// circuit breaker's admission to the wrapped response, in the order things
-// happen, in one function (attempt). The retry loop (retry.go) and hedging
+// host's pause and the circuit breaker's admission to the wrapped
+// response, in the order things happen, in one function (attempt). The retry loop (retry.go) and hedging
 // (hedge.go) run it; what it calls is named at each step.
 
 package keepalive
@@ -20,19 +20,21 @@ import (
 // attempt (WithHedging); cancel, if not nil, is the cancel function of r's
 // context, which hedging made so that it can end the attempt.
 func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, cancel context.CancelCauseFunc) (*http.Response, error) {
+	// 0. The host's pause, if it asked for one: wait for its end, or fail
+	// unsent when the context's deadline comes first (pause.go).
+	if until := h.pausedUntil.Load(); until != 0 {
+		if err := t.awaitPause(r, h, until); err != nil {
+			return nil, refuse(r, cancel, err)
+		}
+	}
+
 	// 1. The circuit breaker admits the attempt, or refuses it unsent.
 	var report func(error)
 	if h.breaker != nil {
 		var err error
 		if report, err = h.breaker.Allow(); err != nil {
 			t.count(h, circuitOpenCounter)
-			if cancel != nil {
-				cancel(nil)
-			}
-			if r.Body != nil { // a RoundTripper closes the body, sent or not
-				r.Body.Close()
-			}
-			return nil, &CircuitOpenError{Host: h.key}
+			return nil, refuse(r, cancel, &CircuitOpenError{Host: h.key})
 		}
 	}
 	outer := r.Context() // the caller's, or hedging's: what ends the attempt from outside
@@ -66,6 +68,9 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 		resp, err = t.roundTripBase(r)
 	}
 	resp, err = t.settle(h, ctl, outer, resp, err)
+	if err == nil && !t.opts.noHostPause {
+		t.setPause(h, resp) // pause.go: did the host ask for quiet?
+	}
 	t.observeAttemptEnd(r, h, n, resp, err, start, trace) // events.go
 
 	// 5. The response gets the attempt's one body wrapper (body.go); a
@@ -83,6 +88,18 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 		report(breakerOutcome(&t.policy.statuses, endedOutside(outer), resp, err))
 	}
 	return resp, err
+}
+
+// refuse ends an attempt that is not sent, with err: a RoundTripper closes
+// the body, sent or not, and hedging's context of the attempt is released.
+func refuse(r *http.Request, cancel context.CancelCauseFunc, err error) error {
+	if cancel != nil {
+		cancel(nil)
+	}
+	if r.Body != nil {
+		r.Body.Close()
+	}
+	return err
 }
 
 // attemptContext returns r with the context of its attempt, and the

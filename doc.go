@@ -81,14 +81,22 @@
 // Logs (WithLogger) and errors never contain URL credentials, query values,
 // or header values.
 //
+// A host that asks for quiet gets it from the whole Transport: after a 429
+// or 503 with a Retry-After within WithMaxRetryAfter, or a response whose
+// rate-limit fields (RateLimit, X-RateLimit-Remaining) say no quota is
+// left, every attempt to that host, from any goroutine, waits until the
+// time asked for, or fails at once with a HostPausedError when the
+// context's deadline comes first (WithoutHostPause turns this off).
+//
 // # Reading the code
 //
 // One request, from NewClient to the body's Close, one file per step:
 // options.go (every option and default), transport.go (the Transport and
 // its tuned http.Transport), retry.go (RoundTrip: the retry loop),
-// host.go (the per-host state, found once per request), policy.go (the
+// host.go (the per-host state, found once per request), pause.go (the
+// host's pause: set from responses, waited for by attempts), policy.go (the
 // pure decision: whether to retry and how long to wait),
-// attempt.go (one attempt, top-down: breaker, count, context, dial gate,
+// attempt.go (one attempt, top-down: pause, breaker, count, context, dial gate,
 // round trip, settle, body), hedge.go (when to start another attempt, and
 // which wins), lifetime.go (retiring old connections), idle.go (learning
 // each host's idle timeout, retiring idle connections before their

@@ -56,6 +56,12 @@ type Observer struct {
 	// not send requests.
 	OnBreakerChange func(BreakerChangeEvent)
 
+	// OnHostPause is called when a host asks for a pause and gets it (see
+	// WithoutHostPause): a Retry-After, or rate-limit fields that say no
+	// quota is left, paused a host that was not paused. A response that
+	// moves a running pause's end later is not reported.
+	OnHostPause func(HostPauseEvent)
+
 	// OnDial is called after each TCP connect, whether it succeeded or not;
 	// a dial abandoned because no request needed it any more is not a
 	// connect. Every call is counted in Stats.Dials or Stats.DialErrors.
@@ -116,7 +122,7 @@ type RetryEvent struct {
 	Status     int   // the failed attempt's status, or 0 when Err is set
 	Err        error // the failed attempt's error, or nil
 	Wait       time.Duration
-	RetryAfter bool // Wait is the server's Retry-After rather than the backoff
+	RetryAfter bool // Wait is the server's: its Retry-After, or what is left of its host's pause (WithoutHostPause), rather than the backoff
 }
 
 // RetryReason says why an attempt is retried.
@@ -208,6 +214,15 @@ type BreakerChangeEvent struct {
 	From, To string // "closed", "open" or "half-open"
 }
 
+// HostPauseEvent is a host that asked for a pause: every attempt to it
+// waits until Wait has passed (see WithoutHostPause).
+type HostPauseEvent struct {
+	Host   string        // its HostStats key, "host:port"
+	Status int           // the status of the response that asked
+	Wait   time.Duration // the pause asked for, from when the response arrived
+	Source PauseSource   // the fields that asked for it
+}
+
 // DialEvent is a TCP connect that ended.
 type DialEvent struct {
 	Host string // the address dialed, "host:port": the proxy's behind a proxy
@@ -234,6 +249,7 @@ func (o Observer) merge(n Observer) Observer {
 	o.OnGiveUp = chain(o.OnGiveUp, n.OnGiveUp)
 	o.OnBudgetRefused = chain(o.OnBudgetRefused, n.OnBudgetRefused)
 	o.OnBreakerChange = chain(o.OnBreakerChange, n.OnBreakerChange)
+	o.OnHostPause = chain(o.OnHostPause, n.OnHostPause)
 	o.OnDial = chain(o.OnDial, n.OnDial)
 	o.TraceConns = o.TraceConns || n.TraceConns
 	return o
@@ -357,6 +373,20 @@ func (t *Transport) observeBreakerChange(host, from, to string) {
 	if l := t.logger(ctx, slog.LevelDebug); l != nil {
 		l.LogAttrs(ctx, slog.LevelDebug, "keepalive: circuit breaker changed state",
 			slog.String("host", host), slog.String("from", from), slog.String("to", to))
+	}
+}
+
+// observeHostPause counts and reports a pause of wait that a response of
+// status, through the fields of src, started on host h.
+func (t *Transport) observeHostPause(h *hostState, status int, wait time.Duration, src PauseSource) {
+	t.count(h, pausesCounter)
+	if f := t.opts.observer.OnHostPause; f != nil {
+		f(HostPauseEvent{Host: h.key, Status: status, Wait: wait, Source: src})
+	}
+	ctx := context.Background()
+	if l := t.logger(ctx, slog.LevelDebug); l != nil {
+		l.LogAttrs(ctx, slog.LevelDebug, "keepalive: host asked for a pause",
+			slog.String("host", h.key), slog.Int("status", status), slog.Duration("wait", wait), slog.String("source", src.String()))
 	}
 }
 

@@ -1,5 +1,6 @@
 // This file holds the fuzzers of what a caller or a server controls: the
-// Retry-After parser (server input) and option validation (caller input).
+// Retry-After and rate-limit field parsers (server input) and option
+// validation (caller input).
 // CI runs each for about 20 s with -fuzz; plain go test runs the seeds.
 
 package keepalive
@@ -129,6 +130,40 @@ func FuzzNewTransportOptions(f *testing.F) {
 		for _, o := range opts {
 			if named := strings.Contains(msg, o.name+":"); named == o.valid {
 				t.Fatalf("%s valid=%v, but error %q names it: %v", o.name, o.valid, msg, named)
+			}
+		}
+	})
+}
+
+// FuzzPauseFields fuzzes the parsers of the fields that pause a host
+// (pause.go), all server input: none panics, and any pause is positive.
+func FuzzPauseFields(f *testing.F) {
+	for _, s := range []string{
+		"", "0", "1", "1.5", "0.3", ".5", "5.", "1470173023.123", "99999999999999999999",
+		`"default";r=0;t=5`, `"a";r=0;t=5, "b";r=0;t=60`, `"a;b,c";r=0;t=1`, `"x\";r=0;t=9";r=1;t=2`,
+		`limit=10, remaining=0, reset=5`, `"default";r=0`, `;;;,,,="`, `"`, `\`, "r=0;t=1",
+		strconv.FormatInt(fuzzNow.Add(time.Minute).Unix(), 10),
+	} {
+		f.Add(s)
+	}
+	now := func() time.Time { return fuzzNow }
+	f.Fuzz(func(t *testing.T, v string) {
+		if d, ok := parseRateLimit([]string{v, v}); ok && d <= 0 {
+			t.Fatalf("parseRateLimit(%q) = %v, true: a pause must be positive", v, d)
+		}
+		if d, ok := parseResetSeconds(v); ok && d <= 0 {
+			t.Fatalf("parseResetSeconds(%q) = %v, true: a pause must be positive", v, d)
+		}
+		if d, ok := parseXReset(v, now); ok && d <= 0 {
+			t.Fatalf("parseXReset(%q) = %v, true: a pause must be positive", v, d)
+		}
+		for _, status := range []int{200, 429, 503} {
+			resp := &http.Response{StatusCode: status, Header: http.Header{
+				"Retry-After": {v}, "Ratelimit": {v}, "Ratelimit-Remaining": {"0"}, "Ratelimit-Reset": {v},
+				"X-Ratelimit-Remaining": {"0"}, "X-Ratelimit-Reset": {v},
+			}}
+			if d, src := pauseOf(resp, now); src != 0 && d <= 0 {
+				t.Fatalf("pauseOf(%d, %q) = %v, %v: a pause must be positive", status, v, d, src)
 			}
 		}
 	})

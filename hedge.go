@@ -22,8 +22,10 @@ type hedgeResult struct {
 // hedged sends first, attempt number n of req to host h, and hedges of it
 // (each with a fresh body from rp) every hedgeDelay until an outcome not worth a retry arrives or every
 // attempt has ended; it returns that outcome, or the last one when all
-// were worth a retry. A hedge refused by the circuit breaker or the retry
-// budget is not an outcome: it ends the hedging and nothing else. Every
+// were worth a retry. While the host is paused (pause.go), no hedge
+// starts: the next may start hedgeDelay after the pause ends. A hedge
+// refused by the circuit breaker, the host's pause or the retry budget is
+// not an outcome: it ends the hedging and nothing else. Every
 // other attempt is cancelled, and its response closed, before
 // hedged returns, so no goroutine outlives the call.
 func (t *Transport) hedged(req, first *http.Request, rp *replay, n int, h *hostState) (*http.Response, error) {
@@ -53,6 +55,10 @@ func (t *Transport) hedged(req, first *http.Request, rp *replay, n int, h *hostS
 			if stopHedging || len(cancels) > t.opts.maxHedges || ctx.Err() != nil {
 				continue
 			}
+			if p := h.pauseLeft(monotonic()); p > 0 { // pause.go: the attempts wait for it, so the hedge does not start yet
+				timer.Reset(p + t.opts.hedgeDelay)
+				continue
+			}
 			if !t.budget.withdraw(&h.budget, unixSec(monotonic())) {
 				t.observeBudgetRefused(req, h, n)
 				stopHedging = true
@@ -68,8 +74,8 @@ func (t *Transport) hedged(req, first *http.Request, rp *replay, n int, h *hostS
 			timer.Reset(t.opts.hedgeDelay)
 		case res := <-results:
 			running--
-			if res.i > 0 && errors.Is(res.err, ErrCircuitOpen) {
-				stopHedging = true // the breaker refused the hedge: the others run on
+			if res.i > 0 && (errors.Is(res.err, ErrCircuitOpen) || errors.Is(res.err, ErrHostPaused)) {
+				stopHedging = true // the breaker or the host's pause refused the hedge: the others run on
 				continue
 			}
 			if worth, _ := t.policy.worthRetry(ctx, req, res.resp, res.err); !worth {

@@ -1,8 +1,9 @@
 // This file holds the per-host state: everything a Transport keeps about
-// one host (its counters, retry budget, circuit breaker and dial gate),
+// one host (its counters, retry budget, circuit breaker, dial gate and
+// pause),
 // found under one canonical key, "host:port", once per request and passed
-// down the request path. The budget, breaker and gate each keep their
-// mechanics in budget.go, breaker.go and dialgate.go.
+// down the request path. The budget, breaker, gate and pause each keep
+// their mechanics in budget.go, breaker.go, dialgate.go and pause.go.
 
 package keepalive
 
@@ -17,7 +18,8 @@ import (
 // hostState is all a Transport keeps about one host. Hosts past
 // HostStatsLimit share one, the overflow state, which counts and budgets
 // them together but has no breaker (one host's failures must not refuse
-// another's requests) and no dial gate (its counts would mix hosts).
+// another's requests), no dial gate (its counts would mix hosts) and is
+// never paused (one host's quota must not hold back another's requests).
 type hostState struct {
 	key      string // "host:port", the HostStats key; OtherHosts for the overflow state
 	overflow bool
@@ -26,6 +28,10 @@ type hostState struct {
 	breaker *hostBreaker // breaker.go; nil when off, and for the overflow state
 	gate    gateHost     // dialgate.go; unused for the overflow state
 	idle    hostIdle     // idle.go: the learned idle timeout; unused for the overflow state
+
+	// pausedUntil is the monotonic() reading at which the host's pause
+	// ends (pause.go); 0 when it is not paused or the pause is known over.
+	pausedUntil atomic.Int64
 }
 
 // gateHost returns the host's dial gate, nil for the overflow state.

@@ -555,6 +555,38 @@ func WithConnMaxLifetime(d time.Duration) Option {
 	return durationOption("WithConnMaxLifetime", d, func(o *options) { o.connMaxLifetime = d })
 }
 
+// WithoutHostPause turns the host pause off: each request then waits only
+// for the Retry-After of its own 429 or 503, as before.
+//
+// By default, when a host answers a 429 or 503 with a Retry-After no longer
+// than WithMaxRetryAfter, every attempt to that host (its HostStats key)
+// from any goroutine of the Transport, first attempts, retries and hedges
+// alike, waits until the time asked for before it is sent; the request that
+// got the response waits once, for the longer of its own wait and the
+// pause. An attempt whose context has a deadline before the pause ends is
+// not sent and fails at once with a *HostPausedError (errors.Is(err,
+// ErrHostPaused)); a request that got the 429 itself gets that response
+// back instead, as when its own Retry-After does not fit the deadline. A
+// Retry-After past the cap sets no pause, and cancelling a context ends its
+// wait at once.
+//
+// Responses that say no quota is left pause the host the same way,
+// whatever their status, for as long as they say, within the same cap:
+// the RateLimit field of draft-ietf-httpapi-ratelimit-headers (a policy
+// with r=0 waits for its t; the draft-07 dictionary "remaining=0,
+// reset=N" too), the older drafts' RateLimit-Remaining: 0 with
+// RateLimit-Reset (seconds), and the common X-RateLimit-Remaining: 0 with
+// X-RateLimit-Reset, read as seconds to wait below 10^9 (a fraction
+// allowed) and as a Unix time in seconds from there, as GitHub sends it. A response with none of these fields costs three map lookups;
+// a request to a host that is not paused, one atomic load.
+//
+// Stats.Pauses and Stats.PauseWaits count the pauses and the attempts
+// they held back, and Observer.OnHostPause reports each pause. The hosts
+// past HostStatsLimit are never paused.
+func WithoutHostPause() Option {
+	return optionFunc(func(o *options) { o.noHostPause = true })
+}
+
 // Private implementation past this point.
 
 // options is the finished configuration. errs collects what was wrong with
@@ -590,6 +622,7 @@ type options struct {
 	maxHedges       int             // hedge.go
 	breaker         *CircuitBreaker // breaker.go; nil: off
 	connMaxLifetime time.Duration   // lifetime.go; zero: off
+	noHostPause     bool            // pause.go; false: on
 
 	observer     Observer
 	attemptWraps []func(http.RoundTripper) http.RoundTripper

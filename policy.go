@@ -77,6 +77,7 @@ type attemptOutcome struct {
 	attempt    int           // 1 for the first
 	replayable bool          // the request's body can be sent again
 	took       time.Duration // from sending the attempt to its outcome
+	paused     time.Duration // what is left of the host's pause (pause.go); 0: none
 }
 
 // decide says what to do with an attempt's outcome at now. bo is the
@@ -84,7 +85,8 @@ type attemptOutcome struct {
 // In order: the caller's context; whether the outcome is worth a retry
 // (the CheckRetry policy, or the status list and the error rules); the
 // retries left; whether the request may be sent again; the wait
-// (Retry-After within its cap, or the backoff); and whether the caller's
+// (Retry-After within its cap, or the backoff, or what is left of the
+// host's pause if that is longer); and whether the caller's
 // deadline covers the wait and another attempt as long as this one. The
 // discarded response is drained off the caller's time (body.go), so it
 // takes none of the deadline.
@@ -116,6 +118,9 @@ func (p *policy) decide(o attemptOutcome, now time.Time, bo backoff.BackOff) dec
 		d.wait, d.retryAfter = ra, true
 	} else {
 		d.wait = p.backoffWait(bo)
+	}
+	if o.paused > d.wait { // one wait, for the host's pause too: the next attempt would wait for it anyway
+		d.wait, d.retryAfter = o.paused, true
 	}
 	if dl, ok := o.ctx.Deadline(); ok {
 		if satSub(satSub(dl.Sub(now), d.wait), o.took) <= 0 {
@@ -150,7 +155,8 @@ func (p *policy) worthRetry(ctx context.Context, req *http.Request, resp *http.R
 }
 
 // neverRetry reports errors no policy may retry: the caller's cancellation,
-// an open circuit (breaker.go), a malformed request, and TLS failures that
+// an open circuit (breaker.go), a host paused past the deadline (pause.go),
+// a malformed request, and TLS failures that
 // a new attempt would only repeat.
 func neverRetry(err error) bool {
 	var (
@@ -161,7 +167,7 @@ func neverRetry(err error) bool {
 		recordHeader     tls.RecordHeaderError
 		bad              *badRequestError
 	)
-	return errors.Is(err, context.Canceled) || errors.Is(err, ErrCircuitOpen) ||
+	return errors.Is(err, context.Canceled) || errors.Is(err, ErrCircuitOpen) || errors.Is(err, ErrHostPaused) ||
 		errors.As(err, &bad) ||
 		errors.As(err, &unknownAuthority) || errors.As(err, &hostname) ||
 		errors.As(err, &invalid) || errors.As(err, &verification) ||

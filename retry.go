@@ -79,6 +79,7 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 		d := t.policy.decide(attemptOutcome{
 			ctx: ctx, req: req, resp: resp, err: err, attempt: n,
 			replayable: rp.replayable(), took: time.Duration(mono - start),
+			paused: h.pauseLeft(mono), // pause.go: its end is the earliest next attempt
 		}, now, bo)
 		if d.verdict != verdictRetry {
 			return t.giveUp(req, h, resp, err, n, d)

@@ -37,6 +37,13 @@ type Stats struct {
 	// it shares (the dial gate keeps them few), or whose TLS handshake
 	// failed. They are not in Dials.
 	DiscardedDials int64
+	// Pauses counts the pauses a host asked for (see WithoutHostPause):
+	// responses that paused a host that was not paused. A response that
+	// moves the end of a running pause later is not counted.
+	Pauses int64
+	// PauseWaits counts the attempts held back by a pause: they waited
+	// for its end, or failed at once with a HostPausedError.
+	PauseWaits int64
 }
 
 // Stats returns the counters of all hosts so far: the sum of HostStats.
@@ -55,8 +62,9 @@ func (t *Transport) Stats() Stats {
 }
 
 // HostStatsLimit is the most hosts a Transport keeps apart, in HostStats
-// and for its per-host retry budget, circuit breaker and dial gate; the
-// hosts past it share one state under the key OtherHosts, so a client that
+// and for its per-host retry budget, circuit breaker, dial gate and pause;
+// the hosts past it share one state under the key OtherHosts (and are
+// never paused), so a client that
 // meets unboundedly many hosts (a crawler) holds bounded memory.
 const HostStatsLimit = 1024
 
@@ -110,6 +118,7 @@ type counters struct {
 
 	budgetRefusals, attemptTimeouts, writeTimeouts, circuitOpen, hedges, connsExpired atomic.Int64
 	idleCloses, connsRetiredIdle, discardedDials                                      atomic.Int64
+	pauses, pauseWaits                                                                atomic.Int64
 }
 
 // counter picks one counter of a counters.
@@ -128,6 +137,8 @@ func circuitOpenCounter(c *counters) *atomic.Int64    { return &c.circuitOpen }
 func hedgeCounter(c *counters) *atomic.Int64          { return &c.hedges }
 func connExpiredCounter(c *counters) *atomic.Int64    { return &c.connsExpired }
 func idleClosesCounter(c *counters) *atomic.Int64     { return &c.idleCloses }
+func pausesCounter(c *counters) *atomic.Int64         { return &c.pauses }
+func pauseWaitsCounter(c *counters) *atomic.Int64     { return &c.pauseWaits }
 
 // count adds one to the counter pick selects, for host h (Stats sums the
 // hosts).
@@ -152,6 +163,8 @@ func (s Stats) add(o Stats) Stats {
 	s.IdleCloses += o.IdleCloses
 	s.ConnsRetiredIdle += o.ConnsRetiredIdle
 	s.DiscardedDials += o.DiscardedDials
+	s.Pauses += o.Pauses
+	s.PauseWaits += o.PauseWaits
 	return s
 }
 
@@ -175,5 +188,7 @@ func (c *counters) snapshot() Stats {
 		IdleCloses:       c.idleCloses.Load(),
 		ConnsRetiredIdle: c.connsRetiredIdle.Load(),
 		DiscardedDials:   c.discardedDials.Load(),
+		Pauses:           c.pauses.Load(),
+		PauseWaits:       c.pauseWaits.Load(),
 	}
 }

@@ -1,0 +1,308 @@
+// This file holds the host pause (on by default; WithoutHostPause): when a
+// host asks for quiet, with a Retry-After on a 429 or 503 or with rate-limit
+// fields that say no quota is left, every attempt to it waits until then,
+// from any goroutine. The pause is one atomic in the host's state (host.go),
+// set from the response of an attempt (attempt.go) and waited for at the top
+// of every attempt, first attempts and hedges included; the retry loop
+// (retry.go) folds it into its own wait, so a request waits once.
+
+package keepalive
+
+import (
+	"errors"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ErrHostPaused is matched, with errors.Is, by the error of a request that
+// was not sent because its host asked for a pause that the request's
+// context deadline ends before.
+var ErrHostPaused = errors.New("keepalive: host paused")
+
+// HostPausedError is the error of an attempt not sent because its host is
+// paused (see WithoutHostPause) until after the deadline of the request's
+// context: waiting could only end in the deadline. The host answered an
+// earlier request, maybe another goroutine's, with a Retry-After or with
+// rate-limit fields that said no quota was left. A request that received
+// such a response itself gets that response back instead, as ever.
+type HostPausedError struct {
+	Host string        // the host's key, "host:port" as in HostStats
+	Wait time.Duration // how much of the pause was left
+}
+
+func (e *HostPausedError) Error() string {
+	return "keepalive: " + e.Host + " asked for a pause of " + e.Wait.String() + " more, past the context's deadline"
+}
+
+// Is reports whether target is ErrHostPaused.
+func (e *HostPausedError) Is(target error) bool { return target == ErrHostPaused }
+
+// PauseSource says which response fields set a host pause.
+type PauseSource uint8
+
+const (
+	// PauseRetryAfter is the Retry-After of a 429 or 503 response.
+	PauseRetryAfter PauseSource = iota + 1
+	// PauseRateLimit is draft-ietf-httpapi-ratelimit-headers: a RateLimit
+	// field with a policy whose r (remaining) is 0, waiting for its t
+	// (reset, seconds); or, in the older drafts, RateLimit-Remaining: 0
+	// with RateLimit-Reset (seconds).
+	PauseRateLimit
+	// PauseXRateLimit is X-RateLimit-Remaining: 0 with X-RateLimit-Reset,
+	// in seconds to wait or as a Unix time (see WithoutHostPause).
+	PauseXRateLimit
+)
+
+func (s PauseSource) String() string {
+	switch s {
+	case PauseRetryAfter:
+		return "retry-after"
+	case PauseRateLimit:
+		return "ratelimit"
+	case PauseXRateLimit:
+		return "x-ratelimit"
+	}
+	return "unknown"
+}
+
+// Private implementation past this point.
+
+// setPause records the pause a response asks for, if any, on its host h:
+// the end of the host's pause moves to now+wait unless it is already
+// later. A pause longer than the Retry-After cap
+// (WithMaxRetryAfter) is not set; the hosts past HostStatsLimit share one
+// state and are never paused, so that one host's quota never holds back
+// another's requests.
+func (t *Transport) setPause(h *hostState, resp *http.Response) {
+	if h.overflow {
+		return
+	}
+	wait, src := pauseOf(resp, time.Now)
+	if src == 0 || wait > t.policy.maxRetryAfter {
+		return
+	}
+	now := monotonic()
+	until := now + int64(wait) // wait is at most the cap, which may be any duration
+	if until < now {
+		until = math.MaxInt64
+	}
+	for {
+		old := h.pausedUntil.Load()
+		if old >= until {
+			return
+		}
+		if h.pausedUntil.CompareAndSwap(old, until) {
+			if old <= now { // a new pause, not a running one moved on
+				t.observeHostPause(h, resp.StatusCode, wait, src)
+			}
+			return
+		}
+	}
+}
+
+// pauseLeft returns how long the pause of h lasts after now (a monotonic()
+// reading), 0 if it is not paused.
+func (h *hostState) pauseLeft(now int64) time.Duration {
+	if u := h.pausedUntil.Load(); u > now {
+		return time.Duration(u - now)
+	}
+	return 0
+}
+
+// awaitPause waits for the pause of h, which lasts until until (a
+// monotonic() reading), to end before r is sent. It fails at once with a
+// HostPausedError when r's context has a deadline before the pause ends,
+// and with the context's error when the context ends during the wait. A
+// pause moved on during the wait is waited for too.
+func (t *Transport) awaitPause(r *http.Request, h *hostState, until int64) error {
+	ctx := r.Context()
+	counted := false
+	for {
+		left := time.Duration(until - monotonic())
+		if left <= 0 {
+			h.pausedUntil.CompareAndSwap(until, 0) // over: the next request pays one load
+			return nil
+		}
+		if !counted {
+			t.count(h, pauseWaitsCounter)
+			counted = true
+		}
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < left {
+			return &HostPausedError{Host: h.key, Wait: left}
+		}
+		if err := sleep(ctx, left); err != nil {
+			return err
+		}
+		until = h.pausedUntil.Load()
+	}
+}
+
+// pauseOf returns the pause that resp asks for and where it comes from, or
+// a zero source for none: the Retry-After of a 429 or 503, else the
+// rate-limit fields of any response that say no quota is left. It reads
+// the clock, now, only for a field that holds a time. A response without
+// these fields costs three map lookups.
+func pauseOf(resp *http.Response, now func() time.Time) (time.Duration, PauseSource) {
+	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+		if v := resp.Header["Retry-After"]; len(v) > 0 {
+			if d, ok := parseRetryAfter(v[0], now()); ok {
+				return d, PauseRetryAfter
+			}
+		}
+	}
+	h := resp.Header
+	if v := h["Ratelimit"]; len(v) > 0 {
+		if d, ok := parseRateLimit(v); ok {
+			return d, PauseRateLimit
+		}
+	}
+	if v := h["Ratelimit-Remaining"]; len(v) > 0 && isZero(v[0]) {
+		if d, ok := parseResetSeconds(h.Get("Ratelimit-Reset")); ok {
+			return d, PauseRateLimit
+		}
+	}
+	if v := h["X-Ratelimit-Remaining"]; len(v) > 0 && isZero(v[0]) {
+		if d, ok := parseXReset(h.Get("X-Ratelimit-Reset"), now); ok {
+			return d, PauseXRateLimit
+		}
+	}
+	return 0, 0
+}
+
+// isZero reports whether a Remaining field says no quota is left.
+func isZero(v string) bool { return strings.TrimSpace(v) == "0" }
+
+// parseResetSeconds parses a reset given in seconds to wait: a positive
+// integer, as Retry-After's delay-seconds (and saturating as it does).
+func parseResetSeconds(v string) (time.Duration, bool) {
+	if !isDigits(strings.TrimSpace(v)) {
+		return 0, false
+	}
+	return parseRetryAfter(v, time.Time{})
+}
+
+// unixResetThreshold tells the two meanings of X-RateLimit-Reset apart:
+// a value at or above it (about 2001-09-09) is a Unix time in seconds, as
+// GitHub and Twitter send; a value below it is seconds to wait, as others
+// send. No rate-limit window lasts 31 years, and no reset time is before
+// 2001.
+const unixResetThreshold = 1_000_000_000
+
+// parseXReset parses X-RateLimit-Reset: seconds, with an optional
+// fraction ("1.5", "1470173023.123"), to wait or, from unixResetThreshold
+// up, the Unix time of the reset, compared with now(). It reports false
+// for anything else, or a reset not after now.
+func parseXReset(v string, now func() time.Time) (time.Duration, bool) {
+	v = strings.TrimSpace(v)
+	whole, frac, _ := strings.Cut(v, ".")
+	if !isDigits(whole) || frac != "" && !isDigits(frac) || strings.HasSuffix(v, ".") {
+		return 0, false
+	}
+	secs, err := strconv.ParseFloat(v, 64)
+	if err != nil { // only a value out of range fails here
+		return 0, false
+	}
+	if secs >= unixResetThreshold {
+		secs -= float64(now().UnixNano()) / float64(time.Second)
+	}
+	switch {
+	case secs <= 0:
+		return 0, false
+	case secs >= float64(maxRetryAfterSeconds):
+		return time.Duration(math.MaxInt64), true
+	}
+	d := time.Duration(secs * float64(time.Second))
+	return d, d > 0
+}
+
+// parseRateLimit parses the RateLimit field of the current
+// draft-ietf-httpapi-ratelimit-headers (since draft 08): a Structured
+// Fields list of policies, each a string or token with parameters, among
+// them r (remaining quota units) and t (seconds until the quota is
+// restored), as in
+//
+//	RateLimit: "default";r=0;t=5, "daily";r=100;t=3600
+//
+// and of draft 07, a dictionary, "limit=10, remaining=0, reset=5". It
+// returns the longest t of the policies whose r is 0 (draft 07: reset
+// when remaining is 0). It is lenient: what it cannot read it skips, and
+// it never fails on input.
+func parseRateLimit(lines []string) (time.Duration, bool) {
+	var (
+		longest          time.Duration
+		found            bool
+		remaining, reset string // draft 07's members
+	)
+	for _, line := range lines {
+		for member := range splitOutside(line, ',') {
+			item, params, _ := cutOutside(member, ';')
+			item = strings.TrimSpace(item)
+			if k, v, ok := strings.Cut(item, "="); ok && !strings.HasPrefix(item, `"`) { // draft 07
+				switch strings.TrimSpace(k) {
+				case "remaining":
+					remaining = strings.TrimSpace(v)
+				case "reset":
+					reset = strings.TrimSpace(v)
+				}
+				continue
+			}
+			var r, tv string
+			haveR := false
+			for p := range splitOutside(params, ';') {
+				k, v, _ := strings.Cut(p, "=")
+				switch strings.TrimSpace(k) {
+				case "r":
+					r, haveR = strings.TrimSpace(v), true
+				case "t":
+					tv = strings.TrimSpace(v)
+				}
+			}
+			if !haveR || r != "0" {
+				continue
+			}
+			if d, ok := parseResetSeconds(tv); ok && d > longest {
+				longest, found = d, true
+			}
+		}
+	}
+	if remaining == "0" {
+		if d, ok := parseResetSeconds(reset); ok && d > longest {
+			longest, found = d, true
+		}
+	}
+	return longest, found
+}
+
+// splitOutside yields the parts of s between seps that are outside double
+// quotes (a backslash escapes the next character inside them), as
+// Structured Fields quote strings.
+func splitOutside(s string, sep byte) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for s != "" {
+			part, rest, found := cutOutside(s, sep)
+			if !yield(part) || !found {
+				return
+			}
+			s = rest
+		}
+	}
+}
+
+// cutOutside is strings.Cut at the first sep outside double quotes.
+func cutOutside(s string, sep byte) (before, after string, found bool) {
+	quoted := false
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case quoted && c == '\\':
+			i++
+		case c == '"':
+			quoted = !quoted
+		case !quoted && c == sep:
+			return s[:i], s[i+1:], true
+		}
+	}
+	return s, "", false
+}
