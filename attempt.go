@@ -1,7 +1,8 @@
 // This file holds the attempt pipeline: one attempt of a request, from the
 // host's pause and the circuit breaker's admission to the wrapped
-// response, in the order things happen, in one function (attempt). The retry loop (retry.go) and hedging
-// (hedge.go) run it; what it calls is named at each step.
+// response, in the order things happen, in one function (attempt). The
+// retry loop (retry.go) and hedging (hedge.go) run it; what it calls is
+// named at each step.
 
 package keepalive
 

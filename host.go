@@ -1,9 +1,8 @@
 // This file holds the per-host state: everything a Transport keeps about
-// one host (its counters, retry budget, circuit breaker, dial gate and
-// pause),
-// found under one canonical key, "host:port", once per request and passed
-// down the request path. The budget, breaker, gate and pause each keep
-// their mechanics in budget.go, breaker.go, dialgate.go and pause.go.
+// one host (its counters, retry budget, circuit breaker, dial gate, learned
+// idle timeout and pause), found under one canonical key, "host:port", once
+// per request and passed down the request path. Each keeps its mechanics
+// in its own file: budget.go, breaker.go, dialgate.go, idle.go, pause.go.
 
 package keepalive
 

@@ -157,6 +157,8 @@ type mxFault struct {
 	// breaks: a fault can break a connection that other responses are
 	// being read from (HTTP/2 multiplexes), so a body read may fail.
 	breaks bool
+	// status: the status the fault answers with, 0 if none.
+	status int
 	http1  func(s *mxServer, w http.ResponseWriter, r *http.Request, id string)
 	http2  func(s *mxServer, w http.ResponseWriter, r *http.Request, id string)
 }
@@ -165,7 +167,10 @@ func mxEvery(k int64) func(int64) bool { return func(n int64) bool { return n%k 
 
 var mxFaults = []mxFault{
 	// 503 with Retry-After: 0 to two requests in three.
-	{name: "503storm", hit: func(n int64) bool { return n%3 != 0 }, fails: true, http1: mxStorm, http2: mxStorm},
+	{name: "503storm", hit: func(n int64) bool { return n%3 != 0 }, fails: true, status: http.StatusServiceUnavailable, http1: mxStorm, http2: mxStorm},
+	// 429 saying no quota is left for 50 ms, to one request in four: the
+	// host pauses every request (pause.go).
+	{name: "ratelimit", hit: mxEvery(4), fails: true, status: http.StatusTooManyRequests, http1: mxRateLimit, http2: mxRateLimit},
 	// The request is read whole, then the connection is reset (HTTP/1) or
 	// the stream is (HTTP/2, RST_STREAM).
 	{name: "reset", hit: mxEvery(2), fails: true, http1: mxReset1, http2: mxReset2},
@@ -675,7 +680,7 @@ func (c *mxCell) do(ph mxPhase, k mxKind, slow bool) mxResult {
 	resp.Body.Close()
 	res.err = rerr
 	defer ended()
-	if res.status != http.StatusOK && (res.status != http.StatusServiceUnavailable || c.spec.fault.name != "503storm" || ph != mxFaultPhase) {
+	if res.status != http.StatusOK && (res.status != c.spec.fault.status || ph != mxFaultPhase) {
 		c.fail(invStatus, "%s: the server never sent status %d in this phase", res, res.status)
 	}
 	if rerr != nil {
@@ -1343,6 +1348,13 @@ func mxStorm(_ *mxServer, w http.ResponseWriter, _ *http.Request, _ string) {
 	w.Header().Set("Retry-After", "0")
 	w.WriteHeader(http.StatusServiceUnavailable)
 	io.WriteString(w, "storm\n")
+}
+
+func mxRateLimit(_ *mxServer, w http.ResponseWriter, _ *http.Request, _ string) {
+	w.Header().Set("X-RateLimit-Remaining", "0")
+	w.Header().Set("X-RateLimit-Reset", "0.05")
+	w.WriteHeader(http.StatusTooManyRequests)
+	io.WriteString(w, "slow down\n")
 }
 
 func mxReset1(_ *mxServer, w http.ResponseWriter, _ *http.Request, _ string) {
