@@ -48,7 +48,6 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 	defer rp.done()
 	r := rp.first
 	start := monotonic() // of the current attempt
-	t.budget.deposit(&h.budget, unixSec(start))
 	hedge := t.opts.hedgeDelay > 0 && rp.replayable() && t.policy.mayRepeat(req) && req.Header.Get("Upgrade") == ""
 	var bo backoff.BackOff // made on the first outcome that needs a decision: most requests never do
 	for n := 1; ; n++ {
@@ -62,7 +61,11 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 			resp, err = t.attempt(r, n, h, false, nil)
 		}
 		if err == nil && t.policy.check == nil && !t.policy.statuses.has(resp.StatusCode) {
-			return t.finish(req, resp), nil // the success path: nothing more to decide
+			// The success path: nothing more to decide. A success earns the
+			// host retries (budget.go), dated when its attempt was sent,
+			// which saves a clock reading.
+			t.budget.deposit(&h.budget, unixSec(start))
+			return t.finish(req, resp), nil
 		}
 
 		if bo == nil {
@@ -74,6 +77,12 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 			replayable: rp.replayable(), took: time.Duration(mono - start),
 		}, now, bo)
 		if d.verdict != verdictRetry {
+			if d.verdict == verdictReturn && err == nil && ctx.Err() == nil {
+				// A response the CheckRetry policy does not retry: a
+				// success, as on the success path. (verdictReturn on a
+				// live context is an outcome not worth a retry.)
+				t.budget.deposit(&h.budget, unixSec(start))
+			}
 			return t.giveUp(req, h, resp, err, n, d)
 		}
 		if !t.budget.withdraw(&h.budget, unixSec(mono)) {
