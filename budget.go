@@ -1,8 +1,9 @@
-// This file holds the retry budget: per host, retries may add at most a
-// share of the requests of a sliding window, plus a small floor per second.
-// Its configuration (RetryBudget) and defaults are here, its option
-// (WithRetryBudget) in options.go; each host's window lives in the host's
-// state (host.go), and the retry loop (retry.go) deposits and withdraws.
+// This file holds the retry budget: per host, retries may number at most a
+// share of the requests that succeeded in a sliding window, plus a small
+// floor per window. Its configuration (RetryBudget) and defaults are here,
+// its option (WithRetryBudget) in options.go; each host's window lives in
+// the host's state (host.go), and the retry loop (retry.go) deposits a
+// success and withdraws a retry; hedges (hedge.go) withdraw too.
 
 package keepalive
 
@@ -12,23 +13,39 @@ import (
 	"time"
 )
 
-// Retry budget defaults, those of Finagle's RetryBudget (Envoy and gRPC
-// throttle retries the same way). A retry budget caps what retries add to a
-// host's load when it fails: a fleet whose every client retries 3 times
-// multiplies the load on a failing upstream by 4 just when it can least take
-// it; with the budget the multiplier stays near 1.2.
+// Retry budget defaults. A retry budget caps what retries add to a host's
+// load when it fails: a fleet whose every client retries 3 times
+// multiplies the load on a failing upstream by 4 just when it can least
+// take it. The window and its numbers are Finagle's RetryBudget; what
+// earns retries is the requests that succeeded, as in gRPC's retry
+// throttling (gRFC A6) and the AWS SDKs' retry quota, not every request
+// sent: a host that fails everything earns nothing and gets the floor
+// alone (10,000 requests within a window reach it at most 10,100 times),
+// while a host that fails 5% of requests at random earns far more retries
+// than it needs.
 const (
-	// DefaultRetryBudgetRatio is the share of requests that retries may add:
-	// 0.2 lets 2 retries through for every 10 requests in the window.
+	// DefaultRetryBudgetRatio is the retries that each success earns: 0.2
+	// lets one retry through for every 5 requests that succeeded in the
+	// window. A host that fails up to about 1 attempt in 6 at random so
+	// keeps all its retries (it needs f/(1-f) retries per success when
+	// it fails a share f of attempts); past that, retries are held to 0.2
+	// per success, plus the floor.
 	DefaultRetryBudgetRatio = 0.2
 
-	// DefaultRetryBudgetWindow is the sliding window over which requests
+	// DefaultRetryBudgetWindow is the sliding window over which successes
 	// and retries are counted.
 	DefaultRetryBudgetWindow = 10 * time.Second
 
-	// DefaultRetryBudgetMinPerSecond is the floor: retries per second
-	// always allowed (over the window: 10/s x 10 s = 100), so a client that
-	// sends few requests can still retry them.
+	// DefaultRetryBudgetMinPerSecond is the floor: 10 retries per second of
+	// the window (10/s x 10 s = 100 per window) always allowed, so a client
+	// that sends few requests can still retry them. The floor is bounded:
+	// it is a fixed count per window, MinPerSecond x the window's seconds,
+	// however the retries bunch up within it and whatever the traffic, and
+	// in a full outage it is all the budget holds. So a client that sends
+	// 10,000 requests to a dead host within one window retries at most 100
+	// of them (1.01 attempts per request), one that keeps sending 1,000
+	// requests per second retries 1% of them, and one that sends 1 per
+	// second retries them all.
 	DefaultRetryBudgetMinPerSecond = 10
 
 	// MaxRetryBudgetWindow is the longest window WithRetryBudget accepts.
@@ -36,24 +53,30 @@ const (
 )
 
 // RetryBudget configures WithRetryBudget: per host, within any Window,
-// retries may number at most Ratio x the requests sent to the host in that
-// window, plus MinPerSecond x the window's seconds. Zero fields take the
-// defaults named on each, so RetryBudget{} is the default budget.
+// retries may number at most Ratio x the requests to the host that
+// succeeded in that window, plus the floor, MinPerSecond x the window's
+// seconds. A request succeeded when it ended on an outcome not worth a
+// retry: a response whose status is not retried (a 404 counts; a 503
+// does not), or that the WithCheckRetry policy does not retry; errors,
+// cancelled requests and requests that gave up never count. Zero fields
+// take the defaults named on each, so RetryBudget{} is the default budget.
 type RetryBudget struct {
-	// Ratio is the share of requests that retries may add. Zero means
+	// Ratio is the retries that each success earns. Zero means
 	// DefaultRetryBudgetRatio; a negative value means none: retries draw
 	// on the floor only. It must not exceed 10 (Finagle allows up to
 	// 1000%).
 	Ratio float64
 
-	// Window is the sliding window over which requests and retries are
+	// Window is the sliding window over which successes and retries are
 	// counted; it slides by whole seconds. Zero means
 	// DefaultRetryBudgetWindow; otherwise it must be a whole number of
 	// seconds from 1 s to MaxRetryBudgetWindow.
 	Window time.Duration
 
-	// MinPerSecond is the floor: retries per second always allowed, so a
-	// client that sends few requests can still retry them. Zero means
+	// MinPerSecond is the floor: retries per second of the window always
+	// allowed, so a client that sends few requests can still retry them.
+	// It is a count per window, MinPerSecond x the window's seconds, not a
+	// rate: the whole count may be spent at once. Zero means
 	// DefaultRetryBudgetMinPerSecond; a negative value means no floor.
 	MinPerSecond int
 }
@@ -91,7 +114,8 @@ func (b RetryBudget) config() budgetConfig {
 }
 
 // retryBudget is the budget's configuration; each host keeps its window in
-// its hostBudget (host.go). A nil *retryBudget allows every retry.
+// its hostBudget (host.go). A nil *retryBudget allows every retry and
+// records no success.
 type retryBudget struct {
 	cfg     budgetConfig
 	seconds int     // window in whole seconds: the ring's length
@@ -113,9 +137,12 @@ func (b *retryBudget) init(h *hostBudget) {
 	}
 }
 
-// deposit records a request to the host whose window is h, at the Unix
-// second sec. It runs on every request: one atomic add, and a lock only on
-// the first request of a second.
+// deposit records a success of the host whose window is h, dated the Unix
+// second sec (that of the attempt that succeeded). It runs on every request
+// that succeeds, so it is cheap: one atomic add, and a lock only on the
+// first deposit or withdrawal of a second. A deposit dated a lap of the
+// ring or more before the second its bucket now counts is outside every
+// window from now on, and is dropped.
 func (b *retryBudget) deposit(h *hostBudget, sec int64) {
 	if b == nil {
 		return
@@ -125,6 +152,9 @@ func (b *retryBudget) deposit(h *hostBudget, sec int64) {
 		h.mu.Lock()
 		bk = h.bucket(sec)
 		h.mu.Unlock()
+		if bk == nil {
+			return
+		}
 	}
 	bk.deposits.Add(1)
 }
@@ -142,7 +172,11 @@ func (b *retryBudget) withdraw(h *hostBudget, sec int64) bool {
 	if b.cfg.ratio*float64(deposits)+b.reserve-float64(withdrawals) < 1 {
 		return false
 	}
-	h.bucket(sec).withdrawals.Add(1)
+	bk := h.bucket(sec)
+	if bk == nil {
+		return false // a clock reading a lap stale: refused, not counted in a newer second
+	}
+	bk.withdrawals.Add(1)
 	return true
 }
 
@@ -161,14 +195,19 @@ type budgetBucket struct {
 	deposits, withdrawals atomic.Int64
 }
 
-// bucket returns the bucket of second sec, reset if it held an older one;
-// h.mu is held. The counts are cleared before the second is stored, so a
-// deposit that sees the new second counts in the new bucket (one that
-// raced the reset may count in the old second's: the budget is a rate,
-// and one request more or less does not change it).
+// bucket returns the bucket of second sec, reset if it held an older one,
+// or nil if it holds a newer one (sec is then a lap of the ring or more
+// before it, outside every window from now on); h.mu is held. The counts
+// are cleared before the second is stored, so a deposit that sees the new
+// second counts in the new bucket (one that raced the reset may count in
+// the old second's: the budget is a rate, and one success more or less
+// does not change it).
 func (h *hostBudget) bucket(sec int64) *budgetBucket {
 	bk := &h.ring[int(uint64(sec)%uint64(len(h.ring)))]
-	if bk.sec.Load() != sec {
+	switch cur := bk.sec.Load(); {
+	case cur > sec:
+		return nil
+	case cur < sec:
 		bk.deposits.Store(0)
 		bk.withdrawals.Store(0)
 		bk.sec.Store(sec)

@@ -64,10 +64,12 @@
 // response is returned with its body intact; on errors, a *RetryError that
 // wraps the last error. Cancelling the context stops a wait at once.
 //
-// Retries are budgeted per host, on by default (WithRetryBudget): they may
-// add at most 20% to the requests of the last 10 s, plus 10 per second, so
-// a failing upstream sees about 1.2 attempts per request instead of 4, from
-// every client instance at once. A retry starts only when the context's
+// Retries are budgeted per host, on by default (WithRetryBudget): each
+// request that succeeded in the last 10 s earns 0.2 retries, and a floor of
+// 100 per 10 s lets a quiet client retry, so an upstream that fails
+// everything sees about 1.01 attempts per request instead of 4, from every
+// client instance at once, while one that fails 5% of attempts keeps all
+// its retries. A retry starts only when the context's
 // deadline leaves room for the wait and another attempt. Opt-in:
 // WithAttemptTimeout, WithConnMaxLifetime, WithCircuitBreaker, WithHedging,
 // WithResponseBuffer.

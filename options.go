@@ -422,10 +422,12 @@ func WithAttemptTransport(wrap func(http.RoundTripper) http.RoundTripper) Option
 }
 
 // WithRetryBudget sets the retry budget, kept for each host (see
-// RetryBudget; zero fields take the defaults). A retry the budget refuses
-// is not sent: the request ends at once with the outcome of its last
-// attempt (its response, or its error, in a *RetryError after more than
-// one attempt), and Stats.BudgetRefusals counts it. Hedged attempts
+// RetryBudget; zero fields take the defaults): the requests to a host that
+// succeeded earn it retries, Ratio each, within a sliding Window, on top
+// of a floor of MinPerSecond per second of the window. A retry the budget
+// refuses is not sent: the request ends at once with the outcome of its
+// last attempt (its response, or its error, in a *RetryError after more
+// than one attempt), and Stats.BudgetRefusals counts it. Hedged attempts
 // (WithHedging) draw from the same budget. The budget is on by default,
 // as RetryBudget{}; a Ratio above 10, or a Window that is not whole
 // seconds from 1 s to MaxRetryBudgetWindow, is an error. Turn the budget

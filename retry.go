@@ -50,7 +50,6 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 	defer rp.done()
 	r := rp.first
 	start := monotonic() // of the current attempt
-	t.budget.deposit(&h.budget, unixSec(start))
 	repeatable := rp.replayable() && t.policy.mayRepeat(req)
 	hedge := t.opts.hedgeDelay > 0 && repeatable && req.Header.Get("Upgrade") == ""
 	buffer := t.opts.responseBuffer > 0 && repeatable // WithResponseBuffer
@@ -69,7 +68,11 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 			resp, err = bufferBody(resp, t.opts.responseBuffer)
 		}
 		if err == nil && t.policy.check == nil && !t.policy.statuses.has(resp.StatusCode) {
-			return t.finish(req, resp), nil // the success path: nothing more to decide
+			// The success path: nothing more to decide. A success earns the
+			// host retries (budget.go), dated when its attempt was sent,
+			// which saves a clock reading.
+			t.budget.deposit(&h.budget, unixSec(start))
+			return t.finish(req, resp), nil
 		}
 
 		if bo == nil {
@@ -82,6 +85,12 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 			paused: h.pauseLeft(mono), // pause.go: its end is the earliest next attempt
 		}, now, bo)
 		if d.verdict != verdictRetry {
+			if d.verdict == verdictReturn && err == nil && ctx.Err() == nil {
+				// A response the CheckRetry policy does not retry: a
+				// success, as on the success path. (verdictReturn on a
+				// live context is an outcome not worth a retry.)
+				t.budget.deposit(&h.budget, unixSec(start))
+			}
 			return t.giveUp(req, h, resp, err, n, d)
 		}
 		if !t.budget.withdraw(&h.budget, unixSec(mono)) {
