@@ -22,7 +22,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -30,17 +29,11 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// ngxBinary returns the nginx binary, or skips the test.
+// ngxBinary returns the nginx binary, or skips the test (fails it in CI:
+// realBinary).
 func ngxBinary(t testing.TB) string {
 	t.Helper()
-	if p, err := exec.LookPath("nginx"); err == nil {
-		return p
-	}
-	if _, err := os.Stat("/usr/sbin/nginx"); err == nil {
-		return "/usr/sbin/nginx"
-	}
-	t.Skip("nginx not installed (apt-get install -y nginx-light): skipping the real-nginx scenarios")
-	return ""
+	return realBinary(t, "nginx", "nginx-light")
 }
 
 // ngxServer is an nginx master process, a child of the test, with its
@@ -48,8 +41,7 @@ func ngxBinary(t testing.TB) string {
 type ngxServer struct {
 	bin, dir, conf, errLog string
 	addr                   string
-	cmd                    *exec.Cmd
-	exited                 chan struct{}
+	proc                   *realProc
 }
 
 // ngxConfig is the nginx.conf template: %[1]s is the temp dir, %[2]s the
@@ -95,67 +87,20 @@ func ngxStart(t testing.TB, upstream, extra string) *ngxServer {
 	if os.Geteuid() == 0 {
 		user = "user root;" // workers must reach the 0700 temp dir
 	}
-	for attempt := 1; ; attempt++ {
-		s := &ngxServer{bin: bin, dir: dir, conf: filepath.Join(dir, "nginx.conf"),
-			errLog: filepath.Join(dir, "error.log"), addr: ngxFreeAddr(t), exited: make(chan struct{})}
-		conf := fmt.Sprintf(ngxConfig, dir, s.addr, upstream, extra, user)
+	s := &ngxServer{bin: bin, dir: dir, conf: filepath.Join(dir, "nginx.conf"), errLog: filepath.Join(dir, "error.log")}
+	s.proc = realLaunch(t, "nginx", func(addr string) (*exec.Cmd, []string) {
+		s.addr = addr
+		conf := fmt.Sprintf(ngxConfig, dir, addr, upstream, extra, user)
 		require.NoError(t, os.WriteFile(s.conf, []byte(conf), 0o600))
 		out, err := exec.Command(bin, s.args("-t")...).CombinedOutput()
 		require.NoError(t, err, "nginx rejects the test config:\n%s", out)
-
-		s.cmd = exec.Command(bin, s.args()...)
-		require.NoError(t, s.cmd.Start())
-		go func() {
-			_ = s.cmd.Wait()
-			close(s.exited)
-		}()
-		if s.waitReady(t) {
-			t.Cleanup(func() { s.stop(t) })
-			return s
-		}
-		log, _ := os.ReadFile(s.errLog)
-		s.stop(t)
-		// Another process may have taken the port between choosing and binding it.
-		require.Less(t, attempt, 3, "nginx did not start:\n%s", log)
-	}
+		return exec.Command(bin, s.args()...), []string{s.errLog}
+	})
+	return s
 }
 
 func (s *ngxServer) args(extra ...string) []string {
 	return append([]string{"-p", s.dir + "/", "-c", s.conf, "-e", s.errLog}, extra...)
-}
-
-// ngxFreeAddr returns a loopback address with a port that was free a
-// moment ago.
-func ngxFreeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
-// waitReady reports whether nginx accepted a connection before it exited.
-// nginx signals readiness in no other way than listening.
-func (s *ngxServer) waitReady(t testing.TB) bool {
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case <-s.exited:
-			return false
-		default:
-		}
-		if c, err := net.DialTimeout("tcp", s.addr, time.Second); err == nil {
-			c.Close()
-			return true
-		}
-		select {
-		case <-s.exited:
-			return false
-		case <-time.After(10 * time.Millisecond): // polling an external process
-		}
-	}
-	return false
 }
 
 func (s *ngxServer) logCount(substr string) int {
@@ -163,25 +108,12 @@ func (s *ngxServer) logCount(substr string) int {
 	return bytes.Count(b, []byte(substr))
 }
 
-func (s *ngxServer) stop(t testing.TB) {
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.exited:
-	case <-time.After(20 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-s.exited
-	}
-	if t.Failed() {
-		b, _ := os.ReadFile(s.errLog)
-		t.Logf("nginx error log:\n%s", b)
-	}
-}
-
 // ngxUpstream is the Go server behind nginx. It records how often each
 // request (by method and X-Req-Id) arrived, and answers with the body's
 // checksum so the client can tell its own answer from another's.
 type ngxUpstream struct {
 	addr string
+	idle time.Duration // the http.Server's IdleTimeout; 0: none (its ReadTimeout, none either)
 
 	mu       sync.Mutex
 	arrivals map[string]int
@@ -197,10 +129,7 @@ type ngxUpstream struct {
 
 func ngxStartUpstream(t testing.TB) *ngxUpstream {
 	t.Helper()
-	u := &ngxUpstream{addr: "127.0.0.1:0", arrivals: map[string]int{}}
-	u.start(t)
-	t.Cleanup(u.stop)
-	return u
+	return realStartUpstream(t, 0)
 }
 
 func (u *ngxUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -236,7 +165,7 @@ func (u *ngxUpstream) listen() error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: u}
+	srv := &http.Server{Handler: u, IdleTimeout: u.idle}
 	served := make(chan struct{})
 	u.mu.Lock()
 	u.addr, u.srv, u.served = ln.Addr().String(), srv, served
