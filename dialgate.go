@@ -93,7 +93,9 @@ type gateKey struct{}
 // carry it.
 type gateMark struct {
 	got    atomic.Bool
-	done   chan struct{}
+	done   chan struct{}   // closed when the request got its first connection
+	gots   atomic.Int64    // connections the request got: net/http may retry it on another (serial)
+	note   chan struct{}   // a token sent when it gets one (serial)
 	ended  <-chan struct{} // the request's context's Done: a dial for it is not needed once it ends
 	serial bool
 	gate   *gateHost
@@ -106,6 +108,11 @@ func (m *gateMark) gotConn(info httptrace.GotConnInfo) {
 	}
 	if !m.serial {
 		return
+	}
+	m.gots.Add(1)
+	select {
+	case m.note <- struct{}{}:
+	default:
 	}
 	if tc, ok := info.Conn.(*tls.Conn); ok {
 		if tc.ConnectionState().NegotiatedProtocol == "h2" {
@@ -156,6 +163,9 @@ func (h *gateHost) enter(r *http.Request) *http.Request {
 		return r
 	}
 	m := &gateMark{done: make(chan struct{}), ended: r.Context().Done(), serial: p != protoHTTP1, gate: h}
+	if m.serial {
+		m.note = make(chan struct{}, 1)
+	}
 	ctx := context.WithValue(r.Context(), gateKey{}, m)
 	trace := &httptrace.ClientTrace{GotConn: m.gotConn}
 	if m.serial {
@@ -228,8 +238,11 @@ func (h *gateHost) dial(ctx context.Context, holdMax time.Duration, connect func
 // end, and makes the dial of m's request the one in progress. It returns
 // errDialNotNeeded if the request got a connection meanwhile (or ended),
 // and nil with the serial dial taken, or with the host found to speak
-// HTTP/1 (then the caller ends the serial dial it took).
+// HTTP/1 (then the caller ends the serial dial it took). A connection the
+// request got before this dial does not count: net/http dials again for a
+// request whose stream a GOAWAY refused.
 func (h *gateHost) awaitSerial(ctx context.Context, m *gateMark) error {
+	base := m.gots.Load()
 	for {
 		h.mu.Lock()
 		wait := h.serial
@@ -239,14 +252,8 @@ func (h *gateHost) awaitSerial(ctx context.Context, m *gateMark) error {
 			return nil
 		}
 		h.mu.Unlock()
-		select {
-		case <-m.done:
-			return errDialNotNeeded
-		case <-m.ended:
-			return errDialNotNeeded
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-wait:
+		if err := m.await(ctx, base, wait, 0); err != nil {
+			return err
 		}
 		if h.proto.Load() != protoHTTP2 {
 			continue // the dial failed, or found HTTP/1: take the next turn
@@ -254,20 +261,36 @@ func (h *gateHost) awaitSerial(ctx context.Context, m *gateMark) error {
 		// The dial made an HTTP/2 connection: net/http is handing it to
 		// every waiting request, this one included unless the
 		// connection is full.
-		grace := time.NewTimer(serialGrace)
-		select {
-		case <-m.done:
-			grace.Stop()
-			return errDialNotNeeded
-		case <-m.ended:
-			grace.Stop()
-			return errDialNotNeeded
-		case <-ctx.Done():
-			grace.Stop()
-			return ctx.Err()
-		case <-grace.C:
+		if err := m.await(ctx, base, nil, serialGrace); err != nil {
+			return err
 		}
 	}
+}
+
+// await waits until done is closed (nil: never) or d has passed (0:
+// never); it returns errDialNotNeeded if the request got a connection
+// after its base-th, or ended, first.
+func (m *gateMark) await(ctx context.Context, base int64, done <-chan struct{}, d time.Duration) error {
+	var expired <-chan time.Time
+	if d > 0 {
+		timer := time.NewTimer(d)
+		defer timer.Stop()
+		expired = timer.C
+	}
+	for m.gots.Load() <= base {
+		select {
+		case <-m.note: // check the count again
+		case <-m.ended:
+			return errDialNotNeeded
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-done:
+			return nil
+		case <-expired:
+			return nil
+		}
+	}
+	return errDialNotNeeded
 }
 
 // endSerial ends the host's serial dial in progress.

@@ -24,6 +24,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -763,4 +764,151 @@ func realTestCert(t testing.TB) (certFile, keyFile string, roots *x509.CertPool)
 	roots = x509.NewCertPool()
 	roots.AddCert(leaf)
 	return certFile, keyFile, roots
+}
+
+// ngxTLSConfig is the nginx.conf of ngxStartTLS: %[1]s is the temp dir,
+// %[2]s the listen address, %[3]s and %[4]s the certificate and key files,
+// %[5]s keepalive_requests, %[6]s the user line.
+const ngxTLSConfig = `
+daemon off;
+master_process on;
+worker_processes 1;
+%[6]s
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log notice;
+events { worker_connections 1024; }
+http {
+	access_log off;
+	client_body_temp_path %[1]s/body;
+	proxy_temp_path %[1]s/proxy;
+	fastcgi_temp_path %[1]s/fastcgi;
+	uwsgi_temp_path %[1]s/uwsgi;
+	scgi_temp_path %[1]s/scgi;
+	keepalive_requests %[5]d;
+	server {
+		listen %[2]s ssl http2;
+		ssl_certificate %[3]s;
+		ssl_certificate_key %[4]s;
+		location / { return 200 "ok\n"; }
+	}
+}
+`
+
+// ngxStartTLS starts nginx serving HTTPS with HTTP/2 on a loopback port,
+// ending each connection after keepaliveRequests requests (HTTP/2: with a
+// GOAWAY). It returns the server and a pool that trusts its certificate.
+func ngxStartTLS(t testing.TB, keepaliveRequests int) (*ngxServer, *x509.CertPool) {
+	t.Helper()
+	certFile, keyFile, roots := realTestCert(t)
+	bin := ngxBinary(t)
+	dir := t.TempDir()
+	user := ""
+	if os.Geteuid() == 0 {
+		user = "user root;"
+	}
+	s := &ngxServer{bin: bin, dir: dir, conf: filepath.Join(dir, "nginx.conf"), errLog: filepath.Join(dir, "error.log")}
+	s.proc = realLaunch(t, "nginx", func(addr string) (*exec.Cmd, []string) {
+		s.addr = addr
+		conf := fmt.Sprintf(ngxTLSConfig, dir, addr, certFile, keyFile, keepaliveRequests, user)
+		require.NoError(t, os.WriteFile(s.conf, []byte(conf), 0o600))
+		out, err := exec.Command(bin, s.args("-t")...).CombinedOutput()
+		require.NoError(t, err, "nginx rejects the test config:\n%s", out)
+		return exec.Command(bin, s.args()...), []string{s.errLog}
+	})
+	return s, roots
+}
+
+// dialTally counts what a client dialed and which connections carried a
+// request, as the client sees them (GotConn).
+type dialTally struct {
+	dials   atomic.Int64
+	mu      sync.Mutex
+	carried map[net.Conn]bool
+}
+
+func (d *dialTally) trace(ctx context.Context) context.Context {
+	return httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		d.mu.Lock()
+		d.carried[info.Conn] = true
+		d.mu.Unlock()
+	}})
+}
+
+// TestNginxHTTP2GoawayDials sends GETs from 32 goroutines to real nginx
+// over HTTPS with HTTP/2, which ends each connection with a GOAWAY after
+// 100 requests, and compares the connections each client dialed with
+// those that carried a request. net/http dials for every request waiting
+// when a GOAWAY comes and keeps one of the connections; keepalive's dial
+// gate dials one at a time for an HTTP/2 host. KA_GOAWAY_SECONDS sets the
+// run's length (default 4 s).
+func TestNginxHTTP2GoawayDials(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real nginx under load: skipped with -short")
+	}
+	d := realEnvSeconds(t, "KA_GOAWAY_SECONDS", 4*time.Second)
+	const workers, perConn = 32, 100
+	srv, roots := ngxStartTLS(t, perConn)
+	url := "https://" + srv.addr + "/"
+	tlsConf := &tls.Config{RootCAs: roots}
+
+	for _, name := range []string{"keepalive", "bare"} {
+		tally := &dialTally{carried: map[net.Conn]bool{}}
+		var c *http.Client
+		var tr *Transport
+		if name == "keepalive" {
+			c, tr = newTestClient(t, WithTLSConfig(tlsConf))
+		} else {
+			bare := realBareClient(t)
+			bt := bare.Transport.(*http.Transport)
+			bt.TLSClientConfig, bt.ForceAttemptHTTP2 = tlsConf, true
+			dialer := &net.Dialer{}
+			bt.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				tally.dials.Add(1)
+				return dialer.DialContext(ctx, network, addr)
+			}
+			c = bare
+		}
+		var ok, failed atomic.Int64
+		until := time.Now().Add(d)
+		var wg sync.WaitGroup
+		for range workers {
+			wg.Go(func() {
+				for time.Now().Before(until) {
+					req, err := http.NewRequestWithContext(tally.trace(context.Background()), http.MethodGet, url, nil)
+					if err != nil {
+						failed.Add(1)
+						return
+					}
+					resp, err := c.Do(req)
+					if err != nil {
+						failed.Add(1)
+						continue
+					}
+					_, err = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if err != nil || resp.ProtoMajor != 2 {
+						failed.Add(1)
+						continue
+					}
+					ok.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		carried := int64(len(tally.carried))
+		goaways := ok.Load() / perConn
+		if tr != nil {
+			s := tr.Stats()
+			t.Logf("keepalive: %d GETs ok, %d failed; %d connections carried requests (GotConn), Stats: Dials %d, DiscardedDials %d, Retries %d; about %d GOAWAYs",
+				ok.Load(), failed.Load(), carried, s.Dials, s.DiscardedDials, s.Retries, goaways)
+			assert.Equal(t, carried, s.Dials, "Dials counts the connections that carried requests")
+			assert.LessOrEqual(t, s.DiscardedDials, carried/10+2, "dials discarded: at most one per ten connections used")
+			assert.Zero(t, failed.Load())
+			assert.Zero(t, s.Retries, "a dial the gate drops never fails a request")
+		} else {
+			t.Logf("bare: %d GETs ok, %d failed; dialed %d connections, %d carried requests; about %d GOAWAYs",
+				ok.Load(), failed.Load(), tally.dials.Load(), carried, goaways)
+		}
+		assert.Positive(t, ok.Load())
+	}
 }
