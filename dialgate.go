@@ -93,26 +93,24 @@ type gateKey struct{}
 // carry it.
 type gateMark struct {
 	got    atomic.Bool
-	done   chan struct{}   // closed when the request got its first connection
-	gots   atomic.Int64    // connections the request got: net/http may retry it on another (serial)
-	note   chan struct{}   // a token sent when it gets one (serial)
+	gots   atomic.Int64    // connections the request got: net/http may retry it on another
+	note   chan struct{}   // a token sent each time it gets one
 	ended  <-chan struct{} // the request's context's Done: a dial for it is not needed once it ends
 	serial bool
 	gate   *gateHost
-	dialed atomic.Pointer[conn] // the connection of the dial in progress for the request (serial)
+	dialed atomic.Pointer[conn]  // the connection of the dial in progress for the request (serial)
+	trace  httptrace.ClientTrace // in the mark: one allocation less
 }
 
 func (m *gateMark) gotConn(info httptrace.GotConnInfo) {
-	if m.got.CompareAndSwap(false, true) {
-		close(m.done)
-	}
-	if !m.serial {
-		return
-	}
+	m.got.Store(true)
 	m.gots.Add(1)
 	select {
 	case m.note <- struct{}{}:
 	default:
+	}
+	if !m.serial {
+		return
 	}
 	if tc, ok := info.Conn.(*tls.Conn); ok {
 		if tc.ConnectionState().NegotiatedProtocol == "h2" {
@@ -162,16 +160,13 @@ func (h *gateHost) enter(r *http.Request) *http.Request {
 	if h.dialing.Load() == 0 && p == protoHTTP1 {
 		return r
 	}
-	m := &gateMark{done: make(chan struct{}), ended: r.Context().Done(), serial: p != protoHTTP1, gate: h}
+	m := &gateMark{note: make(chan struct{}, 1), ended: r.Context().Done(), serial: p != protoHTTP1, gate: h}
+	m.trace.GotConn = m.gotConn
 	if m.serial {
-		m.note = make(chan struct{}, 1)
+		m.trace.TLSHandshakeDone = m.tlsDone
 	}
 	ctx := context.WithValue(r.Context(), gateKey{}, m)
-	trace := &httptrace.ClientTrace{GotConn: m.gotConn}
-	if m.serial {
-		trace.TLSHandshakeDone = m.tlsDone
-	}
-	ctx = httptrace.WithClientTrace(ctx, trace)
+	ctx = httptrace.WithClientTrace(ctx, &m.trace)
 	return r.WithContext(ctx)
 }
 
@@ -315,7 +310,7 @@ func (h *gateHost) hold(ctx context.Context, m *gateMark, max time.Duration) boo
 	defer timer.Stop()
 	for waited := time.Duration(0); waited < max && h.conns.Load() > h.busy.Load(); waited += dialHoldStep {
 		select {
-		case <-m.done:
+		case <-m.note: // the request got a connection (it had none when the dial started)
 			return true
 		case <-ctx.Done():
 			return false

@@ -80,7 +80,7 @@ func TestGateHold(t *testing.T) {
 		return h.dial(ctx, holdMax, func() (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) })
 	}
 	marked := func() (context.Context, *gateMark) {
-		m := &gateMark{done: make(chan struct{})}
+		m := &gateMark{note: make(chan struct{}, 1)}
 		return context.WithValue(context.Background(), gateKey{}, m), m
 	}
 

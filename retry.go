@@ -49,11 +49,14 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 	rp := t.newReplay(req) // body.go
 	defer rp.done()
 	r := rp.first
-	start := monotonic() // of the current attempt
-	repeatable := rp.replayable() && t.policy.mayRepeat(req)
-	hedge := t.opts.hedgeDelay > 0 && repeatable && req.Header.Get("Upgrade") == ""
-	buffer := t.opts.responseBuffer > 0 && repeatable // WithResponseBuffer
-	var bo backoff.BackOff                            // made on the first outcome that needs a decision: most requests never do
+	start := monotonic()   // of the current attempt
+	var hedge, buffer bool // WithHedging, WithResponseBuffer: for requests that may be repeated
+	if t.opts.hedgeDelay > 0 || t.opts.responseBuffer > 0 {
+		repeatable := rp.replayable() && t.policy.mayRepeat(req)
+		hedge = t.opts.hedgeDelay > 0 && repeatable && req.Header.Get("Upgrade") == ""
+		buffer = t.opts.responseBuffer > 0 && repeatable
+	}
+	var bo backoff.BackOff // made on the first outcome that needs a decision: most requests never do
 	for n := 1; ; n++ {
 		var (
 			resp *http.Response
