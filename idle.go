@@ -70,6 +70,12 @@ const (
 	// starts doubling back towards the pool's own idle timeout.
 	idleTTL = time.Minute
 
+	// idlePeekAfter: a plain-text HTTP/1 connection idle for longer than
+	// this is checked for a close that has arrived but that net/http's
+	// read loop has not yet seen (closedUnderneath), before a request is
+	// written on it: one system call, where a busy connection pays none.
+	idlePeekAfter = 50 * time.Millisecond
+
 	// idleAlertGap: a read that returns data less than this before the
 	// read that fails is a TLS close_notify (or an HTTP/2 GOAWAY) sent
 	// with the close, not a response: the idle age is measured from the
@@ -160,6 +166,9 @@ func parseKeepAliveTimeout(v string) (time.Duration, bool) {
 	}
 	return 0, false
 }
+
+// errPeerClosed is the end of stream a check before a write found.
+var errPeerClosed = io.EOF
 
 // closedByPeer reports whether a read error is the peer closing the
 // connection: EOF or a reset, not a deadline or the Transport's own close.

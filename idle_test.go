@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -296,4 +297,44 @@ func TestIdleTimeoutResendsUnrewindableBody(t *testing.T) {
 	assert.Equal(t, faultEcho(http.MethodPost, "2", faultBodySum(10000, 7)), string(b))
 	assert.EqualValues(t, 0, srv.dropped.Load())
 	assert.EqualValues(t, 1, tr.Stats().ConnsRetiredIdle)
+}
+
+// closedUnderneath sees a close, a reset or unasked data that net/http's
+// read loop has not read yet, and nothing on an open, quiet connection.
+func TestClosedUnderneath(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	pair := func() (client, server net.Conn) {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		require.NoError(t, err)
+		s, err := ln.Accept()
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close(); s.Close() })
+		return c, s
+	}
+	seen := func(c net.Conn) bool {
+		return pollUntil(5*time.Second, func() bool { closed, _ := closedUnderneath(c); return closed })
+	}
+
+	c, s := pair()
+	closed, _ := closedUnderneath(c)
+	assert.False(t, closed, "open and quiet")
+	s.Close()
+	assert.True(t, seen(c), "closed by the peer")
+	_, err = closedUnderneath(c)
+	assert.ErrorIs(t, err, io.EOF)
+
+	c, s = pair()
+	_, err = s.Write([]byte("HTTP/1.1 408 Request Timeout\r\n\r\n"))
+	require.NoError(t, err)
+	assert.True(t, seen(c), "data nobody asked for")
+
+	c, s = pair()
+	s.(*net.TCPConn).SetLinger(0)
+	s.Close()
+	assert.True(t, seen(c), "reset by the peer")
+	b := make([]byte, 1)
+	_, err = c.Read(b) // the peek left the reset for the reader
+	assert.Error(t, err)
 }

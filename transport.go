@@ -167,6 +167,7 @@ type conn struct {
 	host                   *hostState
 	readAt, prevRead, wrAt atomic.Int64
 	h1, h2                 atomic.Bool
+	plain                  bool // HTTP/1 in plain text, set by the first write
 
 	// The write deadline bounds every write by the read timeout: a write
 	// that makes no progress for it (the server stopped reading an HTTP/1
@@ -263,6 +264,7 @@ func (c *conn) idleTooLong(p []byte, now int64) bool {
 	if w == 0 { // the first write: a request in plain text, or a TLS handshake
 		if len(p) > 0 && p[0] != tlsHandshakeRecord && !bytes.HasPrefix(p, []byte("CONNECT ")) {
 			c.h1.Store(true)
+			c.plain = true // written before any read: no race with Read
 		}
 		return false
 	}
@@ -270,9 +272,21 @@ func (c *conn) idleTooLong(p []byte, now int64) bool {
 	if r <= w || !c.h1.Load() || c.h2.Load() {
 		return false // not the first write since a response, or not HTTP/1
 	}
-	limit := c.host.idle.limit(now)
-	if limit == 0 || now-r <= limit {
-		return false
+	age := now - r
+	if limit := c.host.idle.limit(now); limit == 0 || age <= limit {
+		// Within the learned timeout, or none learned: the server may
+		// still have closed it, a moment ago (plain text only: over TLS a
+		// close comes with an alert, which looks like data).
+		if !c.plain || age <= int64(idlePeekAfter) {
+			return false
+		}
+		closed, err := closedUnderneath(c.Conn)
+		if !closed {
+			return false
+		}
+		if err != nil { // an idle close, seen before net/http saw it
+			c.t.observeIdleClose(c.host, time.Duration(age), err)
+		}
 	}
 	if !c.refused.Swap(true) {
 		c.host.counters.connsRetiredIdle.Add(1)
@@ -306,8 +320,8 @@ func (c *conn) readFailed(err error, now int64) {
 	if now-r < int64(idleAlertGap) {
 		r = c.prevRead.Load() // a TLS alert or a GOAWAY came with the close
 	}
-	if r == 0 || c.wrAt.Load() > r {
-		return // nothing read yet, or a request was in flight
+	if r == 0 || c.wrAt.Load() > r || c.refused.Load() {
+		return // nothing read yet, a request was in flight, or the Transport retired it
 	}
 	c.t.observeIdleClose(c.host, time.Duration(now-r), err)
 }
