@@ -107,10 +107,14 @@ func TestIdleTimeoutLearnedFromClose(t *testing.T) {
 				assert.EqualValues(t, 0, srv.dropped.Load(), "requests crossed by a close")
 				assert.EqualValues(t, 1, tr.Stats().ConnsRetiredIdle)
 				assert.EqualValues(t, 3, tr.Stats().Dials)
-			} else {
+			} else if srv.dropped.Load() == 1 {
 				require.Error(t, err, "the POST crossed the close")
-				assert.EqualValues(t, 1, srv.dropped.Load())
 				assert.EqualValues(t, 0, tr.Stats().ConnsRetiredIdle)
+			} else {
+				// The sleep outlasted the server's timeout: the close came
+				// first, and the check before the write saw it.
+				require.NoError(t, err)
+				assert.EqualValues(t, 2, tr.Stats().IdleCloses, "both closes seen, by net/http or before the write")
 			}
 		})
 	}

@@ -27,7 +27,9 @@ func closedUnderneath(nc net.Conn) (closed bool, err error) {
 		return false, nil
 	}
 	var buf [1]byte
-	cerr := rc.Read(func(fd uintptr) bool {
+	// Control, not Read: net/http's read loop holds the read lock while
+	// it waits, and MSG_DONTWAIT needs no readiness.
+	cerr := rc.Control(func(fd uintptr) {
 		n, _, perr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		switch {
 		case perr == nil && n == 0:
@@ -37,7 +39,6 @@ func closedUnderneath(nc net.Conn) (closed bool, err error) {
 		case errors.Is(perr, syscall.ECONNRESET):
 			closed, err = true, syscall.ECONNRESET
 		}
-		return true // never wait for readiness
 	})
 	if cerr != nil {
 		return false, nil
