@@ -45,13 +45,12 @@ type ngxServer struct {
 }
 
 // ngxConfig is the nginx.conf template: %[1]s is the temp dir, %[2]s the
-// listen address, %[3]s the upstream address, %[4]s extra http directives,
-// %[5]s the user line.
+// user line, %[3]s the http block's directives (see ngxProxyHTTP).
 const ngxConfig = `
 daemon off;
 master_process on;
 worker_processes 1;
-%[5]s
+%[2]s
 pid %[1]s/nginx.pid;
 error_log %[1]s/error.log notice;
 events { worker_connections 1024; }
@@ -62,24 +61,35 @@ http {
 	fastcgi_temp_path %[1]s/fastcgi;
 	uwsgi_temp_path %[1]s/uwsgi;
 	scgi_temp_path %[1]s/scgi;
-	%[4]s
+	%[3]s
+}
+`
+
+// ngxProxyHTTP is the http block of ngxStart: %[1]s is the listen address,
+// %[2]s the upstream address, %[3]s extra http directives.
+const ngxProxyHTTP = `%[3]s
 	upstream recorder {
-		server %[3]s max_fails=0;
+		server %[2]s max_fails=0;
 		keepalive 64;
 	}
 	server {
-		listen %[2]s;
+		listen %[1]s;
 		location / {
 			proxy_pass http://recorder;
 			proxy_http_version 1.1;
 			proxy_set_header Connection "";
 		}
-	}
-}
-`
+	}`
 
 // ngxStart starts nginx in front of upstream with extra http directives.
 func ngxStart(t testing.TB, upstream, extra string) *ngxServer {
+	t.Helper()
+	return ngxLaunch(t, func(addr string) string { return fmt.Sprintf(ngxProxyHTTP, addr, upstream, extra) })
+}
+
+// ngxLaunch starts nginx with the http block that httpBlock makes for the
+// listen address.
+func ngxLaunch(t testing.TB, httpBlock func(addr string) string) *ngxServer {
 	t.Helper()
 	bin := ngxBinary(t)
 	dir := t.TempDir()
@@ -90,7 +100,7 @@ func ngxStart(t testing.TB, upstream, extra string) *ngxServer {
 	s := &ngxServer{bin: bin, dir: dir, conf: filepath.Join(dir, "nginx.conf"), errLog: filepath.Join(dir, "error.log")}
 	s.proc = realLaunch(t, "nginx", func(addr string) (*exec.Cmd, []string) {
 		s.addr = addr
-		conf := fmt.Sprintf(ngxConfig, dir, addr, upstream, extra, user)
+		conf := fmt.Sprintf(ngxConfig, dir, user, httpBlock(addr))
 		require.NoError(t, os.WriteFile(s.conf, []byte(conf), 0o600))
 		out, err := exec.Command(bin, s.args("-t")...).CombinedOutput()
 		require.NoError(t, err, "nginx rejects the test config:\n%s", out)

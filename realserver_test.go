@@ -766,33 +766,16 @@ func realTestCert(t testing.TB) (certFile, keyFile string, roots *x509.CertPool)
 	return certFile, keyFile, roots
 }
 
-// ngxTLSConfig is the nginx.conf of ngxStartTLS: %[1]s is the temp dir,
-// %[2]s the listen address, %[3]s and %[4]s the certificate and key files,
-// %[5]s keepalive_requests, %[6]s the user line.
-const ngxTLSConfig = `
-daemon off;
-master_process on;
-worker_processes 1;
-%[6]s
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log notice;
-events { worker_connections 1024; }
-http {
-	access_log off;
-	client_body_temp_path %[1]s/body;
-	proxy_temp_path %[1]s/proxy;
-	fastcgi_temp_path %[1]s/fastcgi;
-	uwsgi_temp_path %[1]s/uwsgi;
-	scgi_temp_path %[1]s/scgi;
-	keepalive_requests %[5]d;
+// ngxTLSHTTP is the http block of ngxStartTLS: %[1]s is the listen
+// address, %[2]s and %[3]s the certificate and key files, %[4]d
+// keepalive_requests.
+const ngxTLSHTTP = `keepalive_requests %[4]d;
 	server {
-		listen %[2]s ssl http2;
-		ssl_certificate %[3]s;
-		ssl_certificate_key %[4]s;
+		listen %[1]s ssl http2;
+		ssl_certificate %[2]s;
+		ssl_certificate_key %[3]s;
 		location / { return 200 "ok\n"; }
-	}
-}
-`
+	}`
 
 // ngxStartTLS starts nginx serving HTTPS with HTTP/2 on a loopback port,
 // ending each connection after keepaliveRequests requests (HTTP/2: with a
@@ -800,22 +783,9 @@ http {
 func ngxStartTLS(t testing.TB, keepaliveRequests int) (*ngxServer, *x509.CertPool) {
 	t.Helper()
 	certFile, keyFile, roots := realTestCert(t)
-	bin := ngxBinary(t)
-	dir := t.TempDir()
-	user := ""
-	if os.Geteuid() == 0 {
-		user = "user root;"
-	}
-	s := &ngxServer{bin: bin, dir: dir, conf: filepath.Join(dir, "nginx.conf"), errLog: filepath.Join(dir, "error.log")}
-	s.proc = realLaunch(t, "nginx", func(addr string) (*exec.Cmd, []string) {
-		s.addr = addr
-		conf := fmt.Sprintf(ngxTLSConfig, dir, addr, certFile, keyFile, keepaliveRequests, user)
-		require.NoError(t, os.WriteFile(s.conf, []byte(conf), 0o600))
-		out, err := exec.Command(bin, s.args("-t")...).CombinedOutput()
-		require.NoError(t, err, "nginx rejects the test config:\n%s", out)
-		return exec.Command(bin, s.args()...), []string{s.errLog}
-	})
-	return s, roots
+	return ngxLaunch(t, func(addr string) string {
+		return fmt.Sprintf(ngxTLSHTTP, addr, certFile, keyFile, keepaliveRequests)
+	}), roots
 }
 
 // dialTally counts what a client dialed and which connections carried a
