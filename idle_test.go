@@ -80,44 +80,31 @@ func idlePost(t *testing.T, c *http.Client, url, id string) error {
 // long is not written on again: the unkeyed POST that would have crossed
 // the close goes to a new connection. Without learning, it is lost.
 func TestIdleTimeoutLearnedFromClose(t *testing.T) {
-	for _, learn := range []bool{true, false} {
-		name := "learning"
-		if !learn {
-			name = "WithoutIdleLearning"
-		}
-		t.Run(name, func(t *testing.T) {
-			srv := newIdleServer(t, 760*time.Millisecond, time.Second, "")
-			var opts []Option
-			if !learn {
-				opts = append(opts, WithoutIdleLearning())
-			}
-			tr, err := NewTransport(opts...)
-			require.NoError(t, err)
-			t.Cleanup(tr.CloseIdleConnections)
-			c := &http.Client{Transport: tr}
+	forLearning(t, func(t *testing.T, learn bool) {
+		srv := newIdleServer(t, 760*time.Millisecond, time.Second, "")
+		c, tr := idleClient(t, learn)
 
-			require.NoError(t, idlePost(t, c, srv.url("/"), "1"))
-			// The server closes the idle connection after 1 s.
-			require.True(t, pollUntil(5*time.Second, func() bool { return tr.Stats().IdleCloses == 1 }), "idle close seen")
-			require.NoError(t, idlePost(t, c, srv.url("/"), "2"))
-			time.Sleep(850 * time.Millisecond) // the idle age under test: past 1 s less the margin, and past dropAfter
-			err = idlePost(t, c, srv.url("/"), "3")
-			if learn {
-				require.NoError(t, err)
-				assert.EqualValues(t, 0, srv.dropped.Load(), "requests crossed by a close")
-				assert.EqualValues(t, 1, tr.Stats().ConnsRetiredIdle)
-				assert.EqualValues(t, 3, tr.Stats().Dials)
-			} else if srv.dropped.Load() == 1 {
-				require.Error(t, err, "the POST crossed the close")
-				assert.EqualValues(t, 0, tr.Stats().ConnsRetiredIdle)
-			} else {
-				// The sleep outlasted the server's timeout: the close came
-				// first, and the check before the write saw it.
-				require.NoError(t, err)
-				assert.EqualValues(t, 2, tr.Stats().IdleCloses, "both closes seen, by net/http or before the write")
-			}
-		})
-	}
+		require.NoError(t, idlePost(t, c, srv.url("/"), "1"))
+		// The server closes the idle connection after 1 s.
+		require.True(t, pollUntil(5*time.Second, func() bool { return tr.Stats().IdleCloses == 1 }), "idle close seen")
+		require.NoError(t, idlePost(t, c, srv.url("/"), "2"))
+		time.Sleep(850 * time.Millisecond) // the idle age under test: past 1 s less the margin, and past dropAfter
+		err := idlePost(t, c, srv.url("/"), "3")
+		if learn {
+			require.NoError(t, err)
+			assert.EqualValues(t, 0, srv.dropped.Load(), "requests crossed by a close")
+			assert.EqualValues(t, 1, tr.Stats().ConnsRetiredIdle)
+			assert.EqualValues(t, 3, tr.Stats().Dials)
+		} else if srv.dropped.Load() == 1 {
+			require.Error(t, err, "the POST crossed the close")
+			assert.EqualValues(t, 0, tr.Stats().ConnsRetiredIdle)
+		} else {
+			// The sleep outlasted the server's timeout: the close came
+			// first, and the check before the write saw it.
+			require.NoError(t, err)
+			assert.EqualValues(t, 2, tr.Stats().IdleCloses, "both closes seen, by net/http or before the write")
+		}
+	})
 }
 
 // pollUntil checks cond every millisecond until it holds or limit passes.
@@ -136,37 +123,24 @@ func pollUntil(limit time.Duration, cond func() bool) bool {
 // server announces 2 s, and a connection idle for longer than 2 s less
 // the margin is not written on, even though nothing was ever closed.
 func TestIdleTimeoutAnnouncedByKeepAlive(t *testing.T) {
-	for _, learn := range []bool{true, false} {
-		name := "learning"
-		if !learn {
-			name = "WithoutIdleLearning"
-		}
-		t.Run(name, func(t *testing.T) {
-			// Requests arriving after 1 s of idleness cross the close;
-			// the server never closes an idle connection by itself.
-			srv := newIdleServer(t, time.Second, time.Hour, "timeout=2, max=100")
-			var opts []Option
-			if !learn {
-				opts = append(opts, WithoutIdleLearning())
-			}
-			tr, err := NewTransport(opts...)
-			require.NoError(t, err)
-			t.Cleanup(tr.CloseIdleConnections)
-			c := &http.Client{Transport: tr}
+	forLearning(t, func(t *testing.T, learn bool) {
+		// Requests arriving after 1 s of idleness cross the close;
+		// the server never closes an idle connection by itself.
+		srv := newIdleServer(t, time.Second, time.Hour, "timeout=2, max=100")
+		c, tr := idleClient(t, learn)
 
-			require.NoError(t, idlePost(t, c, srv.url("/"), "1"))
-			time.Sleep(1800 * time.Millisecond) // past 2 s less the margin, and past the server's 1 s
-			err = idlePost(t, c, srv.url("/"), "2")
-			if learn {
-				require.NoError(t, err)
-				assert.EqualValues(t, 0, srv.dropped.Load())
-				assert.EqualValues(t, 1, tr.Stats().ConnsRetiredIdle)
-			} else {
-				require.Error(t, err)
-				assert.EqualValues(t, 1, srv.dropped.Load())
-			}
-		})
-	}
+		require.NoError(t, idlePost(t, c, srv.url("/"), "1"))
+		time.Sleep(1800 * time.Millisecond) // past 2 s less the margin, and past the server's 1 s
+		err := idlePost(t, c, srv.url("/"), "2")
+		if learn {
+			require.NoError(t, err)
+			assert.EqualValues(t, 0, srv.dropped.Load())
+			assert.EqualValues(t, 1, tr.Stats().ConnsRetiredIdle)
+		} else {
+			require.Error(t, err)
+			assert.EqualValues(t, 1, srv.dropped.Load())
+		}
+	})
 }
 
 // A connection used again within the learned timeout is reused: learning
@@ -341,4 +315,19 @@ func TestClosedUnderneath(t *testing.T) {
 	b := make([]byte, 1)
 	_, err = c.Read(b) // the peek left the reset for the reader
 	assert.Error(t, err)
+}
+
+// forLearning runs f with idle-timeout learning on and off.
+func forLearning(t *testing.T, f func(t *testing.T, learn bool)) {
+	t.Run("learning", func(t *testing.T) { f(t, true) })
+	t.Run("WithoutIdleLearning", func(t *testing.T) { f(t, false) })
+}
+
+// idleClient is a client with idle-timeout learning on or off.
+func idleClient(t *testing.T, learn bool) (*http.Client, *Transport) {
+	var opts []Option
+	if !learn {
+		opts = append(opts, WithoutIdleLearning())
+	}
+	return newTestClient(t, opts...)
 }
