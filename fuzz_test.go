@@ -168,3 +168,21 @@ func FuzzPauseFields(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseKeepAliveTimeout: no Keep-Alive header value a server sends
+// panics the parser, and a timeout it accepts is whole seconds from 1 s
+// to a day.
+func FuzzParseKeepAliveTimeout(f *testing.F) {
+	for _, s := range []string{"timeout=5, max=100", "max=1,timeout=86400", `timeout="7"`, "timeout=", ",=,", "timeout=-0"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		d, ok := parseKeepAliveTimeout(v)
+		if ok && (d < time.Second || d > 24*time.Hour || d%time.Second != 0) {
+			t.Fatalf("%q: accepted %v", v, d)
+		}
+		if !ok && d != 0 {
+			t.Fatalf("%q: refused with %v", v, d)
+		}
+	})
+}
