@@ -70,7 +70,7 @@ const (
 	// starts doubling back towards the pool's own idle timeout.
 	idleTTL = time.Minute
 
-	// idlePeekAfter: a plain-text HTTP/1 connection idle for longer than
+	// idlePeekAfter: an HTTP/1 connection idle for longer than
 	// this is checked for a close that has arrived but that net/http's
 	// read loop has not yet seen (closedUnderneath), before a request is
 	// written on it: one system call, where a busy connection pays none.

@@ -167,7 +167,6 @@ type conn struct {
 	host                   *hostState
 	readAt, prevRead, wrAt atomic.Int64
 	h1, h2                 atomic.Bool
-	plain                  bool // HTTP/1 in plain text, set by the first write
 
 	// The write deadline bounds every write by the read timeout: a write
 	// that makes no progress for it (the server stopped reading an HTTP/1
@@ -264,7 +263,6 @@ func (c *conn) idleTooLong(p []byte, now int64) bool {
 	if w == 0 { // the first write: a request in plain text, or a TLS handshake
 		if len(p) > 0 && p[0] != tlsHandshakeRecord && !bytes.HasPrefix(p, []byte("CONNECT ")) {
 			c.h1.Store(true)
-			c.plain = true // written before any read: no race with Read
 		}
 		return false
 	}
@@ -275,9 +273,9 @@ func (c *conn) idleTooLong(p []byte, now int64) bool {
 	age := now - r
 	if limit := c.host.idle.limit(now); limit == 0 || age <= limit {
 		// Within the learned timeout, or none learned: the server may
-		// still have closed it, a moment ago (plain text only: over TLS a
-		// close comes with an alert, which looks like data).
-		if !c.plain || age <= int64(idlePeekAfter) {
+		// still have closed it, a moment ago. Over TLS the close comes
+		// after an alert, which the check sees as data: retired too.
+		if age <= int64(idlePeekAfter) {
 			return false
 		}
 		closed, err := closedUnderneath(c.Conn)
