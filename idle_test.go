@@ -123,6 +123,7 @@ func pollUntil(limit time.Duration, cond func() bool) bool {
 // server announces 2 s, and a connection idle for longer than 2 s less
 // the margin is not written on, even though nothing was ever closed.
 func TestIdleTimeoutAnnouncedByKeepAlive(t *testing.T) {
+	t.Parallel() // sleeps through idle periods; no server here closes on its own
 	forLearning(t, func(t *testing.T, learn bool) {
 		// Requests arriving after 1 s of idleness cross the close;
 		// the server never closes an idle connection by itself.
@@ -217,6 +218,7 @@ func TestHostIdleLearnsShortestAndDecays(t *testing.T) {
 // connection never is: its server announces an idle close with GOAWAY,
 // and a refused write would fail the streams it carries.
 func TestIdleTimeoutOverTLS(t *testing.T) {
+	t.Parallel() // sleeps through idle periods; no server here closes on its own
 	for _, h2 := range []bool{false, true} {
 		t.Run(map[bool]string{false: "HTTP/1.1", true: "HTTP/2"}[h2], func(t *testing.T) {
 			srv, conns, tlsOpt := tlsCountingServer(t, h2, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -256,6 +258,7 @@ func TestIdleTimeoutOverTLS(t *testing.T) {
 // A body net/http cannot rewind (no GetBody) is sent again, whole, when
 // the connection it was given is retired for its idle age.
 func TestIdleTimeoutResendsUnrewindableBody(t *testing.T) {
+	t.Parallel() // sleeps through idle periods; no server here closes on its own
 	srv := newIdleServer(t, time.Second, time.Hour, "timeout=2")
 	tr, err := NewTransport()
 	require.NoError(t, err)
