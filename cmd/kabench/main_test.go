@@ -128,11 +128,7 @@ func TestJSONCountsConnectionsAtClientAndServer(t *testing.T) {
 }
 
 func TestInvalidInputExitsWithAMessageNamingTheFlag(t *testing.T) {
-	tests := []struct {
-		name string
-		args []string
-		want string
-	}{
+	tests := []usageCase{
 		{"zero concurrency", []string{"-c", "0"}, "invalid -c: must be at least 1, got 0"},
 		{"negative requests", []string{"-n", "-1"}, "invalid -n: must be at least 1, got -1"},
 		{"zero runs", []string{"-runs", "0"}, "invalid -runs"},
@@ -151,14 +147,7 @@ func TestInvalidInputExitsWithAMessageNamingTheFlag(t *testing.T) {
 		{"unknown flag", []string{"-k"}, "flag provided but not defined: -k"},
 		{"stray argument", []string{"http://127.0.0.1:1/"}, "invalid -url: unexpected argument"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r := runKabench(t, nil, nil, tt.args...)
-			assert.Equal(t, exitUsage, r.code)
-			assert.Contains(t, r.stderr, tt.want)
-			assert.Empty(t, r.stdout)
-		})
-	}
+	checkUsageErrors(t, tests)
 }
 
 func TestHelpExitsZero(t *testing.T) {
@@ -432,5 +421,27 @@ func TestCommasGroupsThousands(t *testing.T) {
 	}
 	for _, tt := range tests {
 		assert.Equal(t, tt.want, commas(tt.give, tt.prec), "%v", tt.give)
+	}
+}
+
+// usageCase is a command line that kabench must refuse with want in its
+// usage error.
+type usageCase struct {
+	name string
+	args []string
+	want string
+}
+
+// checkUsageErrors runs each case and checks that kabench exits with a
+// usage error naming what was wrong, and prints no result.
+func checkUsageErrors(t *testing.T, tests []usageCase) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := runKabench(t, nil, nil, tt.args...)
+			assert.Equal(t, exitUsage, r.code)
+			assert.Contains(t, r.stderr, tt.want)
+			assert.Empty(t, r.stdout)
+		})
 	}
 }

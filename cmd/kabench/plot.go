@@ -89,15 +89,7 @@ type plotData struct {
 
 func (r *report) plotData() plotData {
 	d := plotData{Width: svgWidth, LabelW: svgLabelW, Baseline: r.Baseline}
-	where := r.URL
-	if r.Embedded {
-		where += " (embedded server"
-		if r.Proxy != "" {
-			where += " behind " + r.Proxy
-		}
-		where += ")"
-	}
-	d.Header = fmt.Sprintf("%s %s, body %d bytes", r.Method, where, r.BodyBytes)
+	d.Header = fmt.Sprintf("%s %s, body %d bytes", r.Method, r.server(), r.BodyBytes)
 	d.Setup = fmt.Sprintf("%s per run, concurrency %d, %s per client; %s %s, %s",
 		plural(r.Requests, "request"), r.Concurrency, plural(r.Runs, "run"), r.Go, r.Platform, plural(r.CPUs, "CPU"))
 	var top float64

@@ -85,18 +85,24 @@ func (r *report) writeJSON(w io.Writer) error {
 	return enc.Encode(r)
 }
 
+// server names what answered: the URL, and what serves it when kabench
+// started it (the embedded server, or an upstream behind a proxy).
+func (r *report) server() string {
+	switch {
+	case r.Embedded && r.Proxy != "":
+		return r.URL + " (embedded server behind " + r.Proxy + ")"
+	case r.Embedded:
+		return r.URL + " (embedded server)"
+	case r.Upstream != "":
+		return r.URL + " (" + r.Upstream + " behind " + r.Proxy + ")"
+	}
+	return r.URL
+}
+
 // writeHeader says what is measured, before the first table.
 func (r *report) writeHeader(w io.Writer) {
-	where := r.URL
-	if r.Embedded {
-		where += " (embedded server"
-		if r.Proxy != "" {
-			where += " behind " + r.Proxy
-		}
-		where += ")"
-	} else if r.Upstream != "" {
-		where += " (" + r.Upstream + " behind " + r.Proxy + ")"
-	} else if len(r.Targets) > 1 {
+	where := r.server()
+	if !r.Embedded && r.Upstream == "" && len(r.Targets) > 1 {
 		where = plural(len(r.Targets), "target") + ":"
 	}
 	body := ""

@@ -152,11 +152,7 @@ func TestProxyNginxInFrontOfAnUpstreamOnAUnixSocket(t *testing.T) {
 
 func TestInvalidTargetsExitWithAMessageNamingTheFlag(t *testing.T) {
 	const u1, u2 = "http://127.0.0.1:1/", "http://127.0.0.1:2/"
-	tests := []struct {
-		name string
-		args []string
-		want string
-	}{
+	tests := []usageCase{
 		{"more labels than URLs", []string{"-url", u1, "-label", "a,b"}, "invalid -label: 2 labels for 1 targets"},
 		{"empty label", []string{"-url", u1 + "," + u2, "-label", "a,"}, "invalid -label: label 2 is empty"},
 		{"duplicate label", []string{"-url", u1, "-url", u2, "-label", "a", "-label", "a"}, `invalid -label: two targets named "a"`},
@@ -173,14 +169,7 @@ func TestInvalidTargetsExitWithAMessageNamingTheFlag(t *testing.T) {
 		{"path without a slash", []string{"-path", "items"}, `invalid -path: must start with /, got "items"`},
 		{"path with URLs", []string{"-url", u1, "-path", "/x"}, "invalid -path: no target uses it"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r := runKabench(t, nil, nil, tt.args...)
-			assert.Equal(t, exitUsage, r.code)
-			assert.Contains(t, r.stderr, tt.want)
-			assert.Empty(t, r.stdout)
-		})
-	}
+	checkUsageErrors(t, tests)
 }
 
 func TestPathReachesTheEmbeddedServer(t *testing.T) {

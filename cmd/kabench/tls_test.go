@@ -134,11 +134,7 @@ func TestInvalidTLSFlagsExitWithAMessageNamingTheFlag(t *testing.T) {
 	notPEM := filepath.Join(dir, "not.pem")
 	require.NoError(t, os.WriteFile(notPEM, []byte("hello\n"), 0o600))
 	missing := filepath.Join(dir, "missing.pem")
-	tests := []struct {
-		name string
-		args []string
-		want string
-	}{
+	tests := []usageCase{
 		{"cacert with tls", []string{"-tls", "-cacert", notPEM}, "invalid -cacert: -tls trusts its own generated certificate"},
 		{"cacert missing", []string{"-url", "https://127.0.0.1:1/", "-cacert", missing}, "invalid -cacert: open " + missing},
 		{"cacert without certificates", []string{"-url", "https://127.0.0.1:1/", "-cacert", notPEM}, "invalid -cacert: no PEM certificate in " + notPEM},
@@ -149,14 +145,7 @@ func TestInvalidTLSFlagsExitWithAMessageNamingTheFlag(t *testing.T) {
 		{"insecure with tls", []string{"-insecure", "-tls"}, "invalid -insecure: -tls trusts its own generated certificate"},
 		{"tls with a URL", []string{"-tls", "-url", "https://127.0.0.1:1/"}, "invalid -tls: serves the embedded server (or nginx) over TLS"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r := runKabench(t, nil, nil, tt.args...)
-			assert.Equal(t, exitUsage, r.code)
-			assert.Contains(t, r.stderr, tt.want)
-			assert.Empty(t, r.stdout)
-		})
-	}
+	checkUsageErrors(t, tests)
 }
 
 func TestProxyNginxTLS(t *testing.T) {
