@@ -91,7 +91,8 @@ const (
 	mxTrickleGap   = 30 * time.Millisecond // a tenth of the read timeout
 	mxSlowDelay    = 2 * mxHedgeDelay      // a slow answer, long enough to be hedged
 	mxLazyClose    = 200 * time.Millisecond
-	mxStreamFirst  = 512 // bytes of a streamed body the server must see before the rest is written
+	mxIdleClose    = 250 * time.Millisecond // the idleclose server's idle timeout
+	mxStreamFirst  = 512                    // bytes of a streamed body the server must see before the rest is written
 )
 
 // Headers of the matrix's requests.
@@ -159,8 +160,10 @@ type mxFault struct {
 	breaks bool
 	// status: the status the fault answers with, 0 if none.
 	status int
-	http1  func(s *mxServer, w http.ResponseWriter, r *http.Request, id string)
-	http2  func(s *mxServer, w http.ResponseWriter, r *http.Request, id string)
+	// idle: the server closes connections idle for this long; 0: never.
+	idle  time.Duration
+	http1 func(s *mxServer, w http.ResponseWriter, r *http.Request, id string)
+	http2 func(s *mxServer, w http.ResponseWriter, r *http.Request, id string)
 }
 
 func mxEvery(k int64) func(int64) bool { return func(n int64) bool { return n%k == 0 } }
@@ -188,6 +191,12 @@ var mxFaults = []mxFault{
 	// The request is read whole, then its connection is closed without a
 	// word: a FIN on HTTP/1, the TCP connection under TLS on HTTP/2.
 	{name: "silentclose", hit: mxEvery(2), fails: true, breaks: true, http1: mxSilentClose, http2: mxSilentClose},
+	// Every request is answered, but the server closes connections idle
+	// for mxIdleClose, as nginx, HAProxy and Caddy do on their timers, and
+	// the client pauses around it: past it between the fault rounds (the
+	// client learns the timeout), just short of it before each request of
+	// the healthy phase (it must not write into a closing connection).
+	{name: "idleclose", hit: func(int64) bool { return false }, idle: mxIdleClose},
 }
 
 // mxKind is a kind of request of the mix each cell sends.
@@ -472,6 +481,9 @@ func (c *mxCell) run() {
 			}()
 		}
 		wg.Wait()
+		if d := c.spec.fault.idle; d > 0 {
+			mxPause(d + d/5) // the server closes the idle connections
+		}
 	}
 
 	if c.has("breaker") && c.spec.fault.fails {
@@ -518,6 +530,9 @@ func (c *mxCell) healthy() {
 				// asks to close; a client that keeps it sends the next
 				// request into a connection the server is closing.
 				mxPause(mxLifetime * 5 / 4)
+			}
+			if d := c.spec.fault.idle; d > 0 {
+				mxPause(d * 4 / 5) // just short of the server's idle close
 			}
 			res := c.do(mxHealthyPhase, k, i == 0)
 			switch {
@@ -1178,6 +1193,7 @@ func newMxServer(t *testing.T, h2 bool, f *mxFault) *mxServer {
 	s := &mxServer{h2: h2, fault: f, done: make(chan struct{}), seen: map[string]int{}, streams: map[string]chan struct{}{}}
 	s.srv = httptest.NewUnstartedServer(s)
 	s.srv.Config.ErrorLog = log.New(io.Discard, "", 0) // handshakes cut short, aborted handlers
+	s.srv.Config.IdleTimeout = f.idle
 	s.srv.Config.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		return context.WithValue(ctx, mxConnKey{}, c)
 	}
