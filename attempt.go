@@ -69,8 +69,9 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 		resp, err = t.roundTripBase(r)
 	}
 	resp, err = t.settle(h, ctl, outer, resp, err)
-	if err == nil && !t.opts.noHostPause {
-		t.setPause(h, resp) // pause.go: did the host ask for quiet?
+	if err == nil { // what the response says of its host
+		t.setPause(h, resp)         // pause.go: did the host ask for quiet?
+		t.observeKeepAlive(h, resp) // idle.go: a Keep-Alive: timeout=N
 	}
 	t.observeAttemptEnd(r, h, n, resp, err, start, trace) // events.go
 
@@ -80,7 +81,6 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 		gate.leave()
 		ctl.release()
 	} else {
-		t.observeKeepAlive(h, resp) // idle.go: a Keep-Alive: timeout=N
 		resp = t.wrapBody(resp, gate, ctl)
 	}
 

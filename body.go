@@ -2,12 +2,13 @@
 // sent again (GetBody, or the bounded buffer of WithBodyBuffer, recorded
 // as it streams), and the watch that fails an upload that stalls. Response
 // bodies: the one wrapper each attempt's response gets (read timeout, dial
-// gate release, the attempt's context), and the bounded drain of a
-// discarded response.
+// gate release, the attempt's context), the bounded drain of a discarded
+// response, and the read-ahead of WithResponseBuffer.
 
 package keepalive
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -493,4 +494,26 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-timer.C:
 		return nil
 	}
+}
+
+// bufferBody reads the body of resp whole, if its length is known and at
+// most limit (WithResponseBuffer), so that a failure while reading it is
+// the attempt's error, which the loop may retry. It returns exactly one of
+// a response and an error.
+func bufferBody(resp *http.Response, limit int64) (*http.Response, error) {
+	n := resp.ContentLength
+	if n <= 0 || n > limit || resp.Body == http.NoBody {
+		return resp, nil
+	}
+	buf := make([]byte, n)
+	_, err := io.ReadFull(resp.Body, buf)
+	resp.Body.Close()
+	if err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF // n > 0: the body ended before it began
+		}
+		return nil, err
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(buf))
+	return resp, nil
 }

@@ -92,7 +92,6 @@ type gateKey struct{}
 // (serial) also hears its dials' TLS handshakes and which connections
 // carry it.
 type gateMark struct {
-	got    atomic.Bool
 	gots   atomic.Int64    // connections the request got: net/http may retry it on another
 	note   chan struct{}   // a token sent each time it gets one
 	ended  <-chan struct{} // the request's context's Done: a dial for it is not needed once it ends
@@ -103,7 +102,6 @@ type gateMark struct {
 }
 
 func (m *gateMark) gotConn(info httptrace.GotConnInfo) {
-	m.got.Store(true)
 	m.gots.Add(1)
 	select {
 	case m.note <- struct{}{}:
@@ -132,12 +130,13 @@ func (m *gateMark) tlsDone(cs tls.ConnectionState, err error) {
 		return
 	}
 	if err == nil {
+		p := protoHTTP1
 		if cs.NegotiatedProtocol == "h2" {
-			c.h2.Store(true)
-			m.gate.proto.Store(protoHTTP2)
-		} else {
-			c.h1.Store(true)
-			m.gate.proto.Store(protoHTTP1)
+			p = protoHTTP2
+		}
+		c.proto.Store(p)
+		m.gate.proto.Store(p)
+		if p == protoHTTP1 {
 			c.carry() // an HTTP/1 connection is dialed for its request
 		}
 	}
@@ -204,7 +203,7 @@ func (h *gateHost) dial(ctx context.Context, holdMax time.Duration, connect func
 	// only when net/http retries it on a new one: that dial is needed.
 	// Read before the dial counts, so that a connection that comes free
 	// once the dial is counted is one the dial may wait for.
-	needed := m == nil || m.got.Load()
+	needed := m == nil || m.gots.Load() > 0
 	h.conns.Add(1)
 	h.dialing.Add(1)
 	defer h.dialing.Add(-1)

@@ -120,7 +120,7 @@ func TestGateHold(t *testing.T) {
 		c, err := dial(h, time.Minute, ctx, addr)
 		require.NoError(t, err)
 		c.Close()
-		assert.False(t, m.got.Load())
+		assert.Zero(t, m.gots.Load())
 		assert.Zero(t, h.dialing.Load())
 	})
 	t.Run("an unwatched dial does not wait", func(t *testing.T) {

@@ -1317,15 +1317,7 @@ func (s *mxServer) readBody(r *http.Request, id string) bool {
 
 // wait waits d, and reports false if the request or the server ended first.
 func (s *mxServer) wait(r *http.Request, d time.Duration) bool {
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-timer.C:
-		return true
-	case <-r.Context().Done():
-	case <-s.done:
-	}
-	return false
+	return defectStall(r, s.done, d) // defects_test.go
 }
 
 // ok answers 200 with the body of id. With quirk, an HTTP/1 request that

@@ -75,9 +75,9 @@ func (s PauseSource) String() string {
 // later. A pause longer than the Retry-After cap
 // (WithMaxRetryAfter) is not set; the hosts past HostStatsLimit share one
 // state and are never paused, so that one host's quota never holds back
-// another's requests.
+// another's requests. With WithoutHostPause it does nothing.
 func (t *Transport) setPause(h *hostState, resp *http.Response) {
-	if h.overflow {
+	if h.overflow || t.opts.noHostPause {
 		return
 	}
 	wait, src := pauseOf(resp, time.Now)

@@ -259,12 +259,7 @@ func TestHostPauseDeadline(t *testing.T) {
 func TestHostPauseOptOut(t *testing.T) {
 	srv := newPauseServer(t, http.StatusTooManyRequests, fixed(http.Header{"Retry-After": {"10"}}), 10*time.Second)
 	client, tr := newTestClient(t, WithoutHostPause(), WithMaxRetries(0))
-	for _, want := range []int{http.StatusTooManyRequests, http.StatusOK} {
-		resp, err := client.Get(srv.URL)
-		require.NoError(t, err)
-		drainClose(resp)
-		require.Equal(t, want, resp.StatusCode)
-	}
+	requireStatuses(t, client, srv.URL, http.StatusTooManyRequests, http.StatusOK)
 	assert.EqualValues(t, 2, srv.seen.Load())
 	assert.Zero(t, tr.Stats().Pauses)
 	assert.Zero(t, tr.Stats().PauseWaits)
@@ -275,12 +270,7 @@ func TestHostPauseOptOut(t *testing.T) {
 func TestHostPauseRetryAfterPastCap(t *testing.T) {
 	srv := newPauseServer(t, http.StatusServiceUnavailable, fixed(http.Header{"Retry-After": {"5"}}), 5*time.Second)
 	client, tr := newTestClient(t, WithMaxRetryAfter(time.Second))
-	for _, want := range []int{http.StatusServiceUnavailable, http.StatusOK} {
-		resp, err := client.Get(srv.URL)
-		require.NoError(t, err)
-		drainClose(resp)
-		require.Equal(t, want, resp.StatusCode)
-	}
+	requireStatuses(t, client, srv.URL, http.StatusServiceUnavailable, http.StatusOK)
 	assert.EqualValues(t, 2, srv.seen.Load())
 	assert.Zero(t, tr.Stats().Pauses)
 	assert.Zero(t, tr.Stats().PauseWaits)
@@ -506,4 +496,16 @@ func TestPauseFieldParsers(t *testing.T) {
 	_, src = pauseOf(&http.Response{StatusCode: 429}, now) // nil Header
 	assert.Zero(t, src)
 	assert.True(t, errors.Is(&HostPausedError{Host: "a:80", Wait: time.Second}, ErrHostPaused))
+}
+
+// requireStatuses sends a GET to url for each status in want, one after
+// the other, and requires each to be answered with it.
+func requireStatuses(t *testing.T, client *http.Client, url string, want ...int) {
+	t.Helper()
+	for _, w := range want {
+		resp, err := client.Get(url)
+		require.NoError(t, err)
+		drainClose(resp)
+		require.Equal(t, w, resp.StatusCode)
+	}
 }

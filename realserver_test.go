@@ -23,7 +23,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/http/httptrace"
 	"os"
 	"os/exec"
@@ -744,15 +743,12 @@ reloading:
 	t.Logf("keepalive stats %+v; host stats %+v", tr.Stats(), tr.HostStats())
 }
 
-// realTestCert writes the certificate and key of httptest's TLS servers
-// (valid for 127.0.0.1) as PEM files for a real server, and returns their
-// paths and a pool that trusts the certificate.
+// realTestCert writes the matrix's certificate (mxCert: ECDSA, valid for
+// 127.0.0.1) as PEM files for a real server, and returns their paths and a
+// pool that trusts it.
 func realTestCert(t testing.TB) (certFile, keyFile string, roots *x509.CertPool) {
 	t.Helper()
-	srv := httptest.NewUnstartedServer(http.NotFoundHandler())
-	srv.StartTLS()
-	cert := srv.TLS.Certificates[0]
-	srv.Close()
+	cert := mxCert()
 	key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
 	require.NoError(t, err)
 	dir := t.TempDir()

@@ -2,14 +2,12 @@
 // attempt (attempt.go), or a hedged set of them (hedge.go), asks the pure
 // policy (policy.go) whether and when to send the next, and does what only
 // the loop can: the retry budget (budget.go), the events (events.go), the
-// discarded response and the wait. Request bodies are
-// replayed by body.go.
+// discarded response and the wait. Request bodies are replayed, and
+// responses buffered (WithResponseBuffer), by body.go.
 
 package keepalive
 
 import (
-	"bytes"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -119,28 +117,6 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 		}
 		t.count(h, retriesCounter)
 	}
-}
-
-// bufferBody reads the body of resp whole, if its length is known and at
-// most limit (WithResponseBuffer), so that a failure while reading it is
-// the attempt's error, which the loop may retry. It returns exactly one of
-// a response and an error.
-func bufferBody(resp *http.Response, limit int64) (*http.Response, error) {
-	n := resp.ContentLength
-	if n <= 0 || n > limit || resp.Body == http.NoBody {
-		return resp, nil
-	}
-	buf := make([]byte, n)
-	_, err := io.ReadFull(resp.Body, buf)
-	resp.Body.Close()
-	if err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF // n > 0: the body ended before it began
-		}
-		return nil, err
-	}
-	resp.Body = io.NopCloser(bytes.NewReader(buf))
-	return resp, nil
 }
 
 // finish returns the response of the last attempt to the caller.

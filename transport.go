@@ -161,12 +161,12 @@ type conn struct {
 
 	// Idle-timeout learning (idle.go); host is nil when off. The times are
 	// monotonic() readings: the last two reads that returned data, and the
-	// last write. h1 marks a connection known to speak HTTP/1 (plain text,
-	// or TLS that negotiated it), h2 one that negotiated HTTP/2.
+	// last write. proto is what the connection speaks, as far as known
+	// (protoHTTP1: plain text, or TLS that negotiated it; dialgate.go).
 	t                      *Transport
 	host                   *hostState
 	readAt, prevRead, wrAt atomic.Int64
-	h1, h2                 atomic.Bool
+	proto                  atomic.Int32
 
 	// The write deadline bounds every write by the read timeout: a write
 	// that makes no progress for it (the server stopped reading an HTTP/1
@@ -208,7 +208,7 @@ func (t *Transport) wrapConn(nc net.Conn, h *hostState) net.Conn {
 		if h.gate.proto.Load() == protoHTTP1 {
 			// WithoutHTTP2, or a host whose connections negotiated
 			// HTTP/1: TLS or not, it speaks HTTP/1.
-			c.h1.Store(true)
+			c.proto.Store(protoHTTP1)
 		}
 	}
 	if life > 0 {
@@ -262,12 +262,12 @@ func (c *conn) idleTooLong(p []byte, now int64) bool {
 	w := c.wrAt.Load()
 	if w == 0 { // the first write: a request in plain text, or a TLS handshake
 		if len(p) > 0 && p[0] != tlsHandshakeRecord && !bytes.HasPrefix(p, []byte("CONNECT ")) {
-			c.h1.Store(true)
+			c.proto.Store(protoHTTP1)
 		}
 		return false
 	}
 	r := c.readAt.Load()
-	if r <= w || !c.h1.Load() || c.h2.Load() {
+	if r <= w || c.proto.Load() != protoHTTP1 {
 		return false // not the first write since a response, or not HTTP/1
 	}
 	age := now - r
