@@ -22,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -224,10 +225,12 @@ func ngxPoll(limit time.Duration, cond func() bool) bool {
 
 // ngxRaceConn counts, on one client connection, the race this suite is
 // about: a request written onto a connection the server had already
-// closed. It shows either way round: the server's FIN is read first and a
+// closed. It shows in three ways: the server's FIN is read first and a
 // request is written after it (net/http then fails the request with "server
-// closed idle connection" or retries it), or the request is written first
-// and the read ends without a single response byte.
+// closed idle connection" or retries it); the request is written first and
+// the read ends without a single response byte; or the write itself fails
+// on the closed socket (a broken pipe, a reset), and net/http closes the
+// connection before its read loop sees the end.
 type ngxRaceConn struct {
 	net.Conn
 	pending atomic.Bool // written since the last response bytes were read
@@ -243,7 +246,11 @@ func (c *ngxRaceConn) Write(p []byte) (int, error) {
 			c.count()
 		}
 	}
-	return c.Conn.Write(p)
+	n, err := c.Conn.Write(p)
+	if err != nil && (errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)) {
+		c.count()
+	}
+	return n, err
 }
 
 func (c *ngxRaceConn) Read(p []byte) (int, error) {
