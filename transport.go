@@ -297,8 +297,19 @@ const tlsHandshakeRecord = 0x16
 
 // Read notes when the connection last read data, and learns its host's
 // idle timeout when its server closes it while idle (idle.go).
+//
+// A connection that refused a write (Write) has had nothing of its request
+// written. net/http closes it on the refusal, and its read loop, waiting
+// for the response, then fails with net.ErrClosed; that error can reach
+// the request before the write's does, so it says the same: without it, a
+// request whose body cannot be rewound would fail with "use of closed
+// network connection" instead of being sent again (seen in the matrix's
+// idleclose cells under load).
 func (c *conn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
+	if err != nil && c.refused.Load() && errors.Is(err, net.ErrClosed) {
+		err = errConnRetired
+	}
 	if c.host == nil {
 		return n, err
 	}
