@@ -334,3 +334,30 @@ func idleClient(t *testing.T, learn bool) (*http.Client, *Transport) {
 	}
 	return newTestClient(t, opts...)
 }
+
+// A connection that refused a write reports errConnRetired from the read
+// that fails once net/http has closed it, not "use of closed network
+// connection": net/http can hand the read loop's error to the request
+// before the write's, and resendRefused must still know the request was
+// not written.
+func TestRefusedConnReadSaysRetired(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	for _, refused := range []bool{true, false} {
+		nc, err := net.Dial("tcp", ln.Addr().String())
+		require.NoError(t, err)
+		peer, err := ln.Accept()
+		require.NoError(t, err)
+		t.Cleanup(func() { peer.Close() })
+		c := &conn{Conn: nc}
+		c.refused.Store(refused)
+		require.NoError(t, c.Close())
+		_, err = c.Read(make([]byte, 1))
+		if refused {
+			assert.ErrorIs(t, err, errConnRetired)
+		} else {
+			assert.ErrorIs(t, err, net.ErrClosed)
+		}
+	}
+}
