@@ -283,17 +283,7 @@ func TestIdleTimeoutResendsUnrewindableBody(t *testing.T) {
 // closedUnderneath sees a close, a reset or unasked data that net/http's
 // read loop has not read yet, and nothing on an open, quiet connection.
 func TestClosedUnderneath(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { ln.Close() })
-	pair := func() (client, server net.Conn) {
-		c, err := net.Dial("tcp", ln.Addr().String())
-		require.NoError(t, err)
-		s, err := ln.Accept()
-		require.NoError(t, err)
-		t.Cleanup(func() { c.Close(); s.Close() })
-		return c, s
-	}
+	pair := tcpPairs(t)
 	seen := func(c net.Conn) bool {
 		return pollUntil(5*time.Second, func() bool { closed, _ := closedUnderneath(c); return closed })
 	}
@@ -303,7 +293,7 @@ func TestClosedUnderneath(t *testing.T) {
 	assert.False(t, closed, "open and quiet")
 	s.Close()
 	assert.True(t, seen(c), "closed by the peer")
-	_, err = closedUnderneath(c)
+	_, err := closedUnderneath(c)
 	assert.ErrorIs(t, err, io.EOF)
 
 	c, s = pair()
@@ -341,23 +331,33 @@ func idleClient(t *testing.T, learn bool) (*http.Client, *Transport) {
 // before the write's, and resendRefused must still know the request was
 // not written.
 func TestRefusedConnReadSaysRetired(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { ln.Close() })
+	pair := tcpPairs(t)
 	for _, refused := range []bool{true, false} {
-		nc, err := net.Dial("tcp", ln.Addr().String())
-		require.NoError(t, err)
-		peer, err := ln.Accept()
-		require.NoError(t, err)
-		t.Cleanup(func() { peer.Close() })
+		nc, _ := pair()
 		c := &conn{Conn: nc}
 		c.refused.Store(refused)
 		require.NoError(t, c.Close())
-		_, err = c.Read(make([]byte, 1))
+		_, err := c.Read(make([]byte, 1))
 		if refused {
 			assert.ErrorIs(t, err, errConnRetired)
 		} else {
 			assert.ErrorIs(t, err, net.ErrClosed)
 		}
+	}
+}
+
+// tcpPairs returns a function that makes connected loopback TCP pairs,
+// closed when the test ends.
+func tcpPairs(t *testing.T) func() (client, server net.Conn) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	return func() (client, server net.Conn) {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		require.NoError(t, err)
+		s, err := ln.Accept()
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close(); s.Close() })
+		return c, s
 	}
 }
