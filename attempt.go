@@ -21,11 +21,14 @@ import (
 // attempt (WithHedging); cancel, if not nil, is the cancel function of r's
 // context, which hedging made so that it can end the attempt.
 func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, cancel context.CancelCauseFunc) (*http.Response, error) {
-	// 0. The host's pause, if it asked for one: wait for its end, or fail
-	// unsent when the context's deadline comes first (pause.go).
-	if until := h.pausedUntil.Load(); until != 0 {
-		if err := t.awaitPause(r, h, until); err != nil {
-			return nil, refuse(r, cancel, err)
+	// 0. The host's pause, or that of the request's rate-limit key, if
+	// one was asked for: wait for its end, or fail unsent when the
+	// context's deadline comes first (pause.go).
+	if h.pausedUntil.Load() != 0 || h.keyPauses.latest.Load() != 0 {
+		if until := t.pauseEnd(h, r, monotonic()); until != 0 {
+			if err := t.awaitPause(r, h, until); err != nil {
+				return nil, refuse(r, cancel, err)
+			}
 		}
 	}
 
@@ -40,21 +43,20 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 	}
 	outer := r.Context() // the caller's, or hedging's: what ends the attempt from outside
 
-	// 2. Count it; its own context carries what the hooks and the
-	// attempt's limits need (the attempt deadline, the upload watch).
+	// 2. Count it; its own context carries what the hooks, the attempt's
+	// limits (the attempt deadline, the upload watch) and its connection
+	// (a) need, and the dial gate counts it busy until its body is done
+	// (dialgate.go).
 	t.count(h, attemptsCounter)
 	if hedge {
 		t.count(h, hedgeCounter)
 	}
-	r, ctl, trace := t.attemptContext(r, n, cancel)
+	r, ctl, a := t.attemptContext(r, n, h, cancel)
 	t.observeAttemptStart(r, h, n) // events.go
 
-	// 3. The dial gate counts it busy until its body is done (dialgate.go).
-	gate := h.gateHost()
-	r = gate.enter(r)
-
-	// 4. The round trip: through WithAttemptTransport's wraps, if any, to
-	// the lifetime rule (lifetime.go) and the tuned http.Transport.
+	// 3. The round trip: through WithAttemptTransport's wraps, if any, to
+	// the tuned http.Transport. net/http tells a which connection carries
+	// the request (its GotConn), and a tells the connection.
 	var start time.Time
 	if t.opts.observer.OnAttemptEnd != nil { // the event's Duration: no clock read otherwise
 		start = time.Now()
@@ -69,19 +71,22 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 		resp, err = t.roundTripBase(r)
 	}
 	resp, err = t.settle(h, ctl, outer, resp, err)
-	if err == nil { // what the response says of its host
-		t.setPause(h, resp)         // pause.go: did the host ask for quiet?
-		t.observeKeepAlive(h, resp) // idle.go: a Keep-Alive: timeout=N
+
+	// 4. What the response says of its connection (it left HTTP, or is
+	// done) and of its host (a pause, a Keep-Alive timeout).
+	if err == nil {
+		a.responded(resp)
+		t.setPause(h, r, resp) // pause.go
 	}
-	t.observeAttemptEnd(r, h, n, resp, err, start, trace) // events.go
+	t.observeAttemptEnd(r, h, n, resp, err, start, a) // events.go
 
 	// 5. The response gets the attempt's one body wrapper (body.go); a
 	// failed attempt releases what it held now.
 	if err != nil {
-		gate.leave()
+		a.gate.leave()
 		ctl.release()
 	} else {
-		resp = t.wrapBody(resp, gate, ctl)
+		resp = t.wrapBody(resp, a, ctl)
 	}
 
 	// 6. The breaker hears the outcome (breaker.go).
@@ -103,48 +108,19 @@ func refuse(r *http.Request, cancel context.CancelCauseFunc, err error) error {
 	return err
 }
 
-// attemptContext returns r with the context of its attempt, and the
-// attempt's control when something but the caller may end it: the attempt
-// deadline (WithAttemptTimeout), the upload watch (a body and a read
-// timeout), or hedging (cancel). With none of them and no hooks that need
-// the context, r is returned as it is and nothing is allocated.
-func (t *Transport) attemptContext(r *http.Request, n int, cancel context.CancelCauseFunc) (*http.Request, *attemptCtl, *connTrace) {
+// attemptContext returns r with the context of its attempt, the
+// attempt's control when something but the caller may end it (the attempt
+// deadline of WithAttemptTimeout, the upload watch of a body when there is
+// a read timeout, or hedging's cancel), and the attempt's view of its
+// connection.
+func (t *Transport) attemptContext(r *http.Request, n int, h *hostState, cancel context.CancelCauseFunc) (*http.Request, *attemptCtl, *attemptConn) {
 	o := &t.opts
 	hasBody := r.Body != nil && r.Body != http.NoBody
-	// HTTP/1 writes are bounded on the connection (writeDeadlineConn); an
-	// HTTP/2 stream can stall on flow control with its connection idle, so
-	// a body that may go over HTTP/2 (https) is watched instead.
+	// HTTP/1 writes are bounded on the connection (conn.go); an HTTP/2
+	// stream can stall on flow control with its connection idle, so a
+	// body that may go over HTTP/2 (https) is watched instead.
 	watch := hasBody && o.readTimeout > 0 && r.URL.Scheme == "https"
-	if cancel == nil && o.attemptTimeout <= 0 && !watch && !t.contextHooks {
-		return r, nil, nil
-	}
 	ctx := r.Context()
-	if len(o.attemptWraps) > 0 {
-		ctx = context.WithValue(ctx, attemptKey{}, n)
-	}
-	// One trace for the hooks of the attempt: Observer.TraceConns's, and
-	// the upload watch's, which lasts from the body's first Read until
-	// net/http has written the whole request (its header timeout takes
-	// over from there).
-	var (
-		trace  *connTrace
-		upload *uploadWatch
-		ct     *httptrace.ClientTrace
-	)
-	if o.observer.TraceConns {
-		trace = new(connTrace)
-		ct = &httptrace.ClientTrace{GotConn: trace.gotConn}
-	}
-	if watch {
-		upload = &uploadWatch{d: o.readTimeout}
-		if ct == nil {
-			ct = new(httptrace.ClientTrace)
-		}
-		ct.WroteRequest = upload.wroteRequest
-	}
-	if ct != nil {
-		ctx = httptrace.WithClientTrace(ctx, ct)
-	}
 	var ctl *attemptCtl
 	if cancel != nil || o.attemptTimeout > 0 || watch {
 		ctl = &attemptCtl{cancel: cancel}
@@ -156,22 +132,194 @@ func (t *Transport) attemptContext(r *http.Request, n int, cancel context.Cancel
 			ctl.timer = time.AfterFunc(d, func() { ctl.end(attemptTimedOut, errAttemptTimedOut) })
 		}
 	}
-	r = r.WithContext(ctx)
+	a := &attemptConn{Context: ctx, host: h, n: n, wraps: len(o.attemptWraps) > 0}
+	a.connect = r.Method == http.MethodConnect
+	a.upgrade = a.connect || r.Header["Upgrade"] != nil
+	a.trace.GotConn = a.gotConn
+	h.gateHost().enter(a, r) // dialgate.go
+	if o.connMaxLifetime > 0 && !a.upgrade {
+		a.lifetime(r)
+	}
+	var upload *uploadWatch
 	if watch {
-		w := upload
-		w.ctl, ctl.upload = ctl, w
-		r.Body = w.wrap(r.Body)
+		// The upload watch lasts from the body's first Read until net/http
+		// has written the whole request (its header timeout takes over
+		// from there).
+		upload = &uploadWatch{d: o.readTimeout, ctl: ctl}
+		ctl.upload = upload
+		a.trace.WroteRequest = upload.wroteRequest
+	}
+	var ctx2 context.Context = a
+	if a.ownTrace = traceKey != nil && httptrace.ContextClientTrace(ctx) == nil; !a.ownTrace {
+		ctx2 = httptrace.WithClientTrace(a, &a.trace) // composed with the caller's hooks
+	}
+	r = r.WithContext(ctx2)
+	if a.hdr != nil {
+		r.Header = a.hdr
+	}
+	if upload != nil {
+		r.Body = upload.wrap(r.Body)
 		if getBody := r.GetBody; getBody != nil { // net/http rewinds with it on a new connection
 			r.GetBody = func() (io.ReadCloser, error) {
 				b, err := getBody()
 				if err != nil || b == nil || b == http.NoBody {
 					return b, err
 				}
-				return w.wrap(b), nil
+				return upload.wrap(b), nil
 			}
 		}
 	}
-	return r, ctl, trace
+	return r, ctl, a
+}
+
+// connKey is the context key under which an attempt's context holds its
+// attemptConn, for the dialer.
+type connKey struct{}
+
+// attemptConn is what an attempt knows of its connection, and tells it:
+// net/http's GotConn says which connection carries the request, and
+// whether it comes back from the pool; the end of the response body says
+// the connection is idle in the pool again; a 101 or a CONNECT hands it
+// to the caller. It is also the attempt's context (the request's, which
+// the dialer finds it in), its dial gate's watch (dialgate.go) and its
+// response body wrapper (body.go): one allocation for all of them.
+type attemptConn struct {
+	context.Context
+	trace    httptrace.ClientTrace
+	host     *hostState
+	n        int  // the attempt's number, for AttemptFromContext
+	wraps    bool // WithAttemptTransport: AttemptFromContext answers
+	ownTrace bool // no trace of the caller's: the context answers for trace itself
+	upgrade  bool // the request may take its connection out of HTTP: an Upgrade, or CONNECT
+	connect  bool // a CONNECT
+
+	conn atomic.Pointer[conn] // the connection net/http gave the request last
+	seq  atomic.Uint64        // the request's number on it (conn.begin)
+	h1   atomic.Bool          // conn speaks HTTP/1
+
+	// WithConnMaxLifetime: the request's own copy of its header, where a
+	// connection past its lifetime asks for "Connection: close", and the
+	// caller's value of that header.
+	hdr     http.Header
+	connHdr []string
+
+	// The dial gate's watch of the attempt (dialgate.go); note is nil
+	// when unwatched.
+	gate   *gateHost
+	gots   atomic.Int64  // connections the request got: net/http may retry it on another
+	note   chan struct{} // a token sent each time it gets one
+	serial bool
+	dialed atomic.Pointer[conn] // the connection of the serial dial in progress for the request
+
+	reuse atomic.Uint32 // Observer.TraceConns: a ConnReuse
+	body  respBody      // the response body wrapper, when the response gets one
+}
+
+// Value answers for the attempt's own keys: the dialer's,
+// AttemptFromContext's, and httptrace's when the caller set no trace.
+func (a *attemptConn) Value(key any) any {
+	switch key {
+	case connKey{}:
+		return a
+	case attemptKey{}:
+		if a.wraps {
+			return a.n
+		}
+	case traceKey:
+		if a.ownTrace {
+			return &a.trace
+		}
+	}
+	return a.Context.Value(key)
+}
+
+// traceKey is the context key under which net/http/httptrace keeps a
+// ClientTrace. It is not exported: it is learned once, by asking
+// ContextClientTrace, and checked. An attempt whose caller set no trace
+// answers it itself, which saves WithClientTrace's context per attempt;
+// nil if the check fails, and then WithClientTrace is used.
+var traceKey = probeTraceKey()
+
+func probeTraceKey() any {
+	var p traceKeyProbe
+	httptrace.ContextClientTrace(&p)
+	check := &traceKeyProbe{key: p.key, trace: new(httptrace.ClientTrace)}
+	if p.key == nil || httptrace.ContextClientTrace(check) != check.trace {
+		return nil
+	}
+	return p.key
+}
+
+// traceKeyProbe records the key it is asked for, and answers trace for it.
+type traceKeyProbe struct {
+	context.Context
+	key   any
+	trace *httptrace.ClientTrace
+}
+
+func (p *traceKeyProbe) Value(key any) any {
+	if p.key == nil {
+		p.key = key
+	}
+	if key == p.key && p.trace != nil {
+		return p.trace
+	}
+	return nil
+}
+
+// gotConn is net/http's GotConn: the request was given info.Conn. It runs
+// before the request is written, and again for each connection net/http
+// retries the request on.
+func (a *attemptConn) gotConn(info httptrace.GotConnInfo) {
+	if info.Reused {
+		a.reuse.Store(uint32(ConnReused))
+	} else {
+		a.reuse.Store(uint32(ConnNew))
+	}
+	c := asConn(info.Conn)
+	p := protoUnknown
+	if c != nil {
+		p = c.learnProto(info.Conn)
+	}
+	if a.watched() {
+		a.gateGotConn(c, p)
+	}
+	if c == nil || p != protoHTTP1 {
+		return
+	}
+	a.conn.Store(c)
+	a.h1.Store(true)
+	if a.hdr != nil {
+		a.gotConnLifetime(c, info.Reused)
+	}
+	a.seq.Store(c.begin(info.Reused))
+}
+
+// responded tells the connection what the response means for it: a 101
+// (or a CONNECT's 2xx) hands it to the caller; a response without a body
+// is read whole already.
+func (a *attemptConn) responded(resp *http.Response) {
+	c := a.conn.Load()
+	if c == nil {
+		return
+	}
+	if a.upgrade && (resp.StatusCode == http.StatusSwitchingProtocols || a.connect && resp.StatusCode/100 == 2) {
+		c.hijack()
+		return
+	}
+	if h := c.host.Load(); h != nil {
+		h.keepAliveAnnounced(resp) // idle.go: what the server at the far end announced
+	}
+	if resp.Body == nil || resp.Body == http.NoBody {
+		a.done()
+	}
+}
+
+// done tells the connection that the response was read whole.
+func (a *attemptConn) done() {
+	if c := a.conn.Load(); c != nil {
+		c.done(a.seq.Load())
+	}
 }
 
 // attemptCtl is the control of one attempt that something but its caller

@@ -325,18 +325,18 @@ func unixSec(mono int64) int64 { return (clockStartUnix + mono) / int64(time.Sec
 
 // wrapBody gives resp the one wrapper of its attempt, which owns all that
 // ends with the body: the read timeout (readwatch.go), the dial gate's
-// release (gate, nil if ungated) and the attempt's context (ctl, nil if it
-// has none). A body that is already over, http.NoBody or none, is left as
-// it is and its attempt released at once; a 101's body stays an
-// io.ReadWriteCloser.
-func (t *Transport) wrapBody(resp *http.Response, gate *gateHost, ctl *attemptCtl) *http.Response {
+// release and the connection's return to idle (a), and the attempt's
+// context (ctl, nil if it has none). A body that is already over,
+// http.NoBody or none, is left as it is and its attempt released at once;
+// a 101's body stays an io.ReadWriteCloser.
+func (t *Transport) wrapBody(resp *http.Response, a *attemptConn, ctl *attemptCtl) *http.Response {
 	switch {
 	case resp.Body == nil || resp.Body == http.NoBody:
-		gate.leave()
+		a.gate.leave()
 		ctl.release()
 		return resp
 	case resp.StatusCode == http.StatusSwitchingProtocols:
-		gate.leave() // the connection is no longer the pool's
+		a.gate.leave() // the connection is no longer the pool's
 		if ctl != nil {
 			if rw, ok := resp.Body.(io.ReadWriteCloser); ok {
 				resp.Body = &switchedBody{ReadWriteCloser: rw, ctl: ctl}
@@ -345,10 +345,11 @@ func (t *Transport) wrapBody(resp *http.Response, gate *gateHost, ctl *attemptCt
 		}
 		ctl.release()
 		return resp
-	case t.reads == nil && gate == nil && ctl == nil:
-		return resp
+	case t.reads == nil && a.gate == nil && ctl == nil:
+		return resp // a host past HostStatsLimit: nothing ends with its body
 	}
-	b := &respBody{rc: resp.Body, watch: t.reads, gate: gate, ctl: ctl}
+	b := &a.body
+	b.rc, b.watch, b.att, b.ctl = resp.Body, t.reads, a, ctl
 	if b.watch != nil {
 		b.shard = b.watch.shard()
 	}
@@ -358,7 +359,8 @@ func (t *Transport) wrapBody(resp *http.Response, gate *gateHost, ctl *attemptCt
 
 // respBody is a response body with the read timeout, and the release of
 // its attempt (the dial gate's count, the attempt's context) at its end:
-// an error or EOF from Read, or Close.
+// an error or EOF from Read, or Close. EOF also tells the connection that
+// its response was read whole (attemptConn.done).
 //
 // For the timeout, each Read counts its start and its end, and the first
 // links the body into the Transport's read watch, which closes the body
@@ -373,7 +375,7 @@ type respBody struct {
 	reads   atomic.Uint64 // Read starts and ends: odd while a Read is in progress
 	fired   atomic.Bool   // the watch closed the body
 	done    atomic.Bool   // EOF, an error or Close: the watch lets go for good
-	gate    *gateHost
+	att     *attemptConn
 	ctl     *attemptCtl
 	started bool // a Read has linked the body into the watch; only Read touches it
 
@@ -390,7 +392,7 @@ func (b *respBody) Read(p []byte) (int, error) {
 	if w == nil {
 		n, err := b.rc.Read(p)
 		if err != nil {
-			b.end()
+			b.end(err == io.EOF)
 		}
 		return n, err
 	}
@@ -405,7 +407,7 @@ func (b *respBody) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
 	b.reads.Add(1)
 	if err != nil {
-		b.end()
+		b.end(err == io.EOF)
 		if b.fired.Load() {
 			return n, &ReadTimeoutError{Limit: w.d}
 		}
@@ -415,20 +417,24 @@ func (b *respBody) Read(p []byte) (int, error) {
 
 func (b *respBody) Close() error {
 	err := b.rc.Close()
-	b.end()
+	b.end(false)
 	return err
 }
 
 // end is the one "done" path: it leaves the read watch and the dial gate
-// and releases the attempt's context, once.
-func (b *respBody) end() {
+// and releases the attempt's context, once; eof says the body was read
+// whole.
+func (b *respBody) end(eof bool) {
 	if b.done.Swap(true) {
 		return
+	}
+	if eof {
+		b.att.done()
 	}
 	if b.watch != nil {
 		b.watch.unlink(b)
 	}
-	b.gate.leave()
+	b.att.gate.leave()
 	b.ctl.release()
 }
 

@@ -144,7 +144,7 @@ func (b *retryBudget) init(h *hostBudget) {
 // ring or more before the second its bucket now counts is outside every
 // window from now on, and is dropped.
 func (b *retryBudget) deposit(h *hostBudget, sec int64) {
-	if b == nil {
+	if b == nil || h.ring == nil {
 		return
 	}
 	bk := &h.ring[int(uint64(sec)%uint64(len(h.ring)))]
@@ -163,8 +163,8 @@ func (b *retryBudget) deposit(h *hostBudget, sec int64) {
 // at the Unix second sec, if it has one; it reports whether the retry may
 // be sent.
 func (b *retryBudget) withdraw(h *hostBudget, sec int64) bool {
-	if b == nil {
-		return true
+	if b == nil || h.ring == nil {
+		return true // off, or a host past HostStatsLimit
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -39,7 +39,6 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"net/http/httptrace"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,15 +55,11 @@ const (
 // serialGrace is how long a serial dial waits, once the dial before it
 // made an HTTP/2 connection, for its request to be given that connection
 // (net/http hands a new HTTP/2 connection to every waiting request at
-// once) before it dials itself.
-const serialGrace = 100 * time.Millisecond
-
-// The protocol of a host, as its connections negotiated it.
-const (
-	protoUnknown int32 = iota
-	protoHTTP1
-	protoHTTP2
-)
+// once, but sets up each request's stream, and calls its GotConn, in a
+// goroutine of its own: late, on a busy machine) before it dials itself.
+// A request waits this long only when the connection cannot take it: its
+// server's stream limit is reached.
+const serialGrace = time.Second
 
 // errDialNotNeeded ends a dial whose request took another connection. It
 // reaches no caller: net/http drops the result of a dial whose request was
@@ -81,92 +76,115 @@ type gateHost struct {
 	proto   atomic.Int32 // protoUnknown, protoHTTP1 or protoHTTP2
 
 	mu     sync.Mutex
-	serial chan struct{} // closed when the serial dial in progress ends; nil: none
+	serial *serialDial // the serial dial in progress; nil: none
 }
 
-// gateKey is the context key of a watched request's gateMark.
-type gateKey struct{}
-
-// gateMark tells a held dial that its request got a connection. A mark of
-// a request to an https host whose protocol is not known to be HTTP/1
-// (serial) also hears its dials' TLS handshakes and which connections
-// carry it.
-type gateMark struct {
-	gots   atomic.Int64    // connections the request got: net/http may retry it on another
-	note   chan struct{}   // a token sent each time it gets one
-	ended  <-chan struct{} // the request's context's Done: a dial for it is not needed once it ends
-	serial bool
-	gate   *gateHost
-	dialed atomic.Pointer[conn]  // the connection of the dial in progress for the request (serial)
-	trace  httptrace.ClientTrace // in the mark: one allocation less
+// serialDial is a host's serial dial in progress: done is closed when it
+// ends, and err says how (nil: its connection finished its TLS handshake).
+type serialDial struct {
+	done chan struct{}
+	err  error
 }
 
-func (m *gateMark) gotConn(info httptrace.GotConnInfo) {
-	m.gots.Add(1)
+// serialDialError is the error of a dial that waited for the host's serial
+// dial, which failed: each request waiting for a host that does not
+// answer fails after one connect or handshake timeout, not one each.
+type serialDialError struct{ err error }
+
+func (e *serialDialError) Error() string {
+	return "keepalive: the dial this request waited for failed: " + e.err.Error()
+}
+
+func (e *serialDialError) Unwrap() error { return e.err }
+
+// errSerialClosed ends a serial dial whose connection closed before its
+// TLS handshake began (a proxy refused the tunnel, or the dial was
+// discarded).
+var errSerialClosed = errors.New("keepalive: connection closed before its TLS handshake")
+
+// watched reports whether the gate watches the attempt a for the
+// connection it gets (a.note).
+func (a *attemptConn) watched() bool { return a != nil && a.note != nil }
+
+// gateGotConn is the gate's part of GotConn: it tells a held dial that its
+// request got a connection, c, which speaks p, and teaches a serial host
+// its protocol.
+func (a *attemptConn) gateGotConn(c *conn, p int32) {
+	a.gots.Add(1)
 	select {
-	case m.note <- struct{}{}:
+	case a.note <- struct{}{}:
 	default:
 	}
-	if !m.serial {
+	if !a.serial {
 		return
 	}
-	if tc, ok := info.Conn.(*tls.Conn); ok {
-		if tc.ConnectionState().NegotiatedProtocol == "h2" {
-			m.gate.proto.Store(protoHTTP2)
-		} else {
-			m.gate.proto.Store(protoHTTP1)
-		}
+	if p != protoUnknown && !a.upgrade {
+		a.gate.proto.Store(p)
 	}
-	if c := asConn(info.Conn); c != nil {
+	if c != nil {
 		c.carry()
+	}
+}
+
+// tlsStart marks the connection of the request's serial dial as in its
+// TLS handshake: the handshake's outcome, not a close, ends the serial
+// dial.
+func (a *attemptConn) tlsStart() {
+	if c := a.dialed.Load(); c != nil {
+		c.handshaking.Store(true)
 	}
 }
 
 // tlsDone ends the serial dial of the request (its TLS handshake done) and
 // learns the host's protocol from it.
-func (m *gateMark) tlsDone(cs tls.ConnectionState, err error) {
-	c := m.dialed.Swap(nil)
+func (a *attemptConn) tlsDone(cs tls.ConnectionState, err error) {
+	c := a.dialed.Swap(nil)
 	if c == nil {
 		return
 	}
 	if err == nil {
 		p := protoHTTP1
-		if cs.NegotiatedProtocol == "h2" {
+		if cs.NegotiatedProtocol == http2NextProto {
 			p = protoHTTP2
 		}
 		c.proto.Store(p)
-		m.gate.proto.Store(p)
+		a.gate.proto.Store(p)
 		if p == protoHTTP1 {
 			c.carry() // an HTTP/1 connection is dialed for its request
 		}
 	}
-	c.endSerial()
+	c.endSerial(err)
 }
 
-// enter counts r as busy on its host (h, nil if ungated) and returns r to
-// send: watched for its connection when a dial to its host is in progress,
-// or when its host is an https host not known to speak HTTP/1.
-func (h *gateHost) enter(r *http.Request) *http.Request {
+// enter counts the attempt a, of r, as busy on its host (h, nil if
+// ungated), and watches it for its connection when a dial to its host is
+// in progress, or when its host is an https host not known to speak
+// HTTP/1: then its dials go one at a time (serial). A request that
+// upgrades (a WebSocket) speaks HTTP/1 whatever its host does: it is
+// never serial, and does not teach the host its protocol.
+func (h *gateHost) enter(a *attemptConn, r *http.Request) {
 	if h == nil {
-		return r
+		return
 	}
+	a.gate = h
 	h.busy.Add(1)
 	p := h.proto.Load()
 	if p == protoUnknown && r.URL.Scheme != "https" {
 		h.proto.CompareAndSwap(protoUnknown, protoHTTP1) // no HTTP/2 in clear text
 		p = protoHTTP1
 	}
+	if a.upgrade {
+		p = protoHTTP1
+	}
 	if h.dialing.Load() == 0 && p == protoHTTP1 {
-		return r
+		return
 	}
-	m := &gateMark{note: make(chan struct{}, 1), ended: r.Context().Done(), serial: p != protoHTTP1, gate: h}
-	m.trace.GotConn = m.gotConn
-	if m.serial {
-		m.trace.TLSHandshakeDone = m.tlsDone
+	a.note = make(chan struct{}, 1)
+	a.serial = p != protoHTTP1
+	if a.serial {
+		a.trace.TLSHandshakeStart = a.tlsStart
+		a.trace.TLSHandshakeDone = a.tlsDone
 	}
-	ctx := context.WithValue(r.Context(), gateKey{}, m)
-	ctx = httptrace.WithClientTrace(ctx, &m.trace)
-	return r.WithContext(ctx)
 }
 
 // leave ends a busy attempt: when it failed, or when its response body is
@@ -177,24 +195,26 @@ func (h *gateHost) leave() {
 	}
 }
 
-// dial runs the gate (h, nil if ungated) around connect: it counts the
-// dial and the connection it makes, and drops the dial if its request got
-// another connection while it waited, at most holdMax.
-func (h *gateHost) dial(ctx context.Context, holdMax time.Duration, connect func() (net.Conn, error)) (net.Conn, error) {
+// dial runs the gate (h, nil if ungated) around connect, for the attempt
+// a (nil: unknown): it counts the dial and the connection it makes, and
+// drops the dial if its request got another connection while it waited,
+// at most holdMax. The connection it returns is a *conn when gated.
+func (h *gateHost) dial(ctx context.Context, a *attemptConn, holdMax time.Duration, connect func() (net.Conn, error)) (net.Conn, error) {
 	if h == nil {
 		return connect()
 	}
-	m, _ := ctx.Value(gateKey{}).(*gateMark)
-	// Serial dials are counted on the request's host (m.gate), which is
-	// the dialed one but behind a proxy.
+	if !a.watched() {
+		a = nil
+	}
+	// Serial dials are counted on the request's host (a.gate).
 	var sg *gateHost
-	if m != nil && m.serial && m.gate.proto.Load() != protoHTTP1 {
-		sg = m.gate
-		if err := sg.awaitSerial(ctx, m); err != nil {
+	if a != nil && a.serial && a.gate.proto.Load() != protoHTTP1 {
+		sg = a.gate
+		if err := sg.awaitSerial(ctx, a); err != nil {
 			return nil, err
 		}
 		if sg.proto.Load() == protoHTTP1 { // the dial before found HTTP/1
-			sg.endSerial()
+			sg.endSerial(nil)
 			sg = nil
 		}
 	}
@@ -203,11 +223,11 @@ func (h *gateHost) dial(ctx context.Context, holdMax time.Duration, connect func
 	// only when net/http retries it on a new one: that dial is needed.
 	// Read before the dial counts, so that a connection that comes free
 	// once the dial is counted is one the dial may wait for.
-	needed := m == nil || m.gots.Load() > 0
+	needed := a == nil || a.gots.Load() > 0
 	h.conns.Add(1)
 	h.dialing.Add(1)
 	defer h.dialing.Add(-1)
-	if !serial && !needed && h.hold(ctx, m, holdMax) {
+	if !serial && !needed && h.hold(ctx, a, holdMax) {
 		h.conns.Add(-1)
 		return nil, errDialNotNeeded
 	}
@@ -215,47 +235,54 @@ func (h *gateHost) dial(ctx context.Context, holdMax time.Duration, connect func
 	if err != nil {
 		h.conns.Add(-1)
 		if serial {
-			sg.endSerial()
+			if ctx.Err() != nil {
+				err = nil // cancelled, not failed: the next waiter dials
+			}
+			sg.endSerial(err)
 		}
 		return nil, err
 	}
-	wc := &conn{Conn: c, gate: h} // its Close leaves the count (transport.go)
+	wc := &conn{Conn: c, gate: h} // its Close leaves the count
 	if serial {
 		wc.serialGate.Store(sg)  // its TLS handshake, or its Close, ends the serial dial
 		wc.uncounted.Store(true) // counted once it carries a request (carry)
-		m.dialed.Store(wc)
+		a.dialed.Store(wc)
 	}
 	return wc, nil
 }
 
 // awaitSerial waits for the host's serial dial in progress, if any, to
-// end, and makes the dial of m's request the one in progress. It returns
+// end, and makes the dial of a's request the one in progress. It returns
 // errDialNotNeeded if the request got a connection meanwhile (or ended),
-// and nil with the serial dial taken, or with the host found to speak
-// HTTP/1 (then the caller ends the serial dial it took). A connection the
-// request got before this dial does not count: net/http dials again for a
-// request whose stream a GOAWAY refused.
-func (h *gateHost) awaitSerial(ctx context.Context, m *gateMark) error {
-	base := m.gots.Load()
+// a *serialDialError if the dial it waited for failed, and nil with the
+// serial dial taken, or with the host found to speak HTTP/1 (then the
+// caller ends the serial dial it took). A connection the request got
+// before this dial does not count: net/http dials again for a request
+// whose stream a GOAWAY refused.
+func (h *gateHost) awaitSerial(ctx context.Context, a *attemptConn) error {
+	base := a.gots.Load()
 	for {
 		h.mu.Lock()
 		wait := h.serial
 		if wait == nil {
-			h.serial = make(chan struct{})
+			h.serial = &serialDial{done: make(chan struct{})}
 			h.mu.Unlock()
 			return nil
 		}
 		h.mu.Unlock()
-		if err := m.await(ctx, base, wait, 0); err != nil {
+		if err := a.await(ctx, base, wait.done, 0); err != nil {
 			return err
 		}
+		if wait.err != nil {
+			return &serialDialError{err: wait.err}
+		}
 		if h.proto.Load() != protoHTTP2 {
-			continue // the dial failed, or found HTTP/1: take the next turn
+			continue // the dial found HTTP/1: take the next turn
 		}
 		// The dial made an HTTP/2 connection: net/http is handing it to
 		// every waiting request, this one included unless the
 		// connection is full.
-		if err := m.await(ctx, base, nil, serialGrace); err != nil {
+		if err := a.await(ctx, base, nil, serialGrace); err != nil {
 			return err
 		}
 	}
@@ -264,17 +291,17 @@ func (h *gateHost) awaitSerial(ctx context.Context, m *gateMark) error {
 // await waits until done is closed (nil: never) or d has passed (0:
 // never); it returns errDialNotNeeded if the request got a connection
 // after its base-th, or ended, first.
-func (m *gateMark) await(ctx context.Context, base int64, done <-chan struct{}, d time.Duration) error {
+func (a *attemptConn) await(ctx context.Context, base int64, done <-chan struct{}, d time.Duration) error {
 	var expired <-chan time.Time
 	if d > 0 {
 		timer := time.NewTimer(d)
 		defer timer.Stop()
 		expired = timer.C
 	}
-	for m.gots.Load() <= base {
+	for a.gots.Load() <= base {
 		select {
-		case <-m.note: // check the count again
-		case <-m.ended:
+		case <-a.note: // check the count again
+		case <-a.Done():
 			return errDialNotNeeded
 		case <-ctx.Done():
 			return ctx.Err()
@@ -287,21 +314,22 @@ func (m *gateMark) await(ctx context.Context, base int64, done <-chan struct{}, 
 	return errDialNotNeeded
 }
 
-// endSerial ends the host's serial dial in progress.
-func (h *gateHost) endSerial() {
+// endSerial ends the host's serial dial in progress, with the outcome err.
+func (h *gateHost) endSerial(err error) {
 	h.mu.Lock()
-	wait := h.serial
+	s := h.serial
 	h.serial = nil
 	h.mu.Unlock()
-	if wait != nil {
-		close(wait)
+	if s != nil {
+		s.err = err
+		close(s.done)
 	}
 }
 
 // hold waits, up to max, while a connection is likely to come free for the
-// watched request the dial is for (m); it reports whether the request got
+// watched attempt the dial is for (a); it reports whether the request got
 // one.
-func (h *gateHost) hold(ctx context.Context, m *gateMark, max time.Duration) bool {
+func (h *gateHost) hold(ctx context.Context, a *attemptConn, max time.Duration) bool {
 	if h.conns.Load() <= h.busy.Load() {
 		return false
 	}
@@ -309,7 +337,7 @@ func (h *gateHost) hold(ctx context.Context, m *gateMark, max time.Duration) boo
 	defer timer.Stop()
 	for waited := time.Duration(0); waited < max && h.conns.Load() > h.busy.Load(); waited += dialHoldStep {
 		select {
-		case <-m.note: // the request got a connection (it had none when the dial started)
+		case <-a.note: // the request got a connection (it had none when the dial started)
 			return true
 		case <-ctx.Done():
 			return false

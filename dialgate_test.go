@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httptrace"
 	"net/url"
 	"runtime"
 	"strconv"
@@ -77,11 +76,12 @@ func TestGateHold(t *testing.T) {
 		return h, addr, accepted
 	}
 	dial := func(h *gateHost, holdMax time.Duration, ctx context.Context, addr string) (net.Conn, error) {
-		return h.dial(ctx, holdMax, func() (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) })
+		a, _ := ctx.Value(connKey{}).(*attemptConn)
+		return h.dial(ctx, a, holdMax, func() (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) })
 	}
-	marked := func() (context.Context, *gateMark) {
-		m := &gateMark{note: make(chan struct{}, 1)}
-		return context.WithValue(context.Background(), gateKey{}, m), m
+	marked := func() (context.Context, *attemptConn) {
+		a := &attemptConn{Context: context.Background(), note: make(chan struct{}, 1)}
+		return a, a
 	}
 
 	t.Run("a dial whose request gets another connection never connects", func(t *testing.T) {
@@ -98,7 +98,7 @@ func TestGateHold(t *testing.T) {
 		for i := 0; h.dialing.Load() == 0 && i < 1e6; i++ { // until the dial waits
 			runtime.Gosched()
 		}
-		m.gotConn(httptrace.GotConnInfo{})
+		m.gateGotConn(nil, protoUnknown)
 		require.ErrorIs(t, <-errc, errDialNotNeeded)
 		assert.Zero(t, accepted.Load())
 		assert.EqualValues(t, 1, h.conns.Load(), "the dropped dial is not counted")
@@ -133,7 +133,7 @@ func TestGateHold(t *testing.T) {
 	t.Run("a request that already has a connection dials at once", func(t *testing.T) {
 		h, addr, _ := setup(t, 1, 1)
 		ctx, m := marked()
-		m.gotConn(httptrace.GotConnInfo{}) // net/http retries it on a new connection
+		m.gateGotConn(nil, protoUnknown) // net/http retries it on a new connection
 		c, err := dial(h, time.Minute, ctx, addr)
 		require.NoError(t, err)
 		c.Close()

@@ -12,8 +12,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptrace"
-	"sync/atomic"
 	"time"
 )
 
@@ -214,13 +212,15 @@ type BreakerChangeEvent struct {
 	From, To string // "closed", "open" or "half-open"
 }
 
-// HostPauseEvent is a host that asked for a pause: every attempt to it
-// waits until Wait has passed (see WithoutHostPause).
+// HostPauseEvent is a host that asked for a pause: every attempt to it,
+// or with PerKey every attempt with the same rate-limit key, waits until
+// Wait has passed (see WithoutHostPause).
 type HostPauseEvent struct {
 	Host   string        // its HostStats key, "host:port"
 	Status int           // the status of the response that asked
 	Wait   time.Duration // the pause asked for, from when the response arrived
 	Source PauseSource   // the fields that asked for it
+	PerKey bool          // a quota ran out (a 429, rate-limit fields): only requests with the same WithRateLimitKey wait
 }
 
 // DialEvent is a TCP connect that ended.
@@ -279,7 +279,7 @@ func (t *Transport) observeAttemptStart(r *http.Request, h *hostState, n int) {
 // observeAttemptEnd tells the observers of the outcome of attempt n of a
 // request, r, to host h, sent at start; trace is its connection trace, if
 // Observer.TraceConns is set.
-func (t *Transport) observeAttemptEnd(r *http.Request, h *hostState, n int, resp *http.Response, err error, start time.Time, trace *connTrace) {
+func (t *Transport) observeAttemptEnd(r *http.Request, h *hostState, n int, resp *http.Response, err error, start time.Time, a *attemptConn) {
 	f := t.opts.observer.OnAttemptEnd
 	if f == nil {
 		return
@@ -288,22 +288,10 @@ func (t *Transport) observeAttemptEnd(r *http.Request, h *hostState, n int, resp
 	if err == nil {
 		e.Status = resp.StatusCode
 	}
-	if trace != nil {
-		e.Conn = ConnReuse(trace.reuse.Load())
+	if t.opts.observer.TraceConns {
+		e.Conn = ConnReuse(a.reuse.Load())
 	}
 	f(e)
-}
-
-// connTrace records GotConn, which net/http may call from another
-// goroutine than the RoundTrip's.
-type connTrace struct{ reuse atomic.Uint32 }
-
-func (c *connTrace) gotConn(info httptrace.GotConnInfo) {
-	if info.Reused {
-		c.reuse.Store(uint32(ConnReused))
-	} else {
-		c.reuse.Store(uint32(ConnNew))
-	}
 }
 
 // observeRetry reports that the outcome (resp or err) of attempt will be
@@ -378,10 +366,10 @@ func (t *Transport) observeBreakerChange(host, from, to string) {
 
 // observeHostPause counts and reports a pause of wait that a response of
 // status, through the fields of src, started on host h.
-func (t *Transport) observeHostPause(h *hostState, status int, wait time.Duration, src PauseSource) {
+func (t *Transport) observeHostPause(h *hostState, status int, wait time.Duration, src PauseSource, perKey bool) {
 	t.count(h, pausesCounter)
 	if f := t.opts.observer.OnHostPause; f != nil {
-		f(HostPauseEvent{Host: h.key, Status: status, Wait: wait, Source: src})
+		f(HostPauseEvent{Host: h.key, Status: status, Wait: wait, Source: src, PerKey: perKey})
 	}
 	ctx := context.Background()
 	if l := t.logger(ctx, slog.LevelDebug); l != nil {

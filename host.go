@@ -15,13 +15,15 @@ import (
 )
 
 // hostState is all a Transport keeps about one host. Hosts past
-// HostStatsLimit share one, the overflow state, which counts and budgets
-// them together but has no breaker (one host's failures must not refuse
-// another's requests), no dial gate (its counts would mix hosts) and is
-// never paused (one host's quota must not hold back another's requests).
+// HostStatsLimit share one, the overflow state, which counts them together
+// but has no retry budget and no breaker (one host's failures must not
+// spend or refuse another's retries and requests), no dial gate (its
+// counts would mix hosts), no idle timeout (theirs differ), and is never
+// paused (one host's quota must not hold back another's requests).
 type hostState struct {
 	key      string // "host:port", the HostStats key; OtherHosts for the overflow state
 	overflow bool
+	aliases  atomic.Int32 // spellings of the host the table finds it by
 	counters
 	budget  hostBudget   // budget.go; unused when the budget is off
 	breaker *hostBreaker // breaker.go; nil when off, and for the overflow state
@@ -30,7 +32,9 @@ type hostState struct {
 
 	// pausedUntil is the monotonic() reading at which the host's pause
 	// ends (pause.go); 0 when it is not paused or the pause is known over.
+	// keyPauses are the pauses of its rate-limit keys.
 	pausedUntil atomic.Int64
+	keyPauses   keyPauses
 }
 
 // gateHost returns the host's dial gate, nil for the overflow state.
@@ -43,9 +47,10 @@ func (h *hostState) gateHost() *gateHost {
 
 // hostTable finds the state of a host without a lock or an allocation
 // once the host is known: the maps are immutable, replaced whole (copy on
-// write) when a host is added, which happens at most HostStatsLimit times;
-// past that, unknown hosts get the overflow state at the cost of building
-// their key, with no lock. Nothing is ever swept.
+// write) when a host or a spelling of one is added, which happens at most
+// maxHostAliases times per host and HostStatsLimit hosts; past that, a new
+// spelling, or an unknown host (the overflow state), costs building its
+// key, with no lock. Nothing is ever swept.
 type hostTable struct {
 	maps     atomic.Pointer[hostMaps]
 	mu       sync.Mutex // serialises adding hosts
@@ -67,6 +72,7 @@ func newHostTable(newState func(key string) *hostState) *hostTable {
 	h.overflow = newState(OtherHosts)
 	h.overflow.overflow = true
 	h.overflow.breaker = nil
+	h.overflow.budget.ring = nil // no budget: one host's failures must not spend another's retries
 	h.maps.Store(&hostMaps{alias: map[string]*hostState{}, aliasHTTPS: map[string]*hostState{}, canon: map[string]*hostState{}})
 	return h
 }
@@ -94,11 +100,20 @@ func (h *hostTable) forAddr(addr string) *hostState {
 	return h.add(m, addr, false, canonAddr(addr))
 }
 
+// maxHostAliases bounds the spellings of one host that the table keeps
+// (host names are case-insensitive, and a crawler's links or a server's
+// redirects may spell one host many ways): past it, a spelling costs its
+// key's construction per request, and no memory.
+const maxHostAliases = 4
+
 // add returns the state of key, creating it unless the table is full, and
 // makes alias find it.
 func (h *hostTable) add(seen *hostMaps, alias string, bareHTTPS bool, key string) *hostState {
-	if len(seen.canon) >= HostStatsLimit && seen.canon[key] == nil {
+	switch s := seen.canon[key]; {
+	case s == nil && len(seen.canon) >= HostStatsLimit:
 		return h.overflow // the table only grows: no lock needed to know it is full
+	case s != nil && s.aliases.Load() >= maxHostAliases:
+		return s
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -115,6 +130,10 @@ func (h *hostTable) add(seen *hostMaps, alias string, bareHTTPS bool, key string
 		m.canon = cloneStates(old.canon, 1)
 		m.canon[key] = s
 	}
+	if s.aliases.Load() >= maxHostAliases {
+		h.maps.Store(m)
+		return s
+	}
 	if bareHTTPS {
 		m.aliasHTTPS = cloneStates(old.aliasHTTPS, 1)
 		m.aliasHTTPS[alias] = s
@@ -123,6 +142,7 @@ func (h *hostTable) add(seen *hostMaps, alias string, bareHTTPS bool, key string
 		m.alias[alias] = s
 		m.alias[key] = s
 	}
+	s.aliases.Add(1)
 	h.maps.Store(m)
 	return s
 }

@@ -42,8 +42,9 @@ func TestHostStateIsOneForEverySpellingOfAHost(t *testing.T) {
 }
 
 // Past HostStatsLimit, hosts share the overflow state: the table stays
-// bounded, nothing is swept, and the overflow state has no breaker (one
-// host's failures must not refuse another's requests) and no dial gate.
+// bounded, nothing is swept, and the overflow state has no breaker and no
+// retry budget (one host's failures must not refuse another's requests or
+// spend its retries) and no dial gate.
 func TestHostStatesAreBoundedWithoutASweep(t *testing.T) {
 	tr := newTestTransport(t, WithCircuitBreaker(CircuitBreaker{}))
 	h := tr.hosts
@@ -57,9 +58,41 @@ func TestHostStatesAreBoundedWithoutASweep(t *testing.T) {
 	assert.Same(t, h.overflow, over)
 	assert.Nil(t, over.breaker)
 	assert.Nil(t, over.gateHost())
-	assert.NotNil(t, over.budget.ring, "the overflow hosts share a budget")
+	assert.Nil(t, over.budget.ring, "the overflow hosts have no budget: one's failures must not spend another's retries")
 	first := h.forURL(mustParseURL(t, "http://h0.test/"))
 	assert.Equal(t, "h0.test:80", first.key, "known hosts keep their state")
+}
+
+// A host spelled many ways (names are case-insensitive; a crawler's links
+// or a server redirecting to new-cased spellings of itself do this) is one
+// state, found in O(1), and the table keeps at most maxHostAliases
+// spellings of it, whatever their number.
+func TestHostSpellingsAreBounded(t *testing.T) {
+	h := newTestHostTable()
+	want := h.forURL(mustParseURL(t, "http://api.example-service.test/"))
+	const spellings = 20000
+	start := time.Now()
+	for i := range spellings {
+		host := []byte("api.example-service.test")
+		bit := 0
+		for j := range host { // the i-th case spelling (2^20 of them), and a port half the time
+			if host[j] >= 'a' && host[j] <= 'z' {
+				if i>>bit&1 == 1 {
+					host[j] -= 'a' - 'A'
+				}
+				bit++
+			}
+		}
+		u := "http://" + string(host) + "/"
+		if i%2 == 1 {
+			u = "http://" + string(host) + ":80/"
+		}
+		require.Same(t, want, h.forURL(mustParseURL(t, u)), u)
+	}
+	t.Logf("%d spellings of one host looked up in %v", spellings, time.Since(start))
+	m := h.maps.Load()
+	assert.Len(t, m.canon, 1)
+	assert.LessOrEqual(t, len(m.alias)+len(m.aliasHTTPS), 2*maxHostAliases, "spellings kept")
 }
 
 // BenchmarkCrawlerNewHosts is a crawler's request path past HostStatsLimit:

@@ -8,38 +8,45 @@
 // resends a request that may be repeated; an unkeyed POST fails, though
 // the server never saw it. The client can know each server's timeout:
 //
-//   - the connection wrapper (conn in transport.go) records when a
-//     connection last read data and last wrote; a read that fails with
-//     EOF or a reset, with nothing written since the last response, is the
-//     server closing it while idle, and its idle age is that server's
-//     timeout (observeIdleClose);
+//   - the connection wrapper (conn.go) knows when a connection is idle in
+//     the pool with its last response read whole; a read that then fails
+//     with EOF or a reset is the server closing it while idle, and its
+//     idle age is that server's timeout (hostState.idleClosed);
 //   - a response's "Keep-Alive: timeout=N" (RFC 2068 section 19.7.1, sent
-//     by Apache httpd and others) announces it before the first close
-//     (observeKeepAlive, from attempt.go).
+//     by Apache httpd, Node.js and others) announces it before the first
+//     close.
 //
-// A host keeps the shortest timeout seen recently. From then on, the first
-// write of a request on an HTTP/1 connection of that host idle for longer
-// than the timeout less idleMargin is refused before a byte is written:
-// net/http closes the connection and sends the request on another (its
-// "nothing written" path, as for the lifetime of lifetime.go), so the
-// caller never sees it. HTTP/2 connections are left alone: their servers
-// announce an idle close with GOAWAY, and net/http resends what a GOAWAY
-// left unprocessed.
+// Closes that are not idle timeouts are not learned: a response cut off
+// mid-body is not an idle connection's close, and a burst of closes at
+// scattered ages (a server restarting, closing every connection at once)
+// is discarded. A close that would shorten the timeout is acted on only
+// once confirmed, by a second close at about the same age; an announced
+// timeout is acted on at once.
 //
-// The learned timeout holds for idleTTL after it was last confirmed; past
-// that it doubles each idleTTL, so a server whose timeout grew gets longer
-// idle connections back within minutes, and one whose timeout did not is
-// relearned at its next idle close. A host costs three atomics and a
-// request O(1): one clock reading and two atomic loads per write.
+// From then on, the first write of a request on an HTTP/1 connection of
+// that host idle for longer than the timeout less idleMargin is refused
+// before a byte is written: net/http closes the connection and sends the
+// request on another (its "nothing written" path, as for the lifetime of
+// lifetime.go), so the caller never sees it. HTTP/2 connections are left
+// alone: their servers announce an idle close with GOAWAY, and net/http
+// resends what a GOAWAY left unprocessed.
+//
+// The learned timeout holds for idleTTL after it was last confirmed; from
+// then on it doubles each idleTTL, so a server whose timeout grew gets
+// longer idle connections back within minutes, and one whose timeout did
+// not is relearned at its next idle close. A request pays two atomic
+// loads for it, and one clock reading per write.
 
 package keepalive
 
 import (
 	"errors"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -70,6 +77,16 @@ const (
 	// starts doubling back towards the pool's own idle timeout.
 	idleTTL = time.Minute
 
+	// idleBurstWindow gathers the closes of one moment: closes within it
+	// of the first are one burst, judged together once it has passed.
+	idleBurstWindow = 100 * time.Millisecond
+
+	// idleAgreeMin is the least two idle closes may differ by and still
+	// agree on a timeout; above five times it, a fifth of the shorter.
+	// Each age is measured from the last read, so a read that ran late
+	// shortens it.
+	idleAgreeMin = 100 * time.Millisecond
+
 	// idlePeekAfter: an HTTP/1 connection idle for longer than
 	// this is checked for a close that has arrived but that net/http's
 	// read loop has not yet seen (closedUnderneath), before a request is
@@ -85,66 +102,138 @@ const (
 
 // hostIdle is one host's learned idle timeout, in the host's state.
 type hostIdle struct {
-	timeout atomic.Int64 // the shortest idle close seen or announced, in ns; 0: none
-	at      atomic.Int64 // monotonic() when timeout was last set or confirmed
+	learn    bool         // off with WithoutIdleLearning: closes are counted, not learned
+	timeout  atomic.Int64 // the timeout acted on, in ns; 0: none
+	at       atomic.Int64 // monotonic() when timeout was last set or confirmed
+	settleAt atomic.Int64 // monotonic() after which the burst being gathered is judged; 0: none
+
+	mu        sync.Mutex
+	burst     closeBurst // the closes of the moment, while gathered
+	candidate int64      // a single close's age that would shorten timeout, waiting for a second; 0: none
+}
+
+// closeBurst is the idle closes seen within idleBurstWindow of the first.
+type closeBurst struct {
+	start  int64 // monotonic() of the first
+	n      int
+	lo, hi int64 // the shortest and longest idle age, in ns
 }
 
 // limit returns the idle age past which a connection of the host is not
 // reused, as of the monotonic reading now; 0: no limit.
 func (h *hostIdle) limit(now int64) int64 {
+	if s := h.settleAt.Load(); s != 0 && now > s {
+		h.mu.Lock()
+		h.settle(now)
+		h.mu.Unlock()
+	}
 	t := h.timeout.Load()
 	if t == 0 {
 		return 0
 	}
-	// Decay: double the timeout for each idleTTL past the first since it
-	// was confirmed (the shift is bounded, the result saturates).
-	if age := now - h.at.Load(); age > int64(idleTTL) {
-		if shift := age/int64(idleTTL) - 1; shift > 0 {
-			if shift > 20 {
-				return 0
-			}
-			t <<= uint(shift)
+	// Decay: double the timeout for each idleTTL since it was last
+	// confirmed, until it no longer fits a time.Duration: then no limit.
+	if shift := (now - h.at.Load()) / int64(idleTTL); shift > 0 {
+		if shift >= 62 || t > math.MaxInt64>>shift {
+			return 0
 		}
+		t <<= shift
 	}
 	return t - min(int64(idleMargin), t/2)
 }
 
-// observe records an idle timeout of d seen at now: the host keeps the
-// shortest, and a value at least as short as the one kept confirms it.
-func (h *hostIdle) observe(d time.Duration, now int64) {
+// announce records an idle timeout that a response announced at now.
+func (h *hostIdle) announce(d time.Duration, now int64) {
+	if h.learn {
+		h.set(int64(d), now)
+	}
+}
+
+// closed records an idle close at now of a connection idle for age: it
+// joins the burst of the moment, judged once idleBurstWindow has passed.
+func (h *hostIdle) closed(age time.Duration, now int64) {
+	if !h.learn {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.settle(now)
+	b := &h.burst
+	if b.n == 0 {
+		*b = closeBurst{start: now, n: 1, lo: int64(age), hi: int64(age)}
+		h.settleAt.Store(now + int64(idleBurstWindow))
+		return
+	}
+	b.n++
+	b.lo, b.hi = min(b.lo, int64(age)), max(b.hi, int64(age))
+}
+
+// settle judges the burst gathered, if its window has passed by now. A
+// burst whose ages agree is an idle timeout, confirmed; one whose ages
+// scatter is a server closing everything at once, and teaches nothing. A
+// single close is acted on when it does not shorten the timeout, or when
+// it agrees with the single close before it. h.mu is held.
+func (h *hostIdle) settle(now int64) {
+	b := h.burst
+	if b.n == 0 || now-b.start <= int64(idleBurstWindow) {
+		return
+	}
+	h.burst = closeBurst{}
+	h.settleAt.Store(0)
+	switch {
+	case b.n > 1 && b.hi-b.lo > agreeWithin(b.lo):
+		return
+	case b.n > 1:
+		h.set(b.lo, b.start)
+	case b.lo >= h.timeout.Load()-agreeWithin(b.lo) && h.timeout.Load() != 0:
+		h.set(b.lo, b.start) // confirms the timeout, or replaces a stale one
+	case h.candidate != 0 && max(b.lo, h.candidate)-min(b.lo, h.candidate) <= agreeWithin(min(b.lo, h.candidate)):
+		h.set(min(b.lo, h.candidate), b.start)
+		h.candidate = 0
+	default:
+		h.candidate = b.lo
+	}
+}
+
+// agreeWithin is how far apart two idle ages, the shorter d, may be and
+// still name one timeout.
+func agreeWithin(d int64) int64 { return max(int64(idleAgreeMin), d/5) }
+
+// set records a timeout of d ns at now: the host keeps the shortest, and a
+// value at least as short as the one kept confirms it; a value kept for
+// longer than idleTTL unconfirmed is replaced.
+func (h *hostIdle) set(d, now int64) {
 	for {
 		cur := h.timeout.Load()
-		if cur != 0 && int64(d) > cur && now-h.at.Load() <= int64(idleTTL) {
+		if cur != 0 && d > cur && now-h.at.Load() < int64(idleTTL) {
 			return // longer than a value still fresh: keep the shortest
 		}
-		if h.timeout.CompareAndSwap(cur, int64(d)) {
+		if h.timeout.CompareAndSwap(cur, d) {
 			h.at.Store(now)
 			return
 		}
 	}
 }
 
-// observeIdleClose records that a connection of host h, idle for age, was
-// closed by its server: its read failed with err.
-func (t *Transport) observeIdleClose(h *hostState, age time.Duration, err error) {
+// idleClosed records that a connection of h, idle in the pool for age,
+// was closed by its server at now: its read failed with err.
+func (h *hostState) idleClosed(age time.Duration, err error, now int64) {
 	if !closedByPeer(err) || age < idleMinLearn {
 		return
 	}
-	t.count(h, idleClosesCounter)
-	if !t.opts.noIdleLearning {
-		h.idle.observe(age, monotonic())
-	}
+	h.counters.idleCloses.Add(1)
+	h.idle.closed(age, now)
 }
 
-// observeKeepAlive records the idle timeout a response announced with
-// "Keep-Alive: timeout=N".
-func (t *Transport) observeKeepAlive(h *hostState, resp *http.Response) {
+// keepAliveAnnounced records the idle timeout that resp announced with
+// "Keep-Alive: timeout=N", if any, for h.
+func (h *hostState) keepAliveAnnounced(resp *http.Response) {
 	v := resp.Header["Keep-Alive"]
-	if len(v) == 0 || t.opts.noIdleLearning || h.overflow {
+	if len(v) == 0 || h.overflow {
 		return
 	}
 	if d, ok := parseKeepAliveTimeout(v[0]); ok {
-		h.idle.observe(d, monotonic())
+		h.idle.announce(d, monotonic())
 	}
 }
 

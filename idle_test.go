@@ -76,25 +76,29 @@ func idlePost(t *testing.T, c *http.Client, url, id string) error {
 	return nil
 }
 
-// A server's idle close is learned, and a connection idle for nearly as
-// long is not written on again: the unkeyed POST that would have crossed
-// the close goes to a new connection. Without learning, it is lost.
+// A server's idle close, seen twice at about the same idle age, is
+// learned, and a connection idle for nearly as long is not written on
+// again: the unkeyed POST that would have crossed the close goes to a new
+// connection. Without learning, it is lost.
 func TestIdleTimeoutLearnedFromClose(t *testing.T) {
 	forLearning(t, func(t *testing.T, learn bool) {
 		srv := newIdleServer(t, 760*time.Millisecond, time.Second, "")
 		c, tr := idleClient(t, learn)
 
-		require.NoError(t, idlePost(t, c, srv.url("/"), "1"))
-		// The server closes the idle connection after 1 s.
-		require.True(t, pollUntil(5*time.Second, func() bool { return tr.Stats().IdleCloses == 1 }), "idle close seen")
-		require.NoError(t, idlePost(t, c, srv.url("/"), "2"))
+		// The server closes each idle connection after 1 s: once is not
+		// enough to act on, twice confirms it.
+		for i, id := range []string{"1", "2"} {
+			require.NoError(t, idlePost(t, c, srv.url("/"), id))
+			require.True(t, pollUntil(5*time.Second, func() bool { return tr.Stats().IdleCloses == int64(i+1) }), "idle close seen")
+		}
+		require.NoError(t, idlePost(t, c, srv.url("/"), "3"))
 		time.Sleep(850 * time.Millisecond) // the idle age under test: past 1 s less the margin, and past dropAfter
-		err := idlePost(t, c, srv.url("/"), "3")
+		err := idlePost(t, c, srv.url("/"), "4")
 		if learn {
 			require.NoError(t, err)
 			assert.EqualValues(t, 0, srv.dropped.Load(), "requests crossed by a close")
 			assert.EqualValues(t, 1, tr.Stats().ConnsRetiredIdle)
-			assert.EqualValues(t, 3, tr.Stats().Dials)
+			assert.EqualValues(t, 4, tr.Stats().Dials)
 		} else if srv.dropped.Load() == 1 {
 			require.Error(t, err, "the POST crossed the close")
 			assert.EqualValues(t, 0, tr.Stats().ConnsRetiredIdle)
@@ -102,7 +106,7 @@ func TestIdleTimeoutLearnedFromClose(t *testing.T) {
 			// The sleep outlasted the server's timeout: the close came
 			// first, and the check before the write saw it.
 			require.NoError(t, err)
-			assert.EqualValues(t, 2, tr.Stats().IdleCloses, "both closes seen, by net/http or before the write")
+			assert.EqualValues(t, 3, tr.Stats().IdleCloses, "every close seen, by net/http or before the write")
 		}
 	})
 }
@@ -193,24 +197,25 @@ func TestHostIdleLearnsShortestAndDecays(t *testing.T) {
 	var h hostIdle
 	t0 := int64(time.Hour) // a monotonic reading
 	assert.Zero(t, h.limit(t0))
-	h.observe(2*time.Second, t0)
+	h.set(int64(2*time.Second), t0)
 	assert.Equal(t, int64(2*time.Second-idleMargin), h.limit(t0))
-	h.observe(5*time.Second, t0+int64(time.Second)) // longer, while fresh: ignored
+	h.set(int64(5*time.Second), t0+int64(time.Second)) // longer, while fresh: ignored
 	assert.Equal(t, int64(2*time.Second-idleMargin), h.limit(t0+int64(time.Second)))
-	h.observe(time.Second, t0+int64(2*time.Second)) // shorter: kept
+	h.set(int64(time.Second), t0+int64(2*time.Second)) // shorter: kept
 	t1 := t0 + int64(2*time.Second)
 	assert.Equal(t, int64(time.Second-idleMargin), h.limit(t1))
-	h.observe(400*time.Millisecond, t1) // under twice the margin: half of it
+	h.set(int64(400*time.Millisecond), t1) // under twice the margin: half of it
 	assert.Equal(t, int64(200*time.Millisecond), h.limit(t1))
 
-	// Unconfirmed for idleTTL, it holds; for each idleTTL more, it doubles.
-	assert.Equal(t, int64(200*time.Millisecond), h.limit(t1+int64(idleTTL)))
-	assert.Equal(t, int64(800*time.Millisecond-idleMargin), h.limit(t1+int64(2*idleTTL)+1))
-	assert.Equal(t, int64(1600*time.Millisecond-idleMargin), h.limit(t1+int64(3*idleTTL)+1))
-	assert.Zero(t, h.limit(t1+int64(30*idleTTL)), "long unconfirmed: no limit")
+	// Unconfirmed, it holds for idleTTL; from then on it doubles each
+	// idleTTL, until it no longer fits a time.Duration.
+	assert.Equal(t, int64(200*time.Millisecond), h.limit(t1+int64(idleTTL)-1))
+	assert.Equal(t, int64(800*time.Millisecond-idleMargin), h.limit(t1+int64(idleTTL)))
+	assert.Equal(t, int64(1600*time.Millisecond-idleMargin), h.limit(t1+int64(2*idleTTL)+1))
+	assert.Zero(t, h.limit(t1+int64(40*idleTTL)), "long unconfirmed: no limit")
 
-	// Stale, a longer close is learned as it is.
-	h.observe(3*time.Second, t1+int64(2*idleTTL))
+	// Stale, a longer value is taken as it is.
+	h.set(int64(3*time.Second), t1+int64(2*idleTTL))
 	assert.Equal(t, int64(3*time.Second-idleMargin), h.limit(t1+int64(2*idleTTL)))
 }
 
@@ -241,7 +246,7 @@ func TestIdleTimeoutOverTLS(t *testing.T) {
 			// As if the server had been seen to close idle connections
 			// after 1 s (Go's HTTP/2 server sends no Keep-Alive header).
 			u, _ := url.Parse(srv.URL)
-			tr.hosts.forURL(u).idle.observe(time.Second, monotonic())
+			tr.hosts.forURL(u).idle.set(int64(time.Second), monotonic())
 			time.Sleep(800 * time.Millisecond) // past 1 s less the margin
 			require.Equal(t, want, get())
 			if h2 {

@@ -589,6 +589,26 @@ func WithoutHostPause() Option {
 	return optionFunc(func(o *options) { o.noHostPause = true })
 }
 
+// WithRateLimitKey sets what tells the callers of one host apart for its
+// rate limits. A 429, or rate-limit fields that say no quota is left (see
+// WithoutHostPause), pause only the requests whose key equals that of the
+// request that got the response: rate limits are kept per API key, user
+// or tenant, and one tenant's exhausted quota must not hold back
+// another's requests. A 503 with Retry-After, an overloaded server, still
+// pauses every request to the host.
+//
+// Default: the values of the Authorization and Cookie headers together
+// (requests without either share one key). Keys are hashed, never kept or
+// logged. key is called for each attempt to a host while one of its keys
+// is paused, and for each response that pauses one; nil is an error.
+func WithRateLimitKey(key func(*http.Request) string) Option {
+	return optionFunc(func(o *options) {
+		if o.check("WithRateLimitKey", key != nil, "nil key func") {
+			o.rateLimitKey = key
+		}
+	})
+}
+
 // Private implementation past this point.
 
 // options is the finished configuration. errs collects what was wrong with
@@ -618,13 +638,14 @@ type options struct {
 	checkRetry     retryablehttp.CheckRetry
 	logger         *slog.Logger
 
-	budget          budgetConfig    // budget.go; zero: off
-	attemptTimeout  time.Duration   // attempt.go; zero: off
-	hedgeDelay      time.Duration   // hedge.go; zero: off
-	maxHedges       int             // hedge.go
-	breaker         *CircuitBreaker // breaker.go; nil: off
-	connMaxLifetime time.Duration   // lifetime.go; zero: off
-	noHostPause     bool            // pause.go; false: on
+	budget          budgetConfig               // budget.go; zero: off
+	attemptTimeout  time.Duration              // attempt.go; zero: off
+	hedgeDelay      time.Duration              // hedge.go; zero: off
+	maxHedges       int                        // hedge.go
+	breaker         *CircuitBreaker            // breaker.go; nil: off
+	connMaxLifetime time.Duration              // lifetime.go; zero: off
+	noHostPause     bool                       // pause.go; false: on
+	rateLimitKey    func(*http.Request) string // pause.go; nil: Authorization and Cookie
 
 	observer     Observer
 	attemptWraps []func(http.RoundTripper) http.RoundTripper

@@ -195,7 +195,9 @@ func TestHostPauseHoldsEveryGoroutine(t *testing.T) {
 			assert.EqualValues(t, 1, st.Pauses)
 			assert.Positive(t, st.PauseWaits)
 			require.Len(t, events, 1)
-			assert.Equal(t, HostPauseEvent{Host: hostKeyOf(t, srv.URL), Status: http.StatusTooManyRequests, Wait: pause, Source: PauseRetryAfter}, events[0])
+			// A 429 pauses the requests with the same rate-limit key:
+			// these carry no credentials, so all of them.
+			assert.Equal(t, HostPauseEvent{Host: hostKeyOf(t, srv.URL), Status: http.StatusTooManyRequests, Wait: pause, Source: PauseRetryAfter, PerKey: true}, events[0])
 		})
 	}
 }
@@ -391,12 +393,13 @@ func TestHostPauseOneWait(t *testing.T) {
 // state that is never paused.
 func TestHostPauseOverflowNeverPaused(t *testing.T) {
 	tr := newTestTransport(t)
-	resp := &http.Response{StatusCode: http.StatusTooManyRequests, Header: http.Header{"Retry-After": {"5"}}}
-	tr.setPause(tr.hosts.overflow, resp)
+	req := httptest.NewRequest(http.MethodGet, "http://example.com/", nil)
+	resp := &http.Response{StatusCode: http.StatusServiceUnavailable, Header: http.Header{"Retry-After": {"5"}}}
+	tr.setPause(tr.hosts.overflow, req, resp)
 	assert.Zero(t, tr.hosts.overflow.pausedUntil.Load())
 	h := tr.hosts.forAddr("example.com:80")
-	tr.setPause(h, resp)
-	assert.InDelta(t, 5*time.Second, h.pauseLeft(monotonic()), float64(100*time.Millisecond))
+	tr.setPause(h, req, resp)
+	assert.InDelta(t, 5*time.Second, tr.pauseLeft(h, req, monotonic()), float64(100*time.Millisecond))
 }
 
 // TestDecideFoldsPause: the policy's wait is the longer of its own and

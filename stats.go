@@ -135,8 +135,6 @@ func attemptTimeoutCounter(c *counters) *atomic.Int64 { return &c.attemptTimeout
 func writeTimeoutCounter(c *counters) *atomic.Int64   { return &c.writeTimeouts }
 func circuitOpenCounter(c *counters) *atomic.Int64    { return &c.circuitOpen }
 func hedgeCounter(c *counters) *atomic.Int64          { return &c.hedges }
-func connExpiredCounter(c *counters) *atomic.Int64    { return &c.connsExpired }
-func idleClosesCounter(c *counters) *atomic.Int64     { return &c.idleCloses }
 func pausesCounter(c *counters) *atomic.Int64         { return &c.pauses }
 func pauseWaitsCounter(c *counters) *atomic.Int64     { return &c.pauseWaits }
 

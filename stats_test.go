@@ -277,7 +277,12 @@ func quietObserver() Observer {
 	}
 }
 
-func TestSuccessPathAddsNoAllocations(t *testing.T) {
+// TestSuccessPathAllocations: a successful GET allocates, beyond the tuned
+// http.Transport with its body wrapped (the attempt's one object), only
+// what tells each connection where its requests begin: the request's copy
+// that carries the attempt's context, and the GotConn hook. Neither the
+// retry layer nor the observer's hooks add any.
+func TestSuccessPathAllocations(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector makes allocation counts vary")
 	}
@@ -287,13 +292,14 @@ func TestSuccessPathAddsNoAllocations(t *testing.T) {
 	// Without GC, sync.Pools are never emptied, so counts repeat exactly.
 	defer debug.SetGCPercent(debug.SetGCPercent(-1))
 
+	const connTracking = 2 // the request's copy, and the GotConn hook
 	plain := newTestTransport(t)
 	base := func(r *http.Request) (*http.Response, error) { // the tuned http.Transport, body wrapped
 		resp, err := plain.base.RoundTrip(r)
 		if err != nil {
 			return nil, err
 		}
-		return plain.wrapBody(resp, nil, nil), nil
+		return plain.wrapBody(resp, &attemptConn{Context: r.Context()}, nil), nil
 	}
 	none := newTestTransport(t)
 	hooks := newTestTransport(t, WithObserver(quietObserver()))
@@ -311,7 +317,7 @@ func TestSuccessPathAddsNoAllocations(t *testing.T) {
 	} {
 		got := testing.AllocsPerRun(runs, roundTrips(t, c.tr.RoundTrip, req))
 		t.Logf("%s: %v allocations per request, http.Transport %v", c.name, got, want)
-		assert.LessOrEqual(t, got, want, c.name)
+		assert.LessOrEqual(t, got, want+connTracking, c.name)
 	}
 }
 
@@ -335,7 +341,7 @@ func BenchmarkObserverCost(b *testing.B) {
 			if err != nil {
 				return nil, err
 			}
-			return plain.wrapBody(resp, nil, nil), nil
+			return plain.wrapBody(resp, &attemptConn{Context: r.Context()}, nil), nil
 		}},
 		{"no observer", newTestTransport(b).RoundTrip},
 		{"hooks", newTestTransport(b, WithObserver(quietObserver())).RoundTrip},
