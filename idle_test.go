@@ -25,6 +25,7 @@ import (
 type idleServer struct {
 	*faultServer
 	dropped atomic.Int64 // requests read and not answered
+	getBody int          // the length of the body of a GET's response; 0: an echo, as for other methods
 }
 
 func newIdleServer(t *testing.T, dropAfter, closeAfter time.Duration, announce string) *idleServer {
@@ -47,7 +48,11 @@ func newIdleServer(t *testing.T, dropAfter, closeAfter time.Duration, announce s
 			if announce != "" {
 				hdr = append(hdr, "Keep-Alive: "+announce)
 			}
-			if fc.reply(http.StatusOK, faultEcho(r.Method, r.Header.Get("X-Req-Id"), r.bodySum), hdr...) != nil {
+			body := faultEcho(r.Method, r.Header.Get("X-Req-Id"), r.bodySum)
+			if r.Method == http.MethodGet && s.getBody > 0 {
+				body = strings.Repeat("x", s.getBody)
+			}
+			if fc.reply(http.StatusOK, body, hdr...) != nil {
 				return
 			}
 			idleSince = time.Now()

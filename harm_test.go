@@ -1,0 +1,926 @@
+package keepalive
+
+// The tests of this file hold the default Transport to its first promise:
+// with traffic its on-by-default features were not built for (a streamed
+// upload, Expect: 100-continue, a 101 upgrade, a CONNECT proxy, a name in
+// Unicode, a body read late, a host that hangs, per-credential quotas, a
+// server restarting), it does no worse than a bare http.Transport. Each
+// scenario runs both, and logs them side by side.
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// harmClients runs f with keepalive's client (default options plus opts)
+// and with a bare http.Transport tuned the same way, and logs what each
+// returned, side by side.
+func harmClients(t *testing.T, scenario string, f func(t *testing.T, c *http.Client, keep bool) string, opts ...Option) {
+	t.Helper()
+	var lines []string
+	for _, keep := range []bool{true, false} {
+		name := map[bool]string{true: "keepalive", false: "bare http.Transport"}[keep]
+		t.Run(name, func(t *testing.T) {
+			var c *http.Client
+			if keep {
+				c, _ = newTestClient(t, opts...)
+			} else {
+				c = &http.Client{Transport: cbBare(t, DefaultReadTimeout)}
+			}
+			lines = append(lines, fmt.Sprintf("%s: %s", name, f(t, c, keep)))
+		})
+	}
+	t.Logf("%s\n\t%s", scenario, strings.Join(lines, "\n\t"))
+}
+
+// transportOf returns the *Transport of c, or nil for the bare one.
+func transportOf(c *http.Client) *Transport {
+	tr, _ := c.Transport.(*Transport)
+	return tr
+}
+
+// announcingServer answers every request with "Keep-Alive: timeout=1",
+// which teaches keepalive a 1 s idle timeout, but never closes an idle
+// connection itself: a connection refused for its idle age is refused for
+// the announcement alone. /warm waits until warm requests are in flight
+// at once, so that the pool holds that many connections.
+type announcingServer struct {
+	*httptest.Server
+	arrivals atomic.Int64 // request heads that reached a handler
+	bodies   chan string  // the bodies of /upload, whole
+}
+
+func newAnnouncingServer(t *testing.T, warm int) *announcingServer {
+	s := &announcingServer{bodies: make(chan string, 16)}
+	var mu sync.Mutex
+	waiting := 0
+	release := make(chan struct{})
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.arrivals.Add(1)
+		w.Header().Set("Keep-Alive", "timeout=1")
+		switch r.URL.Path {
+		case "/warm":
+			mu.Lock()
+			if waiting++; waiting == warm {
+				close(release)
+			}
+			mu.Unlock()
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		case "/upload":
+			b, err := io.ReadAll(r.Body)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			s.bodies <- string(b)
+		}
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+// warm sends n concurrent GETs to /warm, which the server answers once all
+// n are in flight: the pool then holds n idle connections.
+func (s *announcingServer) warm(t *testing.T, c *http.Client, n int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			resp, err := c.Get(s.URL + "/warm")
+			if assert.NoError(t, err) {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// A (issue 15): a body net/http cannot rewind (a pipe, a multipart stream)
+// sent after a quiet period past the learned idle timeout, with more stale
+// connections in the pool than any fixed number of resends: each refuses
+// the write before a byte, and the upload still goes out, once.
+func TestHarmStreamedUploadAfterQuiet(t *testing.T) {
+	t.Parallel() // sleeps through a quiet period; no server here closes on its own
+	const stale = 6
+	harmClients(t, "A. a streamed upload after a quiet period, 6 stale connections in the pool", func(t *testing.T, c *http.Client, keep bool) string {
+		srv := newAnnouncingServer(t, stale)
+		srv.warm(t, c, stale)
+		time.Sleep(900 * time.Millisecond) // the quiet period: past the announced 1 s less the margin
+
+		pr, pw := io.Pipe()
+		go func() {
+			io.WriteString(pw, "streamed upload")
+			pw.Close()
+		}()
+		req, err := http.NewRequest(http.MethodPost, srv.URL+"/upload", pr)
+		require.NoError(t, err)
+		require.Nil(t, req.GetBody, "a body net/http cannot rewind")
+		resp, err := c.Do(req)
+		require.NoError(t, err)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		require.Equal(t, "streamed upload", <-srv.bodies)
+		assert.Len(t, srv.bodies, 0, "the body was received once")
+		if tr := transportOf(c); tr != nil {
+			assert.EqualValues(t, stale, tr.Stats().ConnsRetiredIdle, "every stale connection refused the write")
+			return fmt.Sprintf("200, body received once, %d stale connections retired", tr.Stats().ConnsRetiredIdle)
+		}
+		return "200, body received once"
+	})
+}
+
+// slowBody is a request body whose first Read waits for delay: an upload
+// whose first bytes come late (read from disk, produced by a pipeline).
+type slowBody struct {
+	delay time.Duration
+	r     io.Reader
+	timer <-chan time.Time
+}
+
+func newSlowBody(delay time.Duration, s string) *slowBody {
+	return &slowBody{delay: delay, r: strings.NewReader(s)}
+}
+
+func (b *slowBody) Read(p []byte) (int, error) {
+	if b.timer == nil {
+		b.timer = time.After(b.delay)
+		<-b.timer
+	}
+	return b.r.Read(p)
+}
+
+// B (issue 15): an Expect: 100-continue POST whose body comes after the
+// learned idle timeout: net/http writes the head, reads the 100 Continue,
+// then writes the body. Only a request's first write on a connection back
+// from the pool is checked, so the body is written, and the POST reaches
+// the server once.
+func TestHarmExpectContinueSlowBody(t *testing.T) {
+	t.Parallel() // waits for a slow body; no server here closes on its own
+	harmClients(t, "B. Expect: 100-continue with a body that starts 1 s after the 100", func(t *testing.T, c *http.Client, keep bool) string {
+		srv := newAnnouncingServer(t, 1)
+		srv.warm(t, c, 1) // a connection in the pool; keepalive learns the 1 s timeout
+		const payload = "a body that comes late"
+		req, err := http.NewRequest(http.MethodPost, srv.URL+"/upload", newSlowBody(time.Second, payload))
+		require.NoError(t, err)
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(newSlowBody(time.Second, payload)), nil }
+		req.ContentLength = int64(len(payload))
+		req.Header.Set("Expect", "100-continue")
+		before := srv.arrivals.Load()
+		resp, err := c.Do(req)
+		require.NoError(t, err)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		assert.Equal(t, payload, <-srv.bodies)
+		arrivals := srv.arrivals.Load() - before
+		assert.EqualValues(t, 1, arrivals, "the POST's head reached the server once")
+		return fmt.Sprintf("200, %d arrival", arrivals)
+	})
+}
+
+// upgradeServer answers "Upgrade: echo" with 101 Switching Protocols and
+// then echoes 4-byte messages. With greet not nil, it first sends "helo"
+// unasked, as a WebSocket server's greeting does, when greet is closed,
+// and closes greeted once it has. Plain requests get "Keep-Alive:
+// timeout=1", so keepalive learns a 1 s idle timeout for the host.
+func upgradeServer(t *testing.T, greet <-chan struct{}, greeted chan<- struct{}) *httptest.Server {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "echo" {
+			w.Header().Set("Keep-Alive", "timeout=1")
+			return
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		if greet != nil {
+			<-greet
+			brw.WriteString("helo")
+			brw.Flush()
+			close(greeted)
+		}
+		buf := make([]byte, 4)
+		for {
+			if _, err := io.ReadFull(brw, buf); err != nil {
+				return
+			}
+			conn.Write(buf)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// upgrade sends an "Upgrade: echo" request on c and returns the switched
+// connection.
+func upgrade(t *testing.T, c *http.Client, url string) io.ReadWriteCloser {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	require.NoError(t, err)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "echo")
+	resp, err := c.Do(req)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+	rw, ok := resp.Body.(io.ReadWriteCloser)
+	require.True(t, ok, "the body of a 101 is writable")
+	t.Cleanup(func() { rw.Close() })
+	return rw
+}
+
+func echo(rw io.ReadWriter, msg string) (string, error) {
+	if _, err := io.WriteString(rw, msg); err != nil {
+		return "", err
+	}
+	buf := make([]byte, len(msg))
+	_, err := io.ReadFull(rw, buf)
+	return string(buf), err
+}
+
+// C (issue 15): a connection that switched protocols (a WebSocket) is the
+// caller's: a quiet period past the host's learned idle timeout, or data
+// the peer sent that the caller has not read yet, never refuses its
+// writes, with idle learning on or off.
+func TestHarmUpgradedConnection(t *testing.T) {
+	t.Parallel() // sleeps through a quiet period; no server here closes on its own
+	t.Run("quiet past the learned timeout", func(t *testing.T) {
+		harmClients(t, "C. a 101 upgrade, quiet for 1 s on a host with a learned 1 s timeout", func(t *testing.T, c *http.Client, keep bool) string {
+			srv := upgradeServer(t, nil, nil)
+			resp, err := c.Get(srv.URL) // keepalive learns the 1 s timeout; the connection goes to the pool
+			require.NoError(t, err)
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			rw := upgrade(t, c, srv.URL) // on the pooled connection
+			got, err := echo(rw, "ping")
+			require.NoError(t, err)
+			require.Equal(t, "ping", got)
+			time.Sleep(time.Second) // quiet, past the learned timeout
+			got, err = echo(rw, "pong")
+			require.NoError(t, err, "a write after a quiet period")
+			assert.Equal(t, "pong", got)
+			return "both messages echoed"
+		})
+	})
+	for _, learn := range []bool{true, false} {
+		t.Run(fmt.Sprintf("unread data from the peer, learning %v", learn), func(t *testing.T) {
+			var opts []Option
+			if !learn {
+				opts = append(opts, WithoutIdleLearning())
+			}
+			harmClients(t, "C. a 101 upgrade whose server greets first; the caller writes before reading", func(t *testing.T, c *http.Client, keep bool) string {
+				greet, greeted := make(chan struct{}), make(chan struct{})
+				srv := upgradeServer(t, greet, greeted)
+				resp, err := c.Get(srv.URL)
+				require.NoError(t, err)
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				rw := upgrade(t, c, srv.URL)
+				close(greet) // the greeting comes after the 101 was read: it waits in the socket
+				<-greeted
+				time.Sleep(100 * time.Millisecond) // past the 50 ms after which a pooled connection is checked
+				_, err = io.WriteString(rw, "ping")
+				require.NoError(t, err, "a write with the greeting unread")
+				buf := make([]byte, 8)
+				_, err = io.ReadFull(rw, buf)
+				require.NoError(t, err)
+				assert.Equal(t, "heloping", string(buf))
+				return "greeting and echo read"
+			}, opts...)
+		})
+	}
+}
+
+// dropServer is a TLS server in the "drop model": a request that arrives on
+// a connection idle for dropAfter or longer is read and not answered, the
+// connection closed, as if the server's idle close had crossed it on the
+// wire. Every response says "Keep-Alive: timeout=1"; the server never
+// closes an idle connection by itself.
+type dropServer struct {
+	*httptest.Server
+	dropped atomic.Int64
+	served  atomic.Int64
+}
+
+type idleSinceKey struct{}
+
+func newDropServer(t *testing.T, dropAfter time.Duration) *dropServer {
+	s := &dropServer{}
+	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		since := r.Context().Value(idleSinceKey{}).(*atomic.Int64)
+		if at := since.Load(); at != 0 && time.Since(time.Unix(0, at)) >= dropAfter {
+			s.dropped.Add(1)
+			if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+				conn.Close()
+			}
+			return
+		}
+		io.Copy(io.Discard, r.Body)
+		s.served.Add(1)
+		w.Header().Set("Keep-Alive", "timeout=1")
+		io.WriteString(w, "ok")
+	}))
+	idle := map[net.Conn]*atomic.Int64{}
+	var mu sync.Mutex
+	s.Config.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		mu.Lock()
+		defer mu.Unlock()
+		idle[c] = new(atomic.Int64)
+		return context.WithValue(ctx, idleSinceKey{}, idle[c])
+	}
+	s.Config.ConnState = func(c net.Conn, st http.ConnState) {
+		mu.Lock()
+		defer mu.Unlock()
+		if since := idle[c]; since != nil {
+			switch st {
+			case http.StateIdle:
+				since.Store(time.Now().UnixNano())
+			case http.StateClosed, http.StateHijacked:
+				delete(idle, c)
+			}
+		}
+	}
+	s.EnableHTTP2 = false
+	s.StartTLS()
+	t.Cleanup(s.Close)
+	return s
+}
+
+func (s *dropServer) roots() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(s.Certificate())
+	return p
+}
+
+// connectProxy is an HTTP proxy that serves CONNECT only, tunnelling to the
+// address asked for.
+func connectProxy(t *testing.T) (*httptest.Server, *atomic.Int64) {
+	var tunnels atomic.Int64
+	var wg sync.WaitGroup
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodConnect {
+			http.Error(w, "CONNECT only", http.StatusMethodNotAllowed)
+			return
+		}
+		target, err := net.Dial("tcp", r.Host)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			target.Close()
+			return
+		}
+		tunnels.Add(1)
+		brw.WriteString("HTTP/1.1 200 Connection established\r\n\r\n")
+		brw.Flush()
+		wg.Go(func() {
+			io.Copy(target, brw)
+			target.Close()
+		})
+		io.Copy(conn, target)
+		conn.Close()
+	}))
+	t.Cleanup(func() { srv.Close(); wg.Wait() })
+	return srv, &tunnels
+}
+
+// postsAfterQuiet sends n unkeyed POSTs to url, each after a quiet period
+// of quiet, and returns how many failed.
+func postsAfterQuiet(t *testing.T, c *http.Client, url string, n int, quiet time.Duration) int {
+	t.Helper()
+	failed := 0
+	for i := range n {
+		if i > 0 {
+			time.Sleep(quiet)
+		}
+		req, err := http.NewRequest(http.MethodPost, url, strings.NewReader("post "+strconv.Itoa(i)))
+		require.NoError(t, err)
+		resp, err := c.Do(req)
+		if err != nil {
+			failed++
+			continue
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	return failed
+}
+
+// D (issue 15): behind a CONNECT proxy, and for a name in Unicode, every
+// connection is judged by the idle timeout of the server at its far end
+// (the target, through the tunnel), from its own TLS handshake, and the
+// host has one key: no unkeyed POST is lost to an idle close it could have
+// seen coming.
+func TestHarmProxyAndIDN(t *testing.T) {
+	t.Parallel() // sleeps through quiet periods; no server here closes on its own
+	const posts = 6
+	t.Run("CONNECT proxy", func(t *testing.T) {
+		srv := newDropServer(t, 800*time.Millisecond)
+		proxy, tunnels := connectProxy(t)
+		proxyURL, _ := url.Parse(proxy.URL)
+		tlsConf := &tls.Config{RootCAs: srv.roots()}
+		harmClients(t, "D. 6 unkeyed POSTs through a CONNECT proxy, each after 850 ms quiet, to a server that drops what arrives after 800 ms idle", func(t *testing.T, c *http.Client, keep bool) string {
+			if !keep {
+				bare := c.Transport.(*http.Transport)
+				bare.Proxy = http.ProxyURL(proxyURL)
+				bare.TLSClientConfig = tlsConf
+			}
+			before := srv.dropped.Load()
+			failed := postsAfterQuiet(t, c, srv.URL, posts, 850*time.Millisecond)
+			dropped := srv.dropped.Load() - before
+			if keep {
+				assert.Zero(t, failed, "POSTs lost")
+				assert.Zero(t, dropped)
+				tr := transportOf(c)
+				assert.Positive(t, tr.Stats().ConnsRetiredIdle)
+				assert.Len(t, tr.HostStats(), 1, "the target's key alone")
+			}
+			return fmt.Sprintf("%d of %d POSTs lost (%d tunnels so far)", failed, posts, tunnels.Load())
+		}, WithProxy(http.ProxyURL(proxyURL)), WithTLSConfig(tlsConf))
+	})
+	t.Run("a name in Unicode", func(t *testing.T) {
+		srv := newDropServer(t, 800*time.Millisecond)
+		addr := srv.Listener.Addr().String()
+		_, port, _ := net.SplitHostPort(addr)
+		dial := func(ctx context.Context, network, _ string) (net.Conn, error) { // every name is this server
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		}
+		tlsConf := &tls.Config{InsecureSkipVerify: true} // the test certificate names no Unicode host
+		u := "https://bücher.test:" + port + "/"
+		harmClients(t, "D. 6 unkeyed POSTs to https://bücher.test, each after 850 ms quiet, to a server that drops what arrives after 800 ms idle", func(t *testing.T, c *http.Client, keep bool) string {
+			if !keep {
+				bare := c.Transport.(*http.Transport)
+				bare.DialContext = dial
+				bare.TLSClientConfig = tlsConf
+			}
+			failed := postsAfterQuiet(t, c, u, posts, 850*time.Millisecond)
+			if keep {
+				assert.Zero(t, failed, "POSTs lost")
+				tr := transportOf(c)
+				assert.Equal(t, []string{"bücher.test:" + port}, keysOf(tr.HostStats()), "one key for the host")
+				st := tr.Stats()
+				assert.Positive(t, st.ConnsRetiredIdle)
+				assert.EqualValues(t, st.Dials, tr.HostStats()["bücher.test:"+port].Dials, "its dials counted under its key")
+			}
+			return fmt.Sprintf("%d of %d POSTs lost", failed, posts)
+		}, WithDialContext(dial), WithTLSConfig(tlsConf))
+	})
+}
+
+func keysOf[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+// E (issue 15): a response body read 600 ms after its headers arrived
+// (a handler that decodes later), then an unkeyed POST 350 ms later: 350
+// ms idle as the client's reads go, 950 ms as the server counts. The idle
+// age is counted from when the response arrived, not from the late read.
+func TestHarmLateBodyRead(t *testing.T) {
+	t.Parallel() // sleeps through quiet periods; no server here closes on its own
+	const rounds = 5
+	srv := newIdleServer(t, 900*time.Millisecond, time.Hour, "timeout=1")
+	srv.getBody = 64 << 10 // arrives whole in the socket's buffer before the caller reads it
+	harmClients(t, "E. a GET body read 600 ms late, then an unkeyed POST 350 ms later, against a server that drops what arrives after 900 ms idle", func(t *testing.T, c *http.Client, keep bool) string {
+		before := srv.dropped.Load()
+		failed := 0
+		for i := range rounds {
+			resp, err := c.Get(srv.url("/"))
+			require.NoError(t, err)
+			time.Sleep(600 * time.Millisecond) // the caller reads the body late
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			require.NoError(t, err)
+			require.Len(t, b, srv.getBody)
+			time.Sleep(350 * time.Millisecond)
+			if idlePost(t, c, srv.url("/"), strconv.Itoa(i)) != nil {
+				failed++
+			}
+		}
+		if keep {
+			assert.Zero(t, failed, "POSTs lost")
+			assert.Zero(t, srv.dropped.Load()-before)
+		}
+		return fmt.Sprintf("%d of %d POSTs lost", failed, rounds)
+	})
+}
+
+// F (issue 15): a WebSocket handshake to an HTTP/2 host goes over HTTP/1.1
+// (net/http asks for it alone), and that does not make the host, or its
+// HTTP/2 connection, HTTP/1: a burst still shares one HTTP/2 connection,
+// and a stream on it survives a quiet period past an HTTP/1 idle timeout.
+func TestHarmUpgradeOnHTTP2Host(t *testing.T) {
+	t.Parallel() // sleeps through a quiet period; no server here closes on its own
+	srv, conns, tlsOpt := tlsCountingServer(t, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Header.Get("Upgrade") == "websocket":
+			conn, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+			brw.Flush()
+			io.Copy(io.Discard, brw) // until the client closes
+			conn.Close()
+		case r.URL.Path == "/events": // a server-sent event stream, one event per request to /tick
+			w.Header().Set("Content-Type", "text/event-stream")
+			rc := http.NewResponseController(w)
+			for i := 0; ; i++ {
+				fmt.Fprintf(w, "data: %d\n\n", i)
+				if rc.Flush() != nil {
+					return
+				}
+				select {
+				case <-r.Context().Done():
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+		default:
+			io.WriteString(w, r.Proto)
+		}
+	}))
+	c, tr := newTestClient(t, tlsOpt)
+
+	req, err := http.NewRequest(http.MethodGet, srv.URL, nil)
+	require.NoError(t, err)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "websocket")
+	resp, err := c.Do(req)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+	defer resp.Body.Close()
+
+	burst(t, c, srv.URL, 32)
+	assert.EqualValues(t, 2, conns.Load(), "TLS connections: the upgrade's, and one HTTP/2 for the burst")
+
+	// As if the host had shown a 1 s idle timeout over HTTP/1.
+	tr.hosts.forURL(req.URL).idle.set(int64(time.Second), monotonic())
+	events, err := c.Get(srv.URL + "/events")
+	require.NoError(t, err)
+	defer events.Body.Close()
+	require.Equal(t, 2, events.ProtoMajor)
+	lines := bufio.NewReader(events.Body)
+	time.Sleep(time.Second) // quiet for the client, past the HTTP/1 timeout
+	resp, err = c.Get(srv.URL)
+	require.NoError(t, err, "a request on the HTTP/2 connection")
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	for range 4 { // the stream lives on
+		_, err := lines.ReadString('\n')
+		require.NoError(t, err)
+	}
+	assert.EqualValues(t, 2, conns.Load())
+	assert.Zero(t, tr.Stats().ConnsRetiredIdle)
+}
+
+// hangingTLS accepts connections and never answers: a TLS handshake with
+// it hangs until the client gives up.
+func hangingTLS(t *testing.T) (addr string, accepted *atomic.Int64) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	accepted = new(atomic.Int64)
+	var mu sync.Mutex
+	var conns []net.Conn
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	return ln.Addr().String(), accepted
+}
+
+// G (issue 15): N concurrent requests to an https host whose TLS handshake
+// hangs fail in about one handshake timeout, not one after another: the
+// requests waiting for the dial gate's one dial fail with it.
+func TestHarmHangingHTTPSHost(t *testing.T) {
+	const n = 8
+	const timeout = 500 * time.Millisecond
+	harmClients(t, "G. 8 concurrent GETs to an https host whose TLS handshake hangs (handshake timeout 500 ms)", func(t *testing.T, c *http.Client, keep bool) string {
+		addr, accepted := hangingTLS(t)
+		if !keep {
+			c.Transport.(*http.Transport).TLSHandshakeTimeout = timeout
+		}
+		var wg sync.WaitGroup
+		took := make([]time.Duration, n)
+		errs := make([]error, n)
+		for i := range n {
+			wg.Go(func() {
+				start := time.Now()
+				resp, err := c.Get("https://" + addr + "/")
+				if err == nil {
+					resp.Body.Close()
+				}
+				took[i], errs[i] = time.Since(start), err
+			})
+		}
+		wg.Wait()
+		slowest := time.Duration(0)
+		for i := range n {
+			require.Error(t, errs[i])
+			slowest = max(slowest, took[i])
+		}
+		if keep {
+			assert.EqualValues(t, 1, accepted.Load(), "connections the server saw: the gate's one dial")
+			assert.Less(t, slowest, 4*timeout, "the slowest request")
+			var sde *serialDialError
+			found := 0
+			for _, err := range errs {
+				if errors.As(err, &sde) {
+					found++
+				}
+			}
+			assert.Equal(t, n-1, found, "the requests that waited fail with the dial they waited for")
+		}
+		return fmt.Sprintf("all %d failed, the slowest after %v; the server saw %d connections", n, slowest.Round(time.Millisecond), accepted.Load())
+	}, WithMaxRetries(0), WithTLSHandshakeTimeout(timeout))
+}
+
+// H (issue 15): rate limits are kept per credential. One tenant's 429
+// pauses that tenant's requests, not another's; a 503 with Retry-After, an
+// overloaded server, still pauses the host; WithRateLimitKey names the key.
+func TestHarmRateLimitPerCredential(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/overloaded":
+			w.Header().Set("Retry-After", "5")
+			w.WriteHeader(http.StatusServiceUnavailable)
+		case r.Header.Get("Authorization") == "Bearer tenant-a" || r.Header.Get("X-Api-Key") == "a":
+			w.Header().Set("Retry-After", "5")
+			w.WriteHeader(http.StatusTooManyRequests)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	// send sends a GET with hdr, with a deadline shorter than any pause.
+	send := func(c *http.Client, path string, hdr ...string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+path, nil)
+		require.NoError(t, err)
+		for i := 0; i < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return nil
+	}
+	t.Run("Authorization", func(t *testing.T) {
+		c, tr := newTestClient(t, WithMaxRetries(0))
+		require.NoError(t, send(c, "/", "Authorization", "Bearer tenant-a")) // the 429, returned
+		require.NoError(t, send(c, "/", "Authorization", "Bearer tenant-b"), "another tenant is not held")
+		require.NoError(t, send(c, "/"), "nor a request without credentials")
+		assert.ErrorIs(t, send(c, "/", "Authorization", "Bearer tenant-a"), ErrHostPaused, "the tenant that ran out waits")
+		st := tr.Stats()
+		assert.EqualValues(t, 1, st.Pauses)
+		assert.EqualValues(t, 1, st.PauseWaits)
+	})
+	t.Run("a 503 pauses the host", func(t *testing.T) {
+		c, _ := newTestClient(t, WithMaxRetries(0))
+		require.NoError(t, send(c, "/overloaded", "Authorization", "Bearer tenant-b"))
+		assert.ErrorIs(t, send(c, "/", "Authorization", "Bearer tenant-c"), ErrHostPaused)
+	})
+	t.Run("WithRateLimitKey", func(t *testing.T) {
+		c, _ := newTestClient(t, WithMaxRetries(0), WithRateLimitKey(func(r *http.Request) string { return r.Header.Get("X-Api-Key") }))
+		require.NoError(t, send(c, "/", "X-Api-Key", "a", "Authorization", "Bearer shared"))
+		require.NoError(t, send(c, "/", "X-Api-Key", "b", "Authorization", "Bearer shared"))
+		assert.ErrorIs(t, send(c, "/", "X-Api-Key", "a"), ErrHostPaused)
+	})
+}
+
+// I (issue 15): past HostStatsLimit, hosts share a state; one dead host
+// among them must not spend the retries of the others.
+func TestHarmOverflowHostsKeepTheirRetries(t *testing.T) {
+	var mu sync.Mutex
+	seen := map[string]int{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen[r.Host]++
+		n := seen[r.Host]
+		mu.Unlock()
+		if strings.HasPrefix(r.Host, "dead.") || n == 1 { // the dead host fails everything, the others once
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	addr := srv.Listener.Addr().String()
+	c, tr := newTestClient(t, WithBackoff(0, 0), WithDialContext(func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}))
+	for i := range HostStatsLimit { // fill the table
+		tr.hosts.forURL(mustParseURL(t, "http://known"+strconv.Itoa(i)+".test/"))
+	}
+	get := func(host string) int {
+		resp, err := c.Get("http://" + host + "/")
+		require.NoError(t, err)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for range 200 { // 600 retries: six times the budget's floor per window
+		require.Equal(t, http.StatusServiceUnavailable, get("dead.test"))
+	}
+	for i := range 50 {
+		assert.Equal(t, http.StatusOK, get("other"+strconv.Itoa(i)+".test"), "a transient 503 is retried")
+	}
+	assert.Zero(t, tr.HostStats()[OtherHosts].BudgetRefusals)
+}
+
+// J (issue 15): closes that are not idle timeouts are not learned: a
+// server that closes every connection at once (a graceful restart), at
+// scattered idle ages, and responses cut off mid-body, leave connections
+// reused as before.
+func TestHarmRestartAndCutStreamsNotLearned(t *testing.T) {
+	t.Parallel() // sleeps through quiet periods; the servers close only when told
+	t.Run("a graceful restart", func(t *testing.T) {
+		const conns = 8
+		var (
+			mu      sync.Mutex
+			open    []net.Conn
+			arrived int
+		)
+		release := make(chan struct{})
+		srv := newFaultServer(t, faultServe(func(fc *faultConn, r *faultRequest) bool {
+			if r.URL.Path == "/warm" {
+				mu.Lock()
+				open = append(open, fc.Conn)
+				i := arrived
+				if arrived++; arrived == conns {
+					close(release)
+				}
+				mu.Unlock()
+				<-release
+				// Answer the i-th after i x 100 ms: the connections go idle
+				// 100 ms apart, so the restart finds them at ages 100 ms apart.
+				select {
+				case <-time.After(time.Duration(i) * 100 * time.Millisecond):
+				case <-fc.srv.done:
+					return false
+				}
+			}
+			return faultOK(fc, r)
+		}))
+		c, tr := newTestClient(t)
+		var wg sync.WaitGroup
+		for range conns {
+			wg.Go(func() {
+				resp, err := c.Get(srv.url("/warm"))
+				if assert.NoError(t, err) {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			})
+		}
+		wg.Wait()
+		time.Sleep(300 * time.Millisecond) // every connection idle for 300 ms or more
+		mu.Lock()
+		for _, c := range open { // the restart: every connection closed at once
+			c.Close()
+		}
+		mu.Unlock()
+		require.True(t, pollUntil(5*time.Second, func() bool { return tr.Stats().IdleCloses == conns }), "the closes seen")
+		dials := tr.Stats().Dials
+		for range 5 { // requests 400 ms apart: longer than the shortest age the restart showed
+			time.Sleep(400 * time.Millisecond)
+			resp, err := c.Get(srv.url("/"))
+			require.NoError(t, err)
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		assert.EqualValues(t, 1, tr.Stats().Dials-dials, "the 5 requests share one new connection")
+		assert.Zero(t, tr.Stats().ConnsRetiredIdle)
+	})
+	t.Run("responses cut off mid-body", func(t *testing.T) {
+		srv := newFaultServer(t, faultServe(func(fc *faultConn, r *faultRequest) bool {
+			if r.URL.Path == "/cut" { // half the body, a pause, then the close
+				fc.writeString("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf ")
+				select {
+				case <-time.After(300 * time.Millisecond):
+				case <-fc.srv.done:
+				}
+				return false
+			}
+			return faultOK(fc, r)
+		}))
+		c, tr := newTestClient(t, WithMaxRetries(0))
+		for range 2 {
+			resp, err := c.Get(srv.url("/cut"))
+			require.NoError(t, err)
+			_, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			require.Error(t, err, "the body was cut off")
+		}
+		dials := tr.Stats().Dials
+		for range 5 { // requests 200 ms apart: longer than the pause before each cut, less the margin
+			time.Sleep(200 * time.Millisecond)
+			resp, err := c.Get(srv.url("/"))
+			require.NoError(t, err)
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		assert.EqualValues(t, 1, tr.Stats().Dials-dials, "the 5 requests share one connection")
+		assert.Zero(t, tr.Stats().ConnsRetiredIdle)
+	})
+}
+
+// L (issue 15): a long announced timeout decays without overflowing: past
+// every doubling that fits, there is no limit, never a negative one.
+func TestIdleDecaySaturates(t *testing.T) {
+	var h hostIdle
+	h.learn = true
+	t0 := int64(time.Hour)
+	h.announce(86400*time.Second, t0) // the longest Keep-Alive: timeout=N the parser accepts
+	for m := int64(0); m <= 120; m++ {
+		now := t0 + m*int64(time.Minute)
+		assert.GreaterOrEqual(t, h.limit(now), int64(0), "%d minutes on", m)
+	}
+	assert.Zero(t, h.limit(t0+int64(30*time.Minute)), "past the doublings that fit: no limit")
+}
+
+// Closes are learned only once confirmed: a single close that would
+// shorten the timeout waits for a second that agrees; a burst of closes
+// at one moment whose ages agree confirms itself; one whose ages scatter
+// teaches nothing.
+func TestIdleLearningNeedsConfirmation(t *testing.T) {
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	at := func(base int64, d time.Duration) int64 { return base + int64(d) }
+	t0 := int64(time.Hour)
+	later := func(d time.Duration) int64 { return at(t0, d) + int64(idleBurstWindow) + 1 }
+
+	var h hostIdle
+	h.learn = true
+	h.closed(ms(1000), t0)
+	assert.Zero(t, h.limit(later(0)), "one close: not yet")
+	h.closed(ms(1050), at(t0, 5*time.Second))
+	assert.Equal(t, int64(ms(1000)-idleMargin), h.limit(later(5*time.Second)), "a second close that agrees")
+	h.closed(ms(300), at(t0, 10*time.Second))
+	assert.Equal(t, int64(ms(1000)-idleMargin), h.limit(later(10*time.Second)), "a shorter close alone does not act")
+
+	var burst hostIdle
+	burst.learn = true
+	for i := range 5 {
+		burst.closed(ms(2000+10*i), at(t0, ms(i)))
+	}
+	assert.Equal(t, int64(ms(2000)-idleMargin), burst.limit(later(ms(5))), "a burst that agrees")
+
+	var restart hostIdle
+	restart.learn = true
+	for i := range 5 {
+		restart.closed(ms(300+500*i), at(t0, ms(i)))
+	}
+	assert.Zero(t, restart.limit(later(ms(5))), "a burst at scattered ages: a restart")
+	restart.closed(ms(1000), at(t0, 10*time.Second))
+	assert.Zero(t, restart.limit(later(10*time.Second)), "the restart left no candidate behind")
+}
