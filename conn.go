@@ -342,7 +342,7 @@ func (c *conn) carry() {
 // outcome of c's TLS handshake.
 func (c *conn) endSerial(err error) {
 	if g := c.serialGate.Swap(nil); g != nil {
-		g.endSerial(err)
+		g.endSerial(c.addr, err)
 	}
 }
 

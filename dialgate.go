@@ -29,7 +29,13 @@
 // gave their request an HTTP/2 connection. Requests to such hosts are
 // always watched, which costs HTTP/2 requests a few allocations (they make
 // dozens anyway); HTTP/1 hosts, http:// hosts and WithoutHTTP2 keep the
-// steady state above.
+// steady state above. Serial dials are kept apart per address as net/http
+// dials it, so spellings of a host, each with a pool of its own in
+// net/http, do not wait for each other; a request that upgrades (a
+// WebSocket, which net/http sends over HTTP/1.1 alone) is never serial.
+// A serial dial that fails (a host that does not answer its connect or
+// its TLS handshake) fails the requests waiting for it too, so that N
+// requests to such a host fail after one timeout, not after N in turn.
 
 package keepalive
 
@@ -76,11 +82,13 @@ type gateHost struct {
 	proto   atomic.Int32 // protoUnknown, protoHTTP1 or protoHTTP2
 
 	mu     sync.Mutex
-	serial *serialDial // the serial dial in progress; nil: none
+	serial map[string]*serialDial // the serial dial in progress, by address as dialed
 }
 
-// serialDial is a host's serial dial in progress: done is closed when it
-// ends, and err says how (nil: its connection finished its TLS handshake).
+// serialDial is a host's serial dial in progress to one address, as
+// net/http dials it (which keeps a host's spellings apart, each with a
+// pool and an HTTP/2 connection of its own): done is closed when it ends,
+// and err says how (nil: its connection finished its TLS handshake).
 type serialDial struct {
 	done chan struct{}
 	err  error
@@ -199,7 +207,7 @@ func (h *gateHost) leave() {
 // a (nil: unknown): it counts the dial and the connection it makes, and
 // drops the dial if its request got another connection while it waited,
 // at most holdMax. The connection it returns is a *conn when gated.
-func (h *gateHost) dial(ctx context.Context, a *attemptConn, holdMax time.Duration, connect func() (net.Conn, error)) (net.Conn, error) {
+func (h *gateHost) dial(ctx context.Context, a *attemptConn, addr string, holdMax time.Duration, connect func() (net.Conn, error)) (net.Conn, error) {
 	if h == nil {
 		return connect()
 	}
@@ -210,11 +218,11 @@ func (h *gateHost) dial(ctx context.Context, a *attemptConn, holdMax time.Durati
 	var sg *gateHost
 	if a != nil && a.serial && a.gate.proto.Load() != protoHTTP1 {
 		sg = a.gate
-		if err := sg.awaitSerial(ctx, a); err != nil {
+		if err := sg.awaitSerial(ctx, a, addr); err != nil {
 			return nil, err
 		}
 		if sg.proto.Load() == protoHTTP1 { // the dial before found HTTP/1
-			sg.endSerial(nil)
+			sg.endSerial(addr, nil)
 			sg = nil
 		}
 	}
@@ -238,11 +246,11 @@ func (h *gateHost) dial(ctx context.Context, a *attemptConn, holdMax time.Durati
 			if ctx.Err() != nil {
 				err = nil // cancelled, not failed: the next waiter dials
 			}
-			sg.endSerial(err)
+			sg.endSerial(addr, err)
 		}
 		return nil, err
 	}
-	wc := &conn{Conn: c, gate: h} // its Close leaves the count
+	wc := &conn{Conn: c, gate: h, addr: addr} // its Close leaves the count
 	if serial {
 		wc.serialGate.Store(sg)  // its TLS handshake, or its Close, ends the serial dial
 		wc.uncounted.Store(true) // counted once it carries a request (carry)
@@ -259,13 +267,16 @@ func (h *gateHost) dial(ctx context.Context, a *attemptConn, holdMax time.Durati
 // caller ends the serial dial it took). A connection the request got
 // before this dial does not count: net/http dials again for a request
 // whose stream a GOAWAY refused.
-func (h *gateHost) awaitSerial(ctx context.Context, a *attemptConn) error {
+func (h *gateHost) awaitSerial(ctx context.Context, a *attemptConn, addr string) error {
 	base := a.gots.Load()
 	for {
 		h.mu.Lock()
-		wait := h.serial
+		wait := h.serial[addr]
 		if wait == nil {
-			h.serial = &serialDial{done: make(chan struct{})}
+			if h.serial == nil {
+				h.serial = make(map[string]*serialDial)
+			}
+			h.serial[addr] = &serialDial{done: make(chan struct{})}
 			h.mu.Unlock()
 			return nil
 		}
@@ -314,11 +325,12 @@ func (a *attemptConn) await(ctx context.Context, base int64, done <-chan struct{
 	return errDialNotNeeded
 }
 
-// endSerial ends the host's serial dial in progress, with the outcome err.
-func (h *gateHost) endSerial(err error) {
+// endSerial ends the host's serial dial in progress to addr, with the
+// outcome err.
+func (h *gateHost) endSerial(addr string, err error) {
 	h.mu.Lock()
-	s := h.serial
-	h.serial = nil
+	s := h.serial[addr]
+	delete(h.serial, addr)
 	h.mu.Unlock()
 	if s != nil {
 		s.err = err

@@ -77,7 +77,7 @@ func TestGateHold(t *testing.T) {
 	}
 	dial := func(h *gateHost, holdMax time.Duration, ctx context.Context, addr string) (net.Conn, error) {
 		a, _ := ctx.Value(connKey{}).(*attemptConn)
-		return h.dial(ctx, a, holdMax, func() (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) })
+		return h.dial(ctx, a, addr, holdMax, func() (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) })
 	}
 	marked := func() (context.Context, *attemptConn) {
 		a := &attemptConn{Context: context.Background(), note: make(chan struct{}, 1)}

@@ -108,7 +108,7 @@ func (t *Transport) newBase() *http.Transport {
 			} else {
 				h = t.hosts.forAddr(addr)
 			}
-			c, err := h.gateHost().dial(ctx, a, dialHoldMax, func() (net.Conn, error) { // dialgate.go
+			c, err := h.gateHost().dial(ctx, a, addr, dialHoldMax, func() (net.Conn, error) { // dialgate.go
 				if o.dial == nil {
 					return dialer.DialContext(ctx, network, addr)
 				}
