@@ -49,6 +49,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"runtime/debug"
 	"runtime/pprof"
 	"slices"
@@ -93,7 +94,19 @@ const (
 	mxLazyClose    = 200 * time.Millisecond
 	mxIdleClose    = 250 * time.Millisecond // the idleclose server's idle timeout
 	mxStreamFirst  = 512                    // bytes of a streamed body the server must see before the rest is written
+	mxRestartAfter = 300 * time.Millisecond // the restart server closes every connection this long after a round
+	mxHangTimeout  = 300 * time.Millisecond // the TLS handshake timeout of the hangdial cells
 )
+
+// The shapes of the matrix's requests.
+const (
+	mxSlowBody = 20 * time.Millisecond // an Expect: 100-continue body's first bytes come this late (past the idle timeout in idleclose cells)
+	mxLateRead = 60 * time.Millisecond // a late GET's body is read this long after its headers arrived
+)
+
+// mxSpellings spell the matrix server's host, for the requests that name it:
+// net/http keeps a pool per spelling; keepalive, one host.
+var mxSpellings = []string{"localhost", "LocalHost", "LOCALHOST"}
 
 // Headers of the matrix's requests.
 const (
@@ -144,6 +157,9 @@ var mxOptions = []mxOption{
 	// Over HTTP/1 a no-op; in the HTTP/2 cells, HTTP/1.1 over TLS, whose
 	// faults the server then commits as HTTP/1 ones.
 	{"http1only", func(*mxCell) []Option { return []Option{WithoutHTTP2()} }},
+	// In the HTTP/2 cells, every connection goes through a CONNECT proxy's
+	// tunnel; over HTTP/1 a no-op (a plain HTTP request is not tunnelled).
+	{"proxy", func(c *mxCell) []Option { return []Option{WithProxy(c.proxyFor)} }},
 }
 
 // mxFault is a fault class: what the server does to the requests whose
@@ -161,7 +177,13 @@ type mxFault struct {
 	// status: the status the fault answers with, 0 if none.
 	status int
 	// idle: the server closes connections idle for this long; 0: never.
-	idle  time.Duration
+	idle time.Duration
+	// restart: after each round of the fault phase, the server closes
+	// every connection at once, as a graceful restart does.
+	restart bool
+	// hang: in the fault phase the server accepts connections and never
+	// serves them: a TLS handshake with it hangs.
+	hang  bool
 	http1 func(s *mxServer, w http.ResponseWriter, r *http.Request, id string)
 	http2 func(s *mxServer, w http.ResponseWriter, r *http.Request, id string)
 }
@@ -197,6 +219,15 @@ var mxFaults = []mxFault{
 	// client learns the timeout), just short of it before each request of
 	// the healthy phase (it must not write into a closing connection).
 	{name: "idleclose", hit: func(int64) bool { return false }, idle: mxIdleClose},
+	// Every request is answered, and after each round of the fault phase
+	// the server closes every connection at once, whatever its idle age,
+	// as a graceful restart does: closes that teach no idle timeout.
+	{name: "restart", hit: func(int64) bool { return false }, restart: true},
+	// In the fault phase the server accepts connections and never answers
+	// on them: over HTTP/2 (TLS) every handshake hangs until the client's
+	// handshake timeout (mxHangTimeout in these cells), over HTTP/1 every
+	// request until the read timeout.
+	{name: "hangdial", hit: func(int64) bool { return false }, fails: true, hang: true},
 }
 
 // mxKind is a kind of request of the mix each cell sends.
@@ -208,17 +239,28 @@ const (
 	mxPutOnce                     // PUT, body without GetBody
 	mxPostStream                  // POST without Idempotency-Key, streamed body of unknown length
 	mxPostKeyed                   // POST with Idempotency-Key, body with GetBody
+	mxPostExpect                  // POST without Idempotency-Key, Expect: 100-continue, body with GetBody whose first bytes come mxSlowBody late
+	mxGetLate                     // GET whose body is read mxLateRead after its headers arrived
+	mxUpgrade                     // GET that switches protocols (101, a WebSocket handshake), then echoes a message
+	mxGetSpelled                  // GET to a spelling of the host by name (mxSpellings)
 )
 
-var mxKinds = []mxKind{mxGet, mxPutReplayable, mxPutOnce, mxPostStream, mxPostKeyed}
+var mxKinds = []mxKind{mxGet, mxPutReplayable, mxPutOnce, mxPostStream, mxPostKeyed, mxPostExpect, mxGetLate, mxUpgrade, mxGetSpelled}
 
 func (k mxKind) String() string {
-	return [...]string{"GET", "PUT(GetBody)", "PUT(no GetBody)", "POST(unkeyed, streamed)", "POST(keyed)"}[k]
+	return [...]string{"GET", "PUT(GetBody)", "PUT(no GetBody)", "POST(unkeyed, streamed)", "POST(keyed)",
+		"POST(unkeyed, Expect: 100-continue, slow body)", "GET(body read late)", "GET(101 upgrade)", "GET(host spelled)"}[k]
+}
+
+// once reports whether a request of kind k may reach the server at most
+// once: an unkeyed POST, and a PUT whose body nothing can replay.
+func (k mxKind) once(bodyBuffer bool) bool {
+	return k == mxPostStream || k == mxPostExpect || k == mxPutOnce && !bodyBuffer
 }
 
 func (k mxKind) method() string {
 	switch k {
-	case mxGet:
+	case mxGet, mxGetLate, mxUpgrade, mxGetSpelled:
 		return http.MethodGet
 	case mxPutReplayable, mxPutOnce:
 		return http.MethodPut
@@ -379,6 +421,7 @@ type mxCell struct {
 	release func() // gives the cell's place in the pool to the next one
 
 	srv      *mxServer
+	proxy    *url.URL // the CONNECT proxy of the proxy option
 	tr       *Transport
 	seq      atomic.Int64 // request IDs
 	requests atomic.Int64 // calls of RoundTrip
@@ -396,6 +439,15 @@ type mxCell struct {
 		breaker map[string]string // host -> state, from OnBreakerChange
 	}
 	art struct{ wraps, calls atomic.Int64 } // WithAttemptTransport
+}
+
+// proxyFor is the proxy option's proxy: https requests go through the
+// CONNECT proxy's tunnels.
+func (c *mxCell) proxyFor(r *http.Request) (*url.URL, error) {
+	if r.URL.Scheme == "https" {
+		return c.proxy, nil
+	}
+	return nil, nil
 }
 
 func (c *mxCell) has(opt string) bool {
@@ -454,6 +506,10 @@ func (c *mxCell) run() {
 
 	mxLabel(c.label, "server")
 	c.srv = newMxServer(c.t, c.spec.h2, c.spec.fault)
+	if c.has("proxy") {
+		proxy, _ := connectProxy(c.t) // harm_test.go
+		c.proxy, _ = url.Parse(proxy.URL)
+	}
 	mxLabel(c.label, "client")
 	opts := []Option{
 		WithProxy(NoProxy),
@@ -461,6 +517,9 @@ func (c *mxCell) run() {
 		WithReadTimeout(mxReadTimeout),
 		WithMaxRetries(mxMaxRetries),
 		WithTLSConfig(c.srv.tlsConfig),
+	}
+	if c.spec.fault.hang {
+		opts = append(opts, WithTLSHandshakeTimeout(mxHangTimeout))
 	}
 	for _, o := range c.spec.opts {
 		opts = append(opts, o.opts(c)...)
@@ -483,6 +542,10 @@ func (c *mxCell) run() {
 		wg.Wait()
 		if d := c.spec.fault.idle; d > 0 {
 			mxPause(d + d/5) // the server closes the idle connections
+		}
+		if c.spec.fault.restart {
+			mxPause(mxRestartAfter)
+			c.srv.srv.CloseClientConnections()
 		}
 	}
 
@@ -624,7 +687,11 @@ func (c *mxCell) do(ph mxPhase, k mxKind, slow bool) mxResult {
 
 	ctx, cancel := context.WithTimeout(context.Background(), mxDeadline)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, k.method(), c.srv.url+"/"+id, nil)
+	target := c.srv.url
+	if k == mxGetSpelled {
+		target = strings.Replace(target, "127.0.0.1", mxSpellings[int(c.seq.Load())%len(mxSpellings)], 1)
+	}
+	req, err := http.NewRequestWithContext(ctx, k.method(), target+"/"+id, nil)
 	if err != nil {
 		panic(err) // a malformed URL is a bug of the test
 	}
@@ -632,7 +699,11 @@ func (c *mxCell) do(ph mxPhase, k mxKind, slow bool) mxResult {
 	if slow {
 		req.Header.Set(mxHeaderSlow, "1")
 	}
-	if k != mxGet {
+	if k == mxUpgrade { // a WebSocket handshake: net/http sends it over HTTP/1.1
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", "websocket")
+	}
+	if k.method() != http.MethodGet {
 		payload := mxRequestBody(id)
 		sum := sha256.Sum256(payload)
 		req.Header.Set(mxHeaderSum, hex.EncodeToString(sum[:]))
@@ -641,6 +712,21 @@ func (c *mxCell) do(ph mxPhase, k mxKind, slow bool) mxResult {
 			req.Body = c.track(id, bytes.NewReader(payload), nil)
 			req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(payload)), nil }
 			req.ContentLength = int64(len(payload))
+		case mxPostExpect:
+			// The body's first bytes come after the 100 Continue, and,
+			// in the idleclose cells, after the host's idle timeout: a
+			// client must write them all the same, and never send the
+			// POST again.
+			delay := mxSlowBody
+			if d := c.spec.fault.idle; d > 0 {
+				delay = d * 3 / 5
+			}
+			req.Body = c.track(id, &mxSlowReader{delay: delay, r: bytes.NewReader(payload)}, nil)
+			req.GetBody = func() (io.ReadCloser, error) {
+				return io.NopCloser(&mxSlowReader{delay: delay, r: bytes.NewReader(payload)}), nil
+			}
+			req.ContentLength = int64(len(payload))
+			req.Header.Set("Expect", "100-continue")
 		case mxPutOnce:
 			req.Body = c.track(id, bytes.NewReader(payload), nil)
 			req.ContentLength = int64(len(payload))
@@ -690,6 +776,21 @@ func (c *mxCell) do(ph mxPhase, k mxKind, slow bool) mxResult {
 	}
 
 	res.status = resp.StatusCode
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		defer ended()
+		if k != mxUpgrade {
+			c.fail(invStatus, "%s: status 101 to a request that did not ask to switch protocols", res)
+		}
+		res.err = mxEcho(resp)
+		res.ok = res.err == nil
+		if res.err != nil && ctx.Err() == nil && !(ph == mxFaultPhase && c.spec.fault.breaks) {
+			c.fail(invBodyErr, "%s: the switched connection failed: %v", res, res.err)
+		}
+		return res
+	}
+	if k == mxGetLate {
+		mxPause(mxLateRead)
+	}
 	body, wait, rerr := mxReadAll(resp.Body)
 	ctxDone := ctx.Err() != nil
 	resp.Body.Close()
@@ -725,6 +826,48 @@ func (c *mxCell) do(ph mxPhase, k mxKind, slow bool) mxResult {
 		res.ok = true
 	}
 	return res
+}
+
+// mxEchoMessage is what a request of kind mxUpgrade sends, and the server
+// echoes, over the connection switched to its protocol.
+const mxEchoMessage = "matrix-echo"
+
+// mxEcho writes mxEchoMessage on the switched connection of resp, reads
+// its echo and closes the connection.
+func mxEcho(resp *http.Response) error {
+	rw, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		resp.Body.Close()
+		return errors.New("the body of a 101 is not writable")
+	}
+	defer rw.Close()
+	if _, err := io.WriteString(rw, mxEchoMessage); err != nil {
+		return err
+	}
+	buf := make([]byte, len(mxEchoMessage))
+	if _, err := io.ReadFull(rw, buf); err != nil {
+		return err
+	}
+	if string(buf) != mxEchoMessage {
+		return fmt.Errorf("echo %q, want %q", buf, mxEchoMessage)
+	}
+	return nil
+}
+
+// mxSlowReader is a body whose first Read waits delay: an upload whose
+// first bytes come late.
+type mxSlowReader struct {
+	delay   time.Duration
+	r       io.Reader
+	started bool
+}
+
+func (b *mxSlowReader) Read(p []byte) (int, error) {
+	if !b.started {
+		b.started = true
+		mxPause(b.delay)
+	}
+	return b.r.Read(p)
 }
 
 // roundTrip calls the Transport directly, turning a panic on this
@@ -991,8 +1134,7 @@ func (c *mxCell) checkServer() {
 	kinds := c.kinds
 	c.mu.Unlock()
 	for id, k := range kinds {
-		once := k == mxPostStream || k == mxPutOnce && !c.has("bodybuf")
-		if once && seen[id] > 1 {
+		if k.once(c.has("bodybuf")) && seen[id] > 1 {
 			c.fail(invAtMostOnce, "%s %s reached the server %d times", k, id, seen[id])
 		}
 	}
@@ -1007,6 +1149,11 @@ func (c *mxCell) checkStats() {
 	st := c.tr.Stats()
 	if got, want := st.Requests, c.requests.Load(); got != want {
 		c.fail(invStats, "Stats.Requests = %d, RoundTrip was called %d times", got, want)
+	}
+	// One key per host, however it is spelled, and behind the proxy the
+	// target's: 127.0.0.1:port and localhost:port.
+	if hs := c.tr.HostStats(); len(hs) > 2 {
+		c.fail(invStats, "HostStats has %d keys, want at most 2: %v", len(hs), slices.Sorted(maps.Keys(hs)))
 	}
 	zero := []struct {
 		opt  string
@@ -1196,6 +1343,9 @@ func newMxServer(t *testing.T, h2 bool, f *mxFault) *mxServer {
 	s := &mxServer{h2: h2, fault: f, done: make(chan struct{}), seen: map[string]int{}, streams: map[string]chan struct{}{}}
 	s.srv = httptest.NewUnstartedServer(s)
 	s.srv.Config.ErrorLog = log.New(io.Discard, "", 0) // handshakes cut short, aborted handlers
+	if f.hang {
+		s.srv.Listener = &mxHoldListener{Listener: s.srv.Listener, hold: func() bool { return !s.healthy.Load() }}
+	}
 	if !h2 {
 		// HTTP/1 only: idle learning retires HTTP/1 connections. Over
 		// HTTP/2 a streamed unkeyed POST can meet the server's idle
@@ -1275,6 +1425,10 @@ func (s *mxServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return // the client went away
 	}
 	if s.healthy.Load() || !s.outage.Load() && !s.fault.hit(n) {
+		if r.Header.Get("Upgrade") == "websocket" {
+			s.upgrade(w)
+			return
+		}
 		s.ok(w, r, id, true)
 		return
 	}
@@ -1323,6 +1477,59 @@ func (s *mxServer) readBody(r *http.Request, id string) bool {
 		s.mu.Unlock()
 	}
 	return true
+}
+
+// upgrade switches the connection to an echo protocol: 101, then it
+// echoes mxEchoMessage and closes the connection.
+func (s *mxServer) upgrade(w http.ResponseWriter) {
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+	if brw.Flush() != nil {
+		return
+	}
+	conn.SetReadDeadline(time.Now().Add(mxDeadline))
+	buf := make([]byte, len(mxEchoMessage))
+	if _, err := io.ReadFull(brw, buf); err != nil {
+		return
+	}
+	conn.Write(buf)
+}
+
+// mxHoldListener holds the connections it accepts while hold says so:
+// they are never served, and closed when the listener is.
+type mxHoldListener struct {
+	net.Listener
+	hold func() bool
+
+	mu   sync.Mutex
+	held []net.Conn
+}
+
+func (l *mxHoldListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil || !l.hold() {
+			return c, err
+		}
+		l.mu.Lock()
+		l.held = append(l.held, c)
+		l.mu.Unlock()
+	}
+}
+
+func (l *mxHoldListener) Close() error {
+	err := l.Listener.Close()
+	l.mu.Lock()
+	for _, c := range l.held {
+		c.Close()
+	}
+	l.held = nil
+	l.mu.Unlock()
+	return err
 }
 
 // wait waits d, and reports false if the request or the server ended first.
