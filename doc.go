@@ -78,17 +78,26 @@
 // closes while idle, and from Keep-Alive: timeout=N), and an HTTP/1
 // connection about to be closed by its server is not reused, so that no
 // request, an unkeyed POST least of all, is written into a closing
-// connection (WithoutIdleLearning turns it off).
+// connection (WithoutIdleLearning turns it off). A close teaches only
+// when its connection sat in the pool with its last response read whole,
+// and a shorter timeout only once a second close confirms it; a burst of
+// closes at scattered ages, a server restarting, teaches nothing. The
+// check runs only at the first write of a request on a connection back
+// from the pool: never on a body (Expect: 100-continue), on HTTP/2, or on
+// a connection that switched protocols (a WebSocket) or tunnels.
 //
 // Logs (WithLogger) and errors never contain URL credentials, query values,
 // or header values.
 //
-// A host that asks for quiet gets it from the whole Transport: after a 429
-// or 503 with a Retry-After within WithMaxRetryAfter, or a response whose
-// rate-limit fields (RateLimit, X-RateLimit-Remaining) say no quota is
-// left, every attempt to that host, from any goroutine, waits until the
-// time asked for, or fails at once with a HostPausedError when the
-// context's deadline comes first (WithoutHostPause turns this off).
+// A host that asks for quiet gets it from the whole Transport: after a 503
+// with a Retry-After within WithMaxRetryAfter, every attempt to that host,
+// from any goroutine, waits until the time asked for, or fails at once
+// with a HostPausedError when the context's deadline comes first. After a
+// 429 with a Retry-After, or a response whose rate-limit fields
+// (RateLimit, X-RateLimit-Remaining) say no quota is left, the requests
+// with the same credentials wait the same way, and no others: quotas are
+// kept per API key or tenant (WithRateLimitKey names the key;
+// WithoutHostPause turns pauses off).
 //
 // # Reading the code
 //

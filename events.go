@@ -66,10 +66,10 @@ type Observer struct {
 	OnDial func(DialEvent)
 
 	// TraceConns makes AttemptEndEvent.Conn tell whether each attempt
-	// went over a new or a reused connection. It installs an
-	// httptrace.ClientTrace on every attempt, which costs 5 allocations
-	// (about 500 bytes) per attempt; without it Conn is ConnUnknown, and
-	// Stats.Reused still counts reuse from the dial counter for free.
+	// went over a new or a reused connection, from the
+	// httptrace.ClientTrace every attempt carries for its connection; it
+	// costs nothing more. Without it Conn is ConnUnknown, and
+	// Stats.Reused still counts reuse from the dial counter.
 	TraceConns bool
 }
 

@@ -558,22 +558,25 @@ func WithConnMaxLifetime(d time.Duration) Option {
 }
 
 // WithoutHostPause turns the host pause off: each request then waits only
-// for the Retry-After of its own 429 or 503, as before.
+// for the Retry-After of its own 429 or 503.
 //
-// By default, when a host answers a 429 or 503 with a Retry-After no longer
-// than WithMaxRetryAfter, every attempt to that host (its HostStats key)
-// from any goroutine of the Transport, first attempts, retries and hedges
-// alike, waits until the time asked for before it is sent; the request that
-// got the response waits once, for the longer of its own wait and the
-// pause. An attempt whose context has a deadline before the pause ends is
+// By default, when a host answers a 503 with a Retry-After no longer than
+// WithMaxRetryAfter, every attempt to that host (its HostStats key) from
+// any goroutine of the Transport, first attempts, retries and hedges
+// alike, waits until the time asked for before it is sent; a 429's
+// Retry-After holds the attempts with the same rate-limit key alone
+// (WithRateLimitKey: by default the same Authorization and Cookie). The
+// request that got the response waits once, for the longer of its own
+// wait and the pause. An attempt whose context has a deadline before the pause ends is
 // not sent and fails at once with a *HostPausedError (errors.Is(err,
 // ErrHostPaused)); a request that got the 429 itself gets that response
 // back instead, as when its own Retry-After does not fit the deadline. A
 // Retry-After past the cap sets no pause, and cancelling a context ends its
 // wait at once.
 //
-// Responses that say no quota is left pause the host the same way,
-// whatever their status, for as long as they say, within the same cap:
+// Responses that say no quota is left pause the requests with their key
+// the same way, whatever their status, for as long as they say, within the
+// same cap:
 // the RateLimit field of draft-ietf-httpapi-ratelimit-headers (a policy
 // with r=0 waits for its t; the draft-07 dictionary "remaining=0,
 // reset=N" too), the older drafts' RateLimit-Remaining: 0 with

@@ -1,10 +1,13 @@
 // This file holds the host pause (on by default; WithoutHostPause): when a
-// host asks for quiet, with a Retry-After on a 429 or 503 or with rate-limit
-// fields that say no quota is left, every attempt to it waits until then,
-// from any goroutine. The pause is one atomic in the host's state (host.go),
-// set from the response of an attempt (attempt.go) and waited for at the top
-// of every attempt, first attempts and hedges included; the retry loop
-// (retry.go) folds it into its own wait, so a request waits once.
+// host asks for quiet, every attempt to it waits until then, from any
+// goroutine: for a 503's Retry-After, every attempt to the host; for a
+// 429's, or rate-limit fields that say no quota is left, the attempts with
+// the same rate-limit key (WithRateLimitKey), since quotas are kept per
+// credential. The host's pause is one atomic in its state (host.go), its
+// keys' pauses a small map behind another; both are set from the response
+// of an attempt (attempt.go) and waited for at the top of every attempt,
+// first attempts and hedges included; the retry loop (retry.go) folds them
+// into its own wait, so a request waits once.
 
 package keepalive
 

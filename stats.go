@@ -62,10 +62,12 @@ func (t *Transport) Stats() Stats {
 }
 
 // HostStatsLimit is the most hosts a Transport keeps apart, in HostStats
-// and for its per-host retry budget, circuit breaker, dial gate and pause;
-// the hosts past it share one state under the key OtherHosts (and are
-// never paused), so a client that
-// meets unboundedly many hosts (a crawler) holds bounded memory.
+// and for its per-host retry budget, circuit breaker, dial gate, learned
+// idle timeout and pause; the hosts past it share one state under the key
+// OtherHosts, so a client that meets unboundedly many hosts (a crawler)
+// holds bounded memory. Since one such host's failures must not cost the
+// others anything, they have no retry budget (WithMaxRetries alone bounds
+// their retries), no circuit breaker, no idle timeout and no pause.
 const HostStatsLimit = 1024
 
 // OtherHosts is the HostStats key of the hosts past HostStatsLimit.
@@ -77,8 +79,10 @@ const OtherHosts = "other"
 // alike, "[::1]:8080" for http://[::1]:8080/. The same key names the host
 // of the retry budget, the circuit breaker and the events. Like Stats, it
 // is safe to call concurrently with requests, and each counter is read
-// atomically. Behind a proxy, Dials, DialErrors and so Reused are counted
-// under the proxy's address.
+// atomically. A connection's dial is counted under the host of the
+// request it was dialed for, behind a proxy too (not under the proxy's
+// address), and a name in Unicode has one key, its own spelling in lower
+// case, though net/http dials it in punycode.
 func (t *Transport) HostStats() map[string]Stats {
 	m := t.hosts.maps.Load()
 	out := make(map[string]Stats, len(m.canon)+1)
