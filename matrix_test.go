@@ -288,9 +288,10 @@ type mxSpec struct {
 
 // mxSpecs returns the cells: every pair of options, each option alone and
 // none, or (short) each option alone and none; under every fault, over
-// both protocols. They come ordered by option set, so that the cells
-// running at once mix faults and protocols: the handshakes of HTTP/2
-// cells whose connections break keep the CPU busy, and all of them at
+// both protocols. They come in a fixed order that spreads option sets,
+// faults and protocols, so that the cells running at once mix them all:
+// the handshakes of HTTP/2 cells whose connections break, and hedging,
+// which doubles a cell's attempts, keep the CPU busy, and all of them at
 // once would starve the others.
 func mxSpecs(short bool) []mxSpec {
 	sets := [][]mxOption{nil}
@@ -326,7 +327,29 @@ func mxSpecs(short bool) []mxSpec {
 			}
 		}
 	}
-	return specs
+	return mxSpread(specs)
+}
+
+// mxSpread reorders specs by a stride coprime with their number: the
+// cells that sit together in the list (one option set's) end up far apart.
+func mxSpread(specs []mxSpec) []mxSpec {
+	n := len(specs)
+	stride := 37
+	for gcd(stride, n) != 1 {
+		stride++
+	}
+	out := make([]mxSpec, n)
+	for i := range specs {
+		out[i] = specs[i*stride%n]
+	}
+	return out
+}
+
+func gcd(a, b int) int {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
 }
 
 // TestMatrix runs the cells of mxSpecs (under -short, each option alone),
