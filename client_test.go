@@ -494,6 +494,41 @@ func TestNeverRetried(t *testing.T) {
 		assert.EqualValues(t, 1, tr.Stats().Attempts)
 		assert.Zero(t, srv.reqs.Load())
 	})
+	t.Run("a host name that does not exist, from a DNS server on loopback", func(t *testing.T) {
+		dns := nxdomainServer(t)
+		d := &net.Dialer{Resolver: &net.Resolver{PreferGo: true,
+			Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, "udp", dns)
+			}}}
+		c, tr := newTestClient(t, fastRetries, WithDialContext(d.DialContext))
+		_, err := c.Get("http://no-such-host.invalid/")
+		var de *net.DNSError
+		require.ErrorAs(t, err, &de)
+		assert.True(t, de.IsNotFound, "%v", err)
+		assert.NotErrorAs(t, err, new(*RetryError), "one attempt is not a retry")
+		s := tr.Stats()
+		assert.EqualValues(t, 1, s.Attempts)
+		assert.EqualValues(t, 0, s.Retries)
+		assert.EqualValues(t, 1, s.DialErrors)
+	})
+	t.Run("a host name that does not exist, from the system resolver", func(t *testing.T) {
+		const host = "no-such-host.invalid" // RFC 6761: never resolves
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		var de *net.DNSError
+		if _, err := net.DefaultResolver.LookupHost(ctx, host); !errors.As(err, &de) || !de.IsNotFound {
+			t.Skipf("the system resolver does not answer not-found here: %v", err)
+		}
+		var attempts atomic.Int64
+		c, tr := newTestClient(t, fastRetries, WithObserver(Observer{
+			OnAttemptStart: func(AttemptStartEvent) { attempts.Add(1) },
+		}))
+		_, err := c.Get("http://" + host + "/")
+		require.ErrorAs(t, err, &de)
+		assert.True(t, de.IsNotFound, "%v", err)
+		assert.EqualValues(t, 1, attempts.Load())
+		assert.EqualValues(t, 0, tr.Stats().Retries)
+	})
 	t.Run("a context the caller cancelled", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		srv, _ := newServer(t, false, func(w http.ResponseWriter, r *http.Request) {
@@ -507,6 +542,50 @@ func TestNeverRetried(t *testing.T) {
 		require.ErrorIs(t, err, context.Canceled)
 		assert.EqualValues(t, 1, tr.Stats().Attempts)
 	})
+}
+
+// nxdomainServer starts a DNS server on loopback UDP that answers every
+// query "no such name" (RCODE 3), and returns its address. It runs until
+// the test ends.
+func nxdomainServer(t *testing.T) string {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	require.NoError(t, err)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 1500)
+		for {
+			n, addr, err := pc.ReadFrom(buf)
+			if err != nil {
+				return // closed by the cleanup
+			}
+			if n < 12 {
+				continue
+			}
+			// The reply is the query with the header's flags set: a
+			// response (QR), recursion available (RA), RCODE NXDOMAIN. The
+			// question stays; the additional section (EDNS) is dropped.
+			q := buf[:n]
+			end := 12
+			for end < n && q[end] != 0 { // QNAME labels
+				end += 1 + int(q[end])
+			}
+			end += 1 + 4 // the root label, QTYPE, QCLASS
+			if end > n {
+				continue
+			}
+			resp := append([]byte(nil), q[:end]...)
+			resp[2] = 0x80 | resp[2]&0x01 // QR, RD echoed
+			resp[3] = 0x80 | 3            // RA, NXDOMAIN
+			copy(resp[4:12], []byte{0, 1, 0, 0, 0, 0, 0, 0})
+			pc.WriteTo(resp, addr)
+		}
+	}()
+	t.Cleanup(func() {
+		pc.Close()
+		<-done
+	})
+	return pc.LocalAddr().String()
 }
 
 // checksumServer answers statuses in turn and records the checksum of every
