@@ -494,7 +494,9 @@ func TestNeverRetried(t *testing.T) {
 		assert.EqualValues(t, 1, tr.Stats().Attempts)
 		assert.Zero(t, srv.reqs.Load())
 	})
-	t.Run("a host name that does not exist, from a DNS server on loopback", func(t *testing.T) {
+	t.Run("a host name that does not exist", func(t *testing.T) {
+		// A DNS server of the test's own: the system resolver may time out
+		// (a sandbox, a flaky network), which is worth a retry.
 		dns := nxdomainServer(t)
 		d := &net.Dialer{Resolver: &net.Resolver{PreferGo: true,
 			Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -510,24 +512,6 @@ func TestNeverRetried(t *testing.T) {
 		assert.EqualValues(t, 1, s.Attempts)
 		assert.EqualValues(t, 0, s.Retries)
 		assert.EqualValues(t, 1, s.DialErrors)
-	})
-	t.Run("a host name that does not exist, from the system resolver", func(t *testing.T) {
-		const host = "no-such-host.invalid" // RFC 6761: never resolves
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		var de *net.DNSError
-		if _, err := net.DefaultResolver.LookupHost(ctx, host); !errors.As(err, &de) || !de.IsNotFound {
-			t.Skipf("the system resolver does not answer not-found here: %v", err)
-		}
-		var attempts atomic.Int64
-		c, tr := newTestClient(t, fastRetries, WithObserver(Observer{
-			OnAttemptStart: func(AttemptStartEvent) { attempts.Add(1) },
-		}))
-		_, err := c.Get("http://" + host + "/")
-		require.ErrorAs(t, err, &de)
-		assert.True(t, de.IsNotFound, "%v", err)
-		assert.EqualValues(t, 1, attempts.Load())
-		assert.EqualValues(t, 0, tr.Stats().Retries)
 	})
 	t.Run("a context the caller cancelled", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
