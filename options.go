@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-retryablehttp"
@@ -296,7 +297,10 @@ func WithRetryStatuses(codes ...int) Option {
 // request may have reached the server. Default DefaultRetryMethods(); no
 // methods means only requests with an Idempotency-Key header, and requests
 // whose connection was never made, are retried; an empty or malformed
-// method is an error. Methods are case-sensitive, as in HTTP.
+// method is an error. Methods are case-sensitive, as in HTTP: a standard
+// method (GET, HEAD, POST, PUT, PATCH, DELETE, CONNECT, OPTIONS, TRACE)
+// not in upper case, such as "post", is an error, since no request would
+// match it; an extension method is taken as written.
 //
 // Add a method only if every request your program sends with it is
 // idempotent: a retried POST may be processed twice.
@@ -305,6 +309,10 @@ func WithRetryMethods(methods ...string) Option {
 		o.retryMethods = map[string]bool{}
 		for _, m := range methods {
 			if !o.check("WithRetryMethods", validMethod(m), "malformed method %q", m) {
+				continue
+			}
+			if std := strings.ToUpper(m); std != m && standardMethods[std] {
+				o.check("WithRetryMethods", false, "method %q matches no request: methods are case-sensitive, use %q", m, std)
 				continue
 			}
 			o.retryMethods[m] = true
@@ -558,7 +566,7 @@ func WithConnMaxLifetime(d time.Duration) Option {
 }
 
 // WithoutHostPause turns the host pause off: each request then waits only
-// for the Retry-After of its own 429 or 503, as before.
+// for the Retry-After of its own 429 or 503.
 //
 // By default, when a host answers a 429 or 503 with a Retry-After no longer
 // than WithMaxRetryAfter, every attempt to that host (its HostStats key)
@@ -708,6 +716,14 @@ func (s *statusSet) add(code int) { s[code/64] |= 1 << (code % 64) }
 
 func (s *statusSet) has(code int) bool {
 	return code >= 0 && code < 640 && s[code/64]&(1<<(code%64)) != 0
+}
+
+// standardMethods are the methods of RFC 9110 and RFC 5789 (PATCH), which
+// senders write in upper case.
+var standardMethods = map[string]bool{
+	http.MethodGet: true, http.MethodHead: true, http.MethodPost: true,
+	http.MethodPut: true, http.MethodPatch: true, http.MethodDelete: true,
+	http.MethodConnect: true, http.MethodOptions: true, http.MethodTrace: true,
 }
 
 // validMethod reports whether m is an RFC 9110 token, as net/http requires.
