@@ -394,12 +394,20 @@ func WithCheckRetry(check retryablehttp.CheckRetry) Option {
 	})
 }
 
-// WithLogger sets the logger for retry decisions and give-ups, both at
-// debug level. Each record carries the fields of the matching Observer
-// event as attributes: method, url, host, attempt, status, error, reason,
-// wait, and retry_after for retries. Logged URLs have their password and
-// query values redacted, and no header values are logged. Default and nil:
-// silent.
+// WithLogger sets the logger of the Transport's events. At Warn, so that
+// a logger at the default level (slog.Default logs Info and above) shows
+// them: a request that gave up although its outcome was worth a retry
+// ("keepalive: giving up"; at Debug when its caller cancelled it), a
+// circuit breaker that opened, a host that asked for a pause. At Info, a
+// circuit breaker's steps back to closed. At Debug, each retry
+// ("keepalive: retrying") and each retry the budget refused.
+//
+// Each record carries the fields of the matching Observer event as
+// attributes: method, url, host, attempt, status, error, reason, wait,
+// and retry_after for retries; a breaker's from and to; a pause's source.
+// Durations are text, such as "1.5s". Logged URLs have their credentials
+// and query values redacted, and no header values are logged. Default
+// and nil: silent.
 func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(o *options) { o.logger = l })
 }
