@@ -77,8 +77,13 @@ const OtherHosts = "other"
 // alike, "[::1]:8080" for http://[::1]:8080/. The same key names the host
 // of the retry budget, the circuit breaker and the events. Like Stats, it
 // is safe to call concurrently with requests, and each counter is read
-// atomically. Behind a proxy, Dials, DialErrors and so Reused are counted
-// under the proxy's address.
+// atomically.
+//
+// Behind a proxy (WithProxy), a host's counters are split: those of
+// requests and attempts go to the target's key, those of connections
+// (Dials, DialErrors, DiscardedDials, IdleCloses, ConnsRetiredIdle) to the
+// proxy's address, so the target's Reused counts every attempt as reused;
+// Stats, the sum, is exact.
 func (t *Transport) HostStats() map[string]Stats {
 	m := t.hosts.maps.Load()
 	out := make(map[string]Stats, len(m.canon)+1)
