@@ -89,23 +89,4 @@
 // left, every attempt to that host, from any goroutine, waits until the
 // time asked for, or fails at once with a HostPausedError when the
 // context's deadline comes first (WithoutHostPause turns this off).
-//
-// # Reading the code
-//
-// One request, from NewClient to the body's Close, one file per step:
-// options.go (every option and default), transport.go (the Transport and
-// its tuned http.Transport), retry.go (RoundTrip: the retry loop),
-// host.go (the per-host state, found once per request), pause.go (the
-// host's pause: set from responses, waited for by attempts), policy.go (the
-// pure decision: whether to retry and how long to wait),
-// attempt.go (one attempt, top-down: pause, breaker, count, context, dial gate,
-// round trip, settle, body), hedge.go (when to start another attempt, and
-// which wins), lifetime.go (retiring old connections), idle.go (learning
-// each host's idle timeout, retiring idle connections before their
-// server closes them), body.go (request
-// body replay and upload watch; the response body wrapper and drain),
-// readwatch.go (the read timeout of response bodies),
-// events.go, stats.go and log.go (what the Transport tells), errors.go,
-// and the mechanics of budget.go, breaker.go and dialgate.go (which also
-// dials HTTP/2 hosts one at a time).
 package keepalive
