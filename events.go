@@ -346,8 +346,11 @@ func (t *Transport) observeGiveUp(req *http.Request, h *hostState, resp *http.Re
 	}
 	level := levelGiveUp(reason)
 	if l := t.logger(req.Context(), level); l != nil {
-		l.LogAttrs(req.Context(), level, "keepalive: giving up", t.eventAttrs(req, e.Host, attempts, e.Status, err,
-			slog.String("reason", reason.String()), durationAttr("wait", wait))...)
+		extra := []slog.Attr{slog.String("reason", reason.String())}
+		if wait != 0 { // the refused wait, of GiveUpRetryAfter and GiveUpDeadline
+			extra = append(extra, durationAttr("wait", wait))
+		}
+		l.LogAttrs(req.Context(), level, "keepalive: giving up", t.eventAttrs(req, e.Host, attempts, e.Status, err, extra...)...)
 	}
 }
 

@@ -58,10 +58,24 @@ func TestALoggerAtInfoSeesWhatNeedsAttention(t *testing.T) {
 		assert.EqualValues(t, 4, r["attempt"])
 		assert.EqualValues(t, 503, r["status"])
 		assert.Equal(t, "http://xxxxx:xxxxx@"+hostOf(t, s.URL)+"/items?token=xxxxx", r["url"])
-		assert.Equal(t, time.Duration(0), logDuration(t, r["wait"]))
+		assert.NotContains(t, r, "wait", "no wait was refused")
 		for _, secret := range []string{password, token, bearer, "alice"} {
 			assert.NotContains(t, logs.String(), secret)
 		}
+	})
+	t.Run("a give-up names the wait it refused", func(t *testing.T) {
+		s := keepalivetest.NewServer(t, keepalivetest.Status(503).RetryAfter("3600"))
+		var logs bytes.Buffer
+		c, _ := newTestClient(t, WithLogger(infoLogger(&logs)))
+		resp, err := c.Get(s.URL)
+		require.NoError(t, err)
+		readAll(t, resp)
+
+		recs := decodeLogs(t, bytes.NewReader(logs.Bytes()))
+		require.Len(t, recs, 1, logs.String())
+		assert.Equal(t, "WARN", recs[0]["level"])
+		assert.Equal(t, "retry-after too long", recs[0]["reason"])
+		assert.Equal(t, time.Hour, logDuration(t, recs[0]["wait"]))
 	})
 	t.Run("a host that asks for a pause is logged at Warn", func(t *testing.T) {
 		s := keepalivetest.NewServer(t, keepalivetest.Status(200).

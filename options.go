@@ -403,8 +403,9 @@ func WithCheckRetry(check retryablehttp.CheckRetry) Option {
 // ("keepalive: retrying") and each retry the budget refused.
 //
 // Each record carries the fields of the matching Observer event as
-// attributes: method, url, host, attempt, status, error, reason, wait,
-// and retry_after for retries; a breaker's from and to; a pause's source.
+// attributes: method, url, host, attempt, status, error, reason, wait
+// (of a give-up, only the wait it refused), and retry_after for retries; a
+// breaker's from and to; a pause's source.
 // Durations are text, such as "1.5s". Logged URLs have their credentials
 // and query values redacted, and no header values are logged. Default
 // and nil: silent.
