@@ -464,7 +464,13 @@ func TestTransportErrors(t *testing.T) {
 		assert.Equal(t, "POST", re.Method)
 		assert.Equal(t, 3, re.Attempts)
 		assert.EqualValues(t, 3, tr.Stats().DialErrors)
-		assert.Contains(t, err.Error(), "keepalive: POST http://"+addr+": giving up after 3 attempts")
+		assert.Equal(t, "http://"+addr, re.URL)
+		// http.Client's *url.Error names the method and URL; the RetryError
+		// inside does not repeat them.
+		assert.True(t, strings.HasPrefix(err.Error(),
+			`Post "http://`+addr+`": keepalive: gave up after 3 attempts: dial tcp `+addr+": "), err.Error())
+		assert.Equal(t, 1, strings.Count(err.Error(), "http://"+addr), err.Error())
+		assert.Equal(t, 1, strings.Count(strings.ToUpper(err.Error()), "POST"), err.Error())
 	})
 }
 
@@ -494,6 +500,25 @@ func TestNeverRetried(t *testing.T) {
 		assert.EqualValues(t, 1, tr.Stats().Attempts)
 		assert.Zero(t, srv.reqs.Load())
 	})
+	t.Run("a host name that does not exist", func(t *testing.T) {
+		// A DNS server of the test's own: the system resolver may time out
+		// (a sandbox, a flaky network), which is worth a retry.
+		dns := nxdomainServer(t)
+		d := &net.Dialer{Resolver: &net.Resolver{PreferGo: true,
+			Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, "udp", dns)
+			}}}
+		c, tr := newTestClient(t, fastRetries, WithDialContext(d.DialContext))
+		_, err := c.Get("http://no-such-host.invalid/")
+		var de *net.DNSError
+		require.ErrorAs(t, err, &de)
+		assert.True(t, de.IsNotFound, "%v", err)
+		assert.NotErrorAs(t, err, new(*RetryError), "one attempt is not a retry")
+		s := tr.Stats()
+		assert.EqualValues(t, 1, s.Attempts)
+		assert.EqualValues(t, 0, s.Retries)
+		assert.EqualValues(t, 1, s.DialErrors)
+	})
 	t.Run("a context the caller cancelled", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		srv, _ := newServer(t, false, func(w http.ResponseWriter, r *http.Request) {
@@ -507,6 +532,50 @@ func TestNeverRetried(t *testing.T) {
 		require.ErrorIs(t, err, context.Canceled)
 		assert.EqualValues(t, 1, tr.Stats().Attempts)
 	})
+}
+
+// nxdomainServer starts a DNS server on loopback UDP that answers every
+// query "no such name" (RCODE 3), and returns its address. It runs until
+// the test ends.
+func nxdomainServer(t *testing.T) string {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	require.NoError(t, err)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 1500)
+		for {
+			n, addr, err := pc.ReadFrom(buf)
+			if err != nil {
+				return // closed by the cleanup
+			}
+			if n < 12 {
+				continue
+			}
+			// The reply is the query with the header's flags set: a
+			// response (QR), recursion available (RA), RCODE NXDOMAIN. The
+			// question stays; the additional section (EDNS) is dropped.
+			q := buf[:n]
+			end := 12
+			for end < n && q[end] != 0 { // QNAME labels
+				end += 1 + int(q[end])
+			}
+			end += 1 + 4 // the root label, QTYPE, QCLASS
+			if end > n {
+				continue
+			}
+			resp := append([]byte(nil), q[:end]...)
+			resp[2] = 0x80 | resp[2]&0x01 // QR, RD echoed
+			resp[3] = 0x80 | 3            // RA, NXDOMAIN
+			copy(resp[4:12], []byte{0, 1, 0, 0, 0, 0, 0, 0})
+			pc.WriteTo(resp, addr)
+		}
+	}()
+	t.Cleanup(func() {
+		pc.Close()
+		<-done
+	})
+	return pc.LocalAddr().String()
 }
 
 // checksumServer answers statuses in turn and records the checksum of every
@@ -913,7 +982,9 @@ func TestLogsAndErrorsCarryNoCredentials(t *testing.T) {
 		assert.NotContains(t, logs, secret)
 		assert.NotContains(t, err.Error(), secret)
 	}
-	assert.Contains(t, err.Error(), "access_token=xxxxx")
+	var re *RetryError
+	require.ErrorAs(t, err, &re)
+	assert.Contains(t, re.URL, "access_token=xxxxx")
 
 	// Through http.Client, its *url.Error quotes the URL with the password
 	// masked (net/http's own redaction, which keeps the user name and the
@@ -921,7 +992,6 @@ func TestLogsAndErrorsCarryNoCredentials(t *testing.T) {
 	_, err = c.Do(req)
 	require.Error(t, err)
 	assert.NotContains(t, err.Error(), password)
-	var re *RetryError
 	require.ErrorAs(t, err, &re)
 	assert.NotContains(t, re.Error(), token)
 }

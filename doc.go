@@ -41,8 +41,8 @@
 // A request is retried when its outcome is worth it: a status in the retry
 // list (DefaultRetryStatuses), or a transport error such as a refused or
 // reset connection, an EOF or a timeout. Certificate errors, malformed
-// requests, unsupported schemes and the caller's own cancellation are never
-// retried.
+// requests, unsupported schemes, host names that do not exist and the
+// caller's own cancellation are never retried.
 //
 // A request is sent again only when that is safe: its method is idempotent
 // (GET, HEAD, OPTIONS, TRACE, PUT, DELETE; RFC 9110 section 9.2.2), it
@@ -84,7 +84,9 @@
 // closes at scattered ages, a server restarting, teaches nothing. The
 // check runs only at the first write of a request on a connection back
 // from the pool: never on a body (Expect: 100-continue), on HTTP/2, or on
-// a connection that switched protocols (a WebSocket) or tunnels.
+// a connection the caller took over (a WebSocket after its 101, a tunnel
+// of the caller's CONNECT). Through a proxy's tunnel, a connection is
+// judged by the server at its far end.
 //
 // Logs (WithLogger) and errors never contain URL credentials, query values,
 // or header values.
@@ -98,23 +100,4 @@
 // with the same credentials wait the same way, and no others: quotas are
 // kept per API key or tenant (WithRateLimitKey names the key;
 // WithoutHostPause turns pauses off).
-//
-// # Reading the code
-//
-// One request, from NewClient to the body's Close, one file per step:
-// options.go (every option and default), transport.go (the Transport and
-// its tuned http.Transport), retry.go (RoundTrip: the retry loop),
-// host.go (the per-host state, found once per request), pause.go (the
-// host's pause: set from responses, waited for by attempts), policy.go (the
-// pure decision: whether to retry and how long to wait),
-// attempt.go (one attempt, top-down: pause, breaker, count, context, dial gate,
-// round trip, settle, body), hedge.go (when to start another attempt, and
-// which wins), lifetime.go (retiring old connections), idle.go (learning
-// each host's idle timeout, retiring idle connections before their
-// server closes them), body.go (request
-// body replay and upload watch; the response body wrapper and drain),
-// readwatch.go (the read timeout of response bodies),
-// events.go, stats.go and log.go (what the Transport tells), errors.go,
-// and the mechanics of budget.go, breaker.go and dialgate.go (which also
-// dials HTTP/2 hosts one at a time).
 package keepalive

@@ -20,7 +20,16 @@ import (
 // Err is why it ended (the last attempt's error, the policy's, or the
 // context's); errors.Is and errors.As reach Err and the last attempt's
 // error. A request whose retries ran out on a status returns that response,
-// not an error, as http.Client does for any status.
+// not an error, as http.Client does for any status. A request that failed
+// on its only attempt returns the error as net/http gave it.
+//
+// Like the errors of http.Transport, its message names neither the method
+// nor the URL: http.Client wraps it in a *url.Error that does, as in
+//
+//	Get "http://api.example/items": keepalive: gave up after 4 attempts: dial tcp ...: connection refused
+//
+// Method and URL hold them, the URL without credentials or query values;
+// *url.Error masks only the URL's password.
 type RetryError struct {
 	Method   string
 	URL      string // with credentials and query values redacted
@@ -38,7 +47,7 @@ func (e *RetryError) Error() string {
 	if e.Attempts == 1 {
 		plural = ""
 	}
-	fmt.Fprintf(&b, "keepalive: %s %s: giving up after %d attempt%s", e.Method, e.URL, e.Attempts, plural)
+	fmt.Fprintf(&b, "keepalive: gave up after %d attempt%s", e.Attempts, plural)
 	if e.Status != 0 {
 		fmt.Fprintf(&b, " (last status %d)", e.Status)
 	}

@@ -304,7 +304,7 @@ func (t *Transport) observeRetry(req *http.Request, h *hostState, resp *http.Res
 		e.Status = resp.StatusCode
 	}
 	f := t.opts.observer.OnRetry
-	l := t.logger(req.Context(), slog.LevelDebug)
+	l := t.logger(req.Context(), levelRetry)
 	if f == nil && l == nil {
 		return
 	}
@@ -313,8 +313,8 @@ func (t *Transport) observeRetry(req *http.Request, h *hostState, resp *http.Res
 		f(e)
 	}
 	if l != nil {
-		l.LogAttrs(req.Context(), slog.LevelDebug, "keepalive: retrying", t.eventAttrs(req, e.Host, attempt, e.Status, err,
-			slog.String("reason", e.Reason.String()), slog.Duration("wait", wait), slog.Bool("retry_after", retryAfter))...)
+		l.LogAttrs(req.Context(), levelRetry, "keepalive: retrying", t.eventAttrs(req, e.Host, attempt, e.Status, err,
+			slog.String("reason", e.Reason.String()), durationAttr("wait", wait), slog.Bool("retry_after", retryAfter))...)
 	}
 }
 
@@ -332,9 +332,13 @@ func (t *Transport) observeGiveUp(req *http.Request, h *hostState, resp *http.Re
 	if f := t.opts.observer.OnGiveUp; f != nil {
 		f(e)
 	}
-	if l := t.logger(req.Context(), slog.LevelDebug); l != nil {
-		l.LogAttrs(req.Context(), slog.LevelDebug, "keepalive: giving up", t.eventAttrs(req, e.Host, attempts, e.Status, err,
-			slog.String("reason", reason.String()), slog.Duration("wait", wait))...)
+	level := levelGiveUp(reason)
+	if l := t.logger(req.Context(), level); l != nil {
+		extra := []slog.Attr{slog.String("reason", reason.String())}
+		if wait != 0 { // the refused wait, of GiveUpRetryAfter and GiveUpDeadline
+			extra = append(extra, durationAttr("wait", wait))
+		}
+		l.LogAttrs(req.Context(), level, "keepalive: giving up", t.eventAttrs(req, e.Host, attempts, e.Status, err, extra...)...)
 	}
 }
 
@@ -345,8 +349,8 @@ func (t *Transport) observeBudgetRefused(req *http.Request, h *hostState, attemp
 	if f := t.opts.observer.OnBudgetRefused; f != nil {
 		f(BudgetRefusedEvent{Request: req, Host: h.key, Attempt: attempt})
 	}
-	if l := t.logger(req.Context(), slog.LevelDebug); l != nil {
-		l.LogAttrs(req.Context(), slog.LevelDebug, "keepalive: retry budget refused a retry",
+	if l := t.logger(req.Context(), levelRetry); l != nil {
+		l.LogAttrs(req.Context(), levelRetry, "keepalive: retry budget refused a retry",
 			t.eventAttrs(req, h.key, attempt, 0, nil)...)
 	}
 }
@@ -358,8 +362,9 @@ func (t *Transport) observeBreakerChange(host, from, to string) {
 		f(BreakerChangeEvent{Host: host, From: from, To: to})
 	}
 	ctx := context.Background()
-	if l := t.logger(ctx, slog.LevelDebug); l != nil {
-		l.LogAttrs(ctx, slog.LevelDebug, "keepalive: circuit breaker changed state",
+	level := levelBreakerChange(to)
+	if l := t.logger(ctx, level); l != nil {
+		l.LogAttrs(ctx, level, "keepalive: circuit breaker changed state",
 			slog.String("host", host), slog.String("from", from), slog.String("to", to))
 	}
 }
@@ -372,9 +377,9 @@ func (t *Transport) observeHostPause(h *hostState, status int, wait time.Duratio
 		f(HostPauseEvent{Host: h.key, Status: status, Wait: wait, Source: src, PerKey: perKey})
 	}
 	ctx := context.Background()
-	if l := t.logger(ctx, slog.LevelDebug); l != nil {
-		l.LogAttrs(ctx, slog.LevelDebug, "keepalive: host asked for a pause",
-			slog.String("host", h.key), slog.Int("status", status), slog.Duration("wait", wait), slog.String("source", src.String()))
+	if l := t.logger(ctx, levelHostPause); l != nil {
+		l.LogAttrs(ctx, levelHostPause, "keepalive: host asked for a pause",
+			slog.String("host", h.key), slog.Int("status", status), durationAttr("wait", wait), slog.String("source", src.String()))
 	}
 }
 

@@ -78,6 +78,8 @@ func FuzzNewTransportOptions(f *testing.F) {
 	f.Add(math.MaxInt, math.MinInt, 0, math.MaxInt, int64(math.MaxInt64), int64(math.MinInt64), int64(0), int64(0),
 		int64(math.MaxInt64), int64(math.MaxInt64), int64(math.MaxInt64), int64(math.MaxInt64), 100, "M-SEARCH")
 	f.Add(5, 5, 5, 5, int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), int64(0), 599, "GET\x00")
+	f.Add(1, 2, 3, 4, int64(time.Second), int64(time.Second), int64(time.Second), int64(time.Second),
+		int64(time.Millisecond), int64(time.Second), int64(time.Second), int64(0), 503, "post")
 
 	f.Fuzz(func(t *testing.T, maxIdle, perHost, maxConns, maxRetries int,
 		idle, connect, read, tlsHS, boInit, boMax, maxRA, bodyBuf int64, status int, method string) {
@@ -102,8 +104,10 @@ func FuzzNewTransportOptions(f *testing.F) {
 			{"WithBodyBuffer", WithBodyBuffer(bodyBuf), bodyBuf >= 0},
 			{"WithRetryStatuses", WithRetryStatuses(status), status >= 100 && status <= 599},
 			// net/http's own check is the oracle; an empty method means
-			// GET to net/http but names no method to retry.
-			{"WithRetryMethods", WithRetryMethods(method), method != "" && methodErr == nil},
+			// GET to net/http but names no method to retry, and a standard
+			// method not in upper case matches no request.
+			{"WithRetryMethods", WithRetryMethods(method), method != "" && methodErr == nil &&
+				(strings.ToUpper(method) == method || !standardMethods[strings.ToUpper(method)])},
 		}
 		all := make([]Option, len(opts))
 		valid := true

@@ -1,7 +1,7 @@
-// This file holds the logging of WithLogger and the redaction of what is
-// logged or put in errors: URLs lose their credentials and query values,
-// errors the URL's password, and no header value is ever logged. The
-// events logged are fired in events.go.
+// This file holds the logging of WithLogger: the level of each event, the
+// attributes, and the redaction of what is logged or put in errors: URLs
+// lose their credentials and query values, errors the URL's password, and
+// no header value is ever logged. The events logged are fired in events.go.
 
 package keepalive
 
@@ -11,7 +11,41 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 )
+
+// Levels of the logged events. What an operator must hear of is at Warn,
+// so that a logger at the default level (Info, as slog.Default) shows it:
+// a request that gave up, a circuit that opened, a host that asked for a
+// pause. Per-attempt chatter (retries, refused retries) is at Debug.
+const (
+	levelRetry     = slog.LevelDebug
+	levelHostPause = slog.LevelWarn
+)
+
+// levelGiveUp is Warn, but for a request whose own caller ended it: the
+// caller knows already.
+func levelGiveUp(r GiveUpReason) slog.Level {
+	if r == GiveUpCanceled {
+		return slog.LevelDebug
+	}
+	return slog.LevelWarn
+}
+
+// levelBreakerChange is Warn for a circuit that opens, Info for the steps
+// back to closed.
+func levelBreakerChange(to string) slog.Level {
+	if to == "open" {
+		return slog.LevelWarn
+	}
+	return slog.LevelInfo
+}
+
+// durationAttr logs d as text, "1.5s": slog's JSON handler writes a
+// time.Duration as an integer of nanoseconds, which nobody reads.
+func durationAttr(key string, d time.Duration) slog.Attr {
+	return slog.String(key, d.String())
+}
 
 // logger returns the logger if it logs at level.
 func (t *Transport) logger(ctx context.Context, level slog.Level) *slog.Logger {

@@ -1374,7 +1374,7 @@ func newMxServer(t *testing.T, h2 bool, f *mxFault) *mxServer {
 		// HTTP/2 a streamed unkeyed POST can meet the server's idle
 		// GOAWAY once its body was read, which net/http cannot resend
 		// (seen once in four runs of these cells): a gap left open, see
-		// README "Cooperating with servers".
+		// CONTRIBUTING.md "Known gap".
 		s.srv.Config.IdleTimeout = f.idle
 	}
 	s.srv.Config.ConnContext = func(ctx context.Context, c net.Conn) context.Context {

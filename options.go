@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-retryablehttp"
@@ -296,7 +297,10 @@ func WithRetryStatuses(codes ...int) Option {
 // request may have reached the server. Default DefaultRetryMethods(); no
 // methods means only requests with an Idempotency-Key header, and requests
 // whose connection was never made, are retried; an empty or malformed
-// method is an error. Methods are case-sensitive, as in HTTP.
+// method is an error. Methods are case-sensitive, as in HTTP: a standard
+// method (GET, HEAD, POST, PUT, PATCH, DELETE, CONNECT, OPTIONS, TRACE)
+// not in upper case, such as "post", is an error, since no request would
+// match it; an extension method is taken as written.
 //
 // Add a method only if every request your program sends with it is
 // idempotent: a retried POST may be processed twice.
@@ -305,6 +309,10 @@ func WithRetryMethods(methods ...string) Option {
 		o.retryMethods = map[string]bool{}
 		for _, m := range methods {
 			if !o.check("WithRetryMethods", validMethod(m), "malformed method %q", m) {
+				continue
+			}
+			if std := strings.ToUpper(m); std != m && standardMethods[std] {
+				o.check("WithRetryMethods", false, "method %q matches no request: methods are case-sensitive, use %q", m, std)
 				continue
 			}
 			o.retryMethods[m] = true
@@ -386,12 +394,21 @@ func WithCheckRetry(check retryablehttp.CheckRetry) Option {
 	})
 }
 
-// WithLogger sets the logger for retry decisions and give-ups, both at
-// debug level. Each record carries the fields of the matching Observer
-// event as attributes: method, url, host, attempt, status, error, reason,
-// wait, and retry_after for retries. Logged URLs have their password and
-// query values redacted, and no header values are logged. Default and nil:
-// silent.
+// WithLogger sets the logger of the Transport's events. At Warn, so that
+// a logger at the default level (slog.Default logs Info and above) shows
+// them: a request that gave up although its outcome was worth a retry
+// ("keepalive: giving up"; at Debug when its caller cancelled it), a
+// circuit breaker that opened, a host that asked for a pause. At Info, a
+// circuit breaker's steps back to closed. At Debug, each retry
+// ("keepalive: retrying") and each retry the budget refused.
+//
+// Each record carries the fields of the matching Observer event as
+// attributes: method, url, host, attempt, status, error, reason, wait
+// (of a give-up, only the wait it refused), and retry_after for retries; a
+// breaker's from and to; a pause's source.
+// Durations are text, such as "1.5s". Logged URLs have their credentials
+// and query values redacted, and no header values are logged. Default
+// and nil: silent.
 func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(o *options) { o.logger = l })
 }
@@ -732,6 +749,14 @@ func (s *statusSet) add(code int) { s[code/64] |= 1 << (code % 64) }
 
 func (s *statusSet) has(code int) bool {
 	return code >= 0 && code < 640 && s[code/64]&(1<<(code%64)) != 0
+}
+
+// standardMethods are the methods of RFC 9110 and RFC 5789 (PATCH), which
+// senders write in upper case.
+var standardMethods = map[string]bool{
+	http.MethodGet: true, http.MethodHead: true, http.MethodPost: true,
+	http.MethodPut: true, http.MethodPatch: true, http.MethodDelete: true,
+	http.MethodConnect: true, http.MethodOptions: true, http.MethodTrace: true,
 }
 
 // validMethod reports whether m is an RFC 9110 token, as net/http requires.

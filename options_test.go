@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keepalive-go/keepalive/keepalivetest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -35,6 +36,10 @@ func TestOptionValidation(t *testing.T) {
 		{"status above 599", WithRetryStatuses(600), "WithRetryStatuses"},
 		{"empty method", WithRetryMethods("GET", ""), "WithRetryMethods"},
 		{"malformed method", WithRetryMethods("GE T"), "WithRetryMethods"},
+		{"a standard method in lower case", WithRetryMethods("GET", "post"), "WithRetryMethods"},
+		{"a standard method in mixed case", WithRetryMethods("Patch"), "WithRetryMethods"},
+		{"an extension method in upper case", WithRetryMethods("PURGE"), ""},
+		{"an extension method in lower case", WithRetryMethods("purge"), ""},
 		{"initial backoff above max", WithBackoff(2*time.Second, time.Second), "WithBackoff"},
 		{"negative backoff", WithBackoff(-1, time.Second), "WithBackoff"},
 		{"the longest backoff", WithBackoff(math.MaxInt64, math.MaxInt64), ""},
@@ -96,4 +101,30 @@ func TestOptionValidation(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestRetryMethodsAreCaseSensitive(t *testing.T) {
+	t.Run("a standard method in lower case is refused with its upper-case form", func(t *testing.T) {
+		_, err := NewClient(WithRetryMethods("post"))
+		var oe *OptionError
+		require.ErrorAs(t, err, &oe)
+		assert.Equal(t, "WithRetryMethods", oe.Option)
+		assert.Equal(t, `keepalive: invalid WithRetryMethods: method "post" matches no request: methods are case-sensitive, use "POST"`, err.Error())
+	})
+	t.Run("an extension method is retried only as written", func(t *testing.T) {
+		s := keepalivetest.NewServer(t, keepalivetest.Status(503), keepalivetest.Status(503), keepalivetest.Status(200))
+		c, _ := newTestClient(t, WithBackoff(0, 0), WithRetryMethods("purge"))
+		send := func(method string) int {
+			req, err := http.NewRequest(method, s.URL, nil)
+			require.NoError(t, err)
+			resp, err := c.Do(req)
+			require.NoError(t, err)
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+		assert.Equal(t, 503, send("PURGE"), "PURGE is not purge: sent once")
+		assert.Equal(t, 1, s.Requests())
+		assert.Equal(t, 200, send("purge"), "purge is retried past its 503")
+		assert.Equal(t, 3, s.Requests())
+	})
 }

@@ -18,6 +18,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"math"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -156,8 +157,10 @@ func (p *policy) worthRetry(ctx context.Context, req *http.Request, resp *http.R
 
 // neverRetry reports errors no policy may retry: the caller's cancellation,
 // an open circuit (breaker.go), a host paused past the deadline (pause.go),
-// a malformed request, and TLS failures that
-// a new attempt would only repeat.
+// a malformed request, a host name the resolver says does not exist (a
+// typo, which a retry only makes slower to report; a DNS timeout or a
+// server failure is still retried), and TLS failures that a new attempt
+// would only repeat.
 func neverRetry(err error) bool {
 	var (
 		unknownAuthority x509.UnknownAuthorityError
@@ -166,9 +169,11 @@ func neverRetry(err error) bool {
 		verification     *tls.CertificateVerificationError
 		recordHeader     tls.RecordHeaderError
 		bad              *badRequestError
+		dns              *net.DNSError
 	)
 	return errors.Is(err, context.Canceled) || errors.Is(err, ErrCircuitOpen) || errors.Is(err, ErrHostPaused) ||
 		errors.As(err, &bad) ||
+		errors.As(err, &dns) && dns.IsNotFound ||
 		errors.As(err, &unknownAuthority) || errors.As(err, &hostname) ||
 		errors.As(err, &invalid) || errors.As(err, &verification) ||
 		errors.As(err, &recordHeader)

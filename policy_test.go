@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -106,6 +107,10 @@ func TestPolicyDecides(t *testing.T) {
 		{name: "a reset on a GET is retried", err: errors.New("read: connection reset by peer"), wantV: verdictRetry, wantWait: policyBackoff},
 		{name: "a failed dial on an unkeyed POST is retried", method: http.MethodPost, err: &dialError{err: errors.New("refused")}, wantV: verdictRetry, wantWait: policyBackoff},
 		{name: "a malformed request is never retried", err: &badRequestError{reason: "no Host"}, wantV: verdictReturn},
+		{name: "a host name that does not exist is never retried", err: &dialError{err: &net.OpError{Op: "dial", Net: "tcp",
+			Err: &net.DNSError{Err: "no such host", Name: "typo.invalid", IsNotFound: true}}}, wantV: verdictReturn},
+		{name: "a DNS timeout is retried", err: &dialError{err: &net.OpError{Op: "dial", Net: "tcp",
+			Err: &net.DNSError{Err: "i/o timeout", Name: "api.example", IsTimeout: true}}}, wantV: verdictRetry, wantWait: policyBackoff},
 		{name: "an open circuit is never retried", err: &CircuitOpenError{Host: "a:80"}, wantV: verdictReturn},
 		{name: "the caller's cancellation ends it", ctx: cancelled, resp: status(503), wantV: verdictReturn},
 		{name: "a deadline that covers wait and attempt allows the retry", ctx: dl(time.Second), resp: status(503), took: 100 * time.Millisecond, wantV: verdictRetry, wantWait: policyBackoff},

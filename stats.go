@@ -82,7 +82,10 @@ const OtherHosts = "other"
 // atomically. A connection's dial is counted under the host of the
 // request it was dialed for, behind a proxy too (not under the proxy's
 // address), and a name in Unicode has one key, its own spelling in lower
-// case, though net/http dials it in punycode.
+// case, though net/http dials it in punycode. Behind a plain HTTP proxy
+// (http:// URLs through WithProxy), whose connections carry the requests
+// of every host, IdleCloses and ConnsRetiredIdle are counted under the
+// proxy's address: its idle timeout judges them.
 func (t *Transport) HostStats() map[string]Stats {
 	m := t.hosts.maps.Load()
 	out := make(map[string]Stats, len(m.canon)+1)

@@ -2,13 +2,11 @@ module github.com/keepalive-go/keepalive/bench
 
 go 1.26
 
-replace github.com/keepalive-go/keepalive => ../
-
 require (
 	github.com/failsafe-go/failsafe-go v0.9.8
 	github.com/go-resty/resty/v2 v2.17.2
 	github.com/hashicorp/go-retryablehttp v0.7.8
-	github.com/keepalive-go/keepalive v0.0.0-00010101000000-000000000000
+	github.com/keepalive-go/keepalive v0.1.0
 	github.com/stretchr/testify v1.12.1
 )
 
