@@ -635,7 +635,7 @@ func (c *mxCell) healthy() {
 			case breaker && errors.Is(res.err, ErrCircuitOpen) && !mxRetried(res.err):
 				c.fail(invBreakerCloses, "%s: refused after a request had succeeded, with no failure since", res)
 			case (mxTimeout(res.err) || mxRetried(res.err) && errors.Is(res.err, ErrCircuitOpen)) &&
-				!errors.Is(res.err, context.DeadlineExceeded) && timeouts < mxTimeoutTries:
+				!res.expired && timeouts < mxTimeoutTries:
 				// A circuit that refuses a retry was opened by the
 				// failures of the request's own earlier attempts, which
 				// were timeouts unless something else fails too.
@@ -677,9 +677,10 @@ type mxResult struct {
 	id     string
 	kind   mxKind
 	phase  mxPhase
-	ok     bool  // status 200, whole body read, and it is the one the server sent
-	err    error // of RoundTrip, or of the body read
-	status int
+	ok      bool  // status 200, whole body read, and it is the one the server sent
+	err     error // of RoundTrip, or of the body read
+	status  int
+	expired bool // the request's own deadline had passed when it ended
 }
 
 func (r mxResult) String() string {
@@ -701,9 +702,9 @@ var errMxPanicked = errors.New("RoundTrip panicked")
 
 // do sends one request of kind k in phase ph, reads its response body, and
 // checks what can be checked of one request.
-func (c *mxCell) do(ph mxPhase, k mxKind, slow bool) mxResult {
+func (c *mxCell) do(ph mxPhase, k mxKind, slow bool) (res mxResult) {
 	id := fmt.Sprintf("%s-%d", c.label, c.seq.Add(1))
-	res := mxResult{id: id, kind: k, phase: ph}
+	res = mxResult{id: id, kind: k, phase: ph}
 	c.mu.Lock()
 	c.kinds[id] = k
 	c.mu.Unlock()
@@ -772,6 +773,7 @@ func (c *mxCell) do(ph mxPhase, k mxKind, slow bool) mxResult {
 	c.requests.Add(1)
 	resp, err := c.roundTrip(req)
 	ended := func() {
+		res.expired = ctx.Err() != nil
 		if el := time.Since(start); el > mxDeadline+mxSlack {
 			c.fail(invDeadline, "%s took %v (deadline %v)", res, el.Round(time.Millisecond), mxDeadline)
 		}
