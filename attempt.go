@@ -205,11 +205,12 @@ type attemptConn struct {
 
 	// The dial gate's watch of the attempt (dialgate.go); note is nil
 	// when unwatched.
-	gate   *gateHost
-	gots   atomic.Int64  // connections the request got: net/http may retry it on another
-	note   chan struct{} // a token sent each time it gets one
-	serial bool
-	dialed atomic.Pointer[conn] // the connection of the serial dial in progress for the request
+	gate     *gateHost
+	gots     atomic.Int64  // connections the request got: net/http may retry it on another
+	getConns atomic.Int64  // net/http's asks for a connection for the request (serial)
+	note     chan struct{} // a token sent each time it gets one
+	serial   bool
+	dialed   atomic.Pointer[conn] // the connection of the serial dial in progress for the request
 
 	reuse atomic.Uint32 // Observer.TraceConns: a ConnReuse
 	body  respBody      // the response body wrapper, when the response gets one

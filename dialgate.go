@@ -83,6 +83,7 @@ type gateHost struct {
 
 	mu     sync.Mutex
 	serial map[string]*serialDial // the serial dial in progress, by address as dialed
+	madeH2 map[string]int64       // when a serial dial to the address last made an HTTP/2 connection (monotonic)
 }
 
 // serialDial is a host's serial dial in progress to one address, as
@@ -133,6 +134,11 @@ func (a *attemptConn) gateGotConn(c *conn, p int32) {
 		c.carry()
 	}
 }
+
+// getConn counts net/http's asks for a connection for the request: a
+// second means a connection it was handed turned it away (an HTTP/2
+// connection at its stream limit, or gone), so its dial is needed.
+func (a *attemptConn) getConn(string) { a.getConns.Add(1) }
 
 // tlsStart marks the connection of the request's serial dial as in its
 // TLS handshake: the handshake's outcome, not a close, ends the serial
@@ -190,6 +196,7 @@ func (h *gateHost) enter(a *attemptConn, r *http.Request) {
 	a.note = make(chan struct{}, 1)
 	a.serial = p != protoHTTP1
 	if a.serial {
+		a.trace.GetConn = a.getConn
 		a.trace.TLSHandshakeStart = a.tlsStart
 		a.trace.TLSHandshakeDone = a.tlsDone
 	}
@@ -269,10 +276,23 @@ func (h *gateHost) dial(ctx context.Context, a *attemptConn, addr string, holdMa
 // whose stream a GOAWAY refused.
 func (h *gateHost) awaitSerial(ctx context.Context, a *attemptConn, addr string) error {
 	base := a.gots.Load()
-	for {
+	for waited := false; ; {
 		h.mu.Lock()
 		wait := h.serial[addr]
 		if wait == nil {
+			// A serial dial made an HTTP/2 connection a moment ago:
+			// net/http may not have put it in its pool yet, and then
+			// hands it to this request too. Wait for that, once, unless
+			// net/http already asks again for the request (the
+			// connection turned it away).
+			if since := monotonic() - h.madeH2[addr]; !waited && since < int64(serialGrace) && h.proto.Load() == protoHTTP2 && a.getConns.Load() <= 1 {
+				h.mu.Unlock()
+				waited = true
+				if err := a.await(ctx, base, nil, serialGrace-time.Duration(since)); err != nil {
+					return err
+				}
+				continue
+			}
 			if h.serial == nil {
 				h.serial = make(map[string]*serialDial)
 			}
@@ -292,7 +312,8 @@ func (h *gateHost) awaitSerial(ctx context.Context, a *attemptConn, addr string)
 		}
 		// The dial made an HTTP/2 connection: net/http is handing it to
 		// every waiting request, this one included unless the
-		// connection is full.
+		// connection is full: then net/http asks again for a
+		// connection for the request, and that ask dials.
 		if err := a.await(ctx, base, nil, serialGrace); err != nil {
 			return err
 		}
@@ -331,6 +352,20 @@ func (h *gateHost) endSerial(addr string, err error) {
 	h.mu.Lock()
 	s := h.serial[addr]
 	delete(h.serial, addr)
+	if s != nil && err == nil && h.proto.Load() == protoHTTP2 {
+		now := monotonic()
+		if len(h.madeH2) >= maxHostAliases { // spellings of the host: keep the recent
+			for k, at := range h.madeH2 {
+				if now-at >= int64(serialGrace) {
+					delete(h.madeH2, k)
+				}
+			}
+		}
+		if h.madeH2 == nil {
+			h.madeH2 = make(map[string]int64)
+		}
+		h.madeH2[addr] = now
+	}
 	h.mu.Unlock()
 	if s != nil {
 		s.err = err

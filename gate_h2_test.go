@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -110,4 +111,44 @@ func TestDialGateHTTP1OverTLSDialsInParallel(t *testing.T) {
 	assert.EqualValues(t, 16, conns.Load())
 	assert.EqualValues(t, 16, s.Dials)
 	assert.EqualValues(t, 0, s.DiscardedDials)
+}
+
+// An HTTP/2 server that allows 4 streams per connection, and a burst of 8
+// requests that it holds until all 8 have arrived: the first connection
+// turns 4 of them away, and the dial gate lets their dial through at once,
+// not after its grace for requests that a new connection will take.
+func TestDialGateHTTP2StreamLimit(t *testing.T) {
+	const n = 8
+	var arrived atomic.Int64
+	release := make(chan struct{})
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if arrived.Add(1) == n {
+			close(release)
+		}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		io.WriteString(w, r.Proto)
+	}))
+	srv.EnableHTTP2 = true
+	srv.Config.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: 4}
+	var conns atomic.Int64
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	roots := x509.NewCertPool()
+	roots.AddCert(srv.Certificate())
+	c, _ := newTestClient(t, WithTLSConfig(&tls.Config{RootCAs: roots}))
+
+	start := time.Now()
+	burst(t, c, srv.URL, n)
+	took := time.Since(start)
+	t.Logf("%d requests over %d connections in %v", n, conns.Load(), took.Round(time.Millisecond))
+	assert.EqualValues(t, 2, conns.Load(), "TLS connections: two of 4 streams each")
+	assert.Less(t, took, serialGrace/2, "the second connection waited for the gate's grace")
 }
