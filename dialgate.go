@@ -67,6 +67,13 @@ const (
 // server's stream limit is reached.
 const serialGrace = time.Second
 
+// serialRetryHold is how long a dial waits, in place of serialGrace, for a
+// request that a new HTTP/2 connection turned away: net/http sometimes
+// turns a request away from a connection it has not finished setting up,
+// and serves it on that connection a moment later; a connection at its
+// stream limit keeps turning it away, and the dial goes ahead.
+const serialRetryHold = 50 * time.Millisecond
+
 // errDialNotNeeded ends a dial whose request took another connection. It
 // reaches no caller: net/http drops the result of a dial whose request was
 // already served.
@@ -282,13 +289,18 @@ func (h *gateHost) awaitSerial(ctx context.Context, a *attemptConn, addr string)
 		if wait == nil {
 			// A serial dial made an HTTP/2 connection a moment ago:
 			// net/http may not have put it in its pool yet, and then
-			// hands it to this request too. Wait for that, once, unless
-			// net/http already asks again for the request (the
-			// connection turned it away).
-			if since := monotonic() - h.madeH2[addr]; !waited && since < int64(serialGrace) && h.proto.Load() == protoHTTP2 && a.getConns.Load() <= 1 {
+			// hands it to this request too. Wait for that, once. If
+			// net/http already asks again for the request, the new
+			// connection turned it away: at its stream limit, or, for a
+			// moment, before its pool knew it; wait a little only.
+			if since := time.Duration(monotonic() - h.madeH2[addr]); !waited && since < serialGrace && h.proto.Load() == protoHTTP2 {
 				h.mu.Unlock()
 				waited = true
-				if err := a.await(ctx, base, nil, serialGrace-time.Duration(since)); err != nil {
+				wait := serialGrace - since
+				if a.getConns.Load() > 1 {
+					wait = min(wait, serialRetryHold)
+				}
+				if err := a.await(ctx, base, nil, wait); err != nil {
 					return err
 				}
 				continue
