@@ -177,6 +177,8 @@ func (c *config) validate() error {
 		return &usageError{"max-errors", fmt.Sprintf("must not be negative, got %d", c.maxErrors)}
 	case !validMethod(c.method):
 		return &usageError{"method", fmt.Sprintf("%q is not an HTTP method token", c.method)}
+	case c.method != strings.ToUpper(c.method) && slices.Contains(standardMethods, strings.ToUpper(c.method)):
+		return &usageError{"method", fmt.Sprintf("%q: methods are case-sensitive; did you mean %s?", c.method, strings.ToUpper(c.method))}
 	case c.proxy != "" && c.proxy != proxyNginx:
 		return &usageError{"proxy", fmt.Sprintf("unknown proxy %q (want %q)", c.proxy, proxyNginx)}
 	case c.proxy != "" && (len(c.urls) > 0 || c.unix != ""):
@@ -207,6 +209,14 @@ func checkURL(s string) error {
 		return &usageError{"url", fmt.Sprintf("no host in %q", s)}
 	}
 	return nil
+}
+
+// standardMethods are the methods of RFC 9110 and RFC 5789. A lower-case
+// form of one of them is a typo that a server answers with 405 or 501;
+// other methods are taken as given, case and all.
+var standardMethods = []string{
+	http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+	http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace,
 }
 
 // validMethod reports whether m is an RFC 9110 token, as net/http requires.

@@ -139,6 +139,8 @@ func TestInvalidInputExitsWithAMessageNamingTheFlag(t *testing.T) {
 		{"no client", []string{"-clients", ","}, "invalid -clients: no client given"},
 		{"a client twice", []string{"-clients", "default,default"}, `invalid -clients: client "default" given twice`},
 		{"method with a space", []string{"-method", "GET X"}, "invalid -method"},
+		{"lower-case GET", []string{"-method", "get"}, `invalid -method: "get": methods are case-sensitive; did you mean GET?`},
+		{"mixed-case Post", []string{"-method", "Post"}, "did you mean POST?"},
 		{"unknown proxy", []string{"-proxy", "haproxy"}, `invalid -proxy: unknown proxy "haproxy"`},
 		{"nginx with a URL", []string{"-proxy", "nginx", "-url", "http://127.0.0.1:1/"}, "invalid -proxy"},
 		{"URL without http", []string{"-url", "ftp://127.0.0.1/"}, "invalid -url: scheme must be http or https"},
@@ -444,4 +446,15 @@ func checkUsageErrors(t *testing.T, tests []usageCase) {
 			assert.Empty(t, r.stdout)
 		})
 	}
+}
+
+// A custom method is sent as given, case and all: only the standard
+// methods have an upper-case form to suggest.
+func TestCustomMethodKeepsItsCase(t *testing.T) {
+	var got atomic.Value
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got.Store(r.Method) }))
+	t.Cleanup(srv.Close)
+	r := runKabench(t, nil, nil, "-url", srv.URL, "-method", "purge", "-n", "2", "-c", "1", "-runs", "1", "-clients", "default")
+	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+	assert.Equal(t, "purge", got.Load())
 }
