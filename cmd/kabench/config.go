@@ -50,6 +50,12 @@ type config struct {
 	runs        int
 	method      string
 	bodySize    int
+	bodyFile    string        // -body-file
+	body        []byte        // every request's body: -body-file's, or -body zero bytes
+	headers     []string      // -H, as given
+	header      http.Header   // -H but Host; nil if none
+	host        string        // -H Host: the requests' Host
+	duration    time.Duration // -z: run each run for this long instead of -n requests; 0: -n
 	clients     []string
 	json        bool
 	timeout     time.Duration
@@ -98,7 +104,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.concurrency, "c", defaultConcurrency, "concurrent requests")
 	fs.IntVar(&c.runs, "runs", defaultRuns, "runs per client; each run uses a new client")
 	fs.StringVar(&c.method, "method", defaultMethod, "HTTP method")
-	fs.IntVar(&c.bodySize, "body", 0, "request body size in `bytes`")
+	fs.IntVar(&c.bodySize, "body", 0, "request body size in `bytes` (zero bytes)")
+	fs.StringVar(&c.bodyFile, "body-file", "", "send the contents of `FILE` as every request's body")
+	fs.Var((*headerFlag)(&c.headers), "H", "add the request header `'Name: value'` (repeatable); -H 'Host: name' sets the Host")
+	fs.DurationVar(&c.duration, "z", 0, "run each run for this `duration` instead of -n requests (10s, 1m)")
 	fs.StringVar(&clients, "clients", strings.Join(allClients, ","), "comma-separated clients to measure, in order")
 	fs.BoolVar(&c.json, "json", false, "print the result as JSON on stdout instead of tables")
 	fs.DurationVar(&c.timeout, "timeout", defaultTimeout, "per request timeout (whole exchange, retries included); also bounds the probe and nginx start and stop")
@@ -163,6 +172,10 @@ func parseClients(s string) ([]string, error) {
 
 func (c *config) validate() error {
 	switch {
+	case c.set["z"] && c.duration <= 0:
+		return &usageError{"z", fmt.Sprintf("must be positive, got %v", c.duration)}
+	case c.set["z"] && c.set["n"]:
+		return &usageError{"z", "runs each run for a time instead of -n requests; give one of them"}
 	case c.requests < 1:
 		return &usageError{"n", fmt.Sprintf("must be at least 1, got %d", c.requests)}
 	case c.concurrency < 1:
@@ -190,7 +203,16 @@ func (c *config) validate() error {
 		}
 	}
 	// More workers than requests would only sit idle.
-	c.concurrency = min(c.concurrency, c.requests)
+	if c.duration == 0 {
+		c.concurrency = min(c.concurrency, c.requests)
+	}
+	var err error
+	if c.header, c.host, err = parseHeaders(c.headers); err != nil { // request.go
+		return err
+	}
+	if err := c.loadBody(); err != nil {
+		return err
+	}
 	if err := c.validateTargets(); err != nil { // targets.go
 		return err
 	}

@@ -74,9 +74,8 @@ func measure(ctx context.Context, cfg *config, stdout, stderr io.Writer) (err er
 		}
 	}()
 	warnTLS(cfg, stderr)
-	body := make([]byte, cfg.bodySize)
 	for _, t := range targets {
-		if err := probe(ctx, cfg, t, body); err != nil {
+		if err := probe(ctx, cfg, t); err != nil {
 			return interrupted(ctx, err)
 		}
 	}
@@ -97,7 +96,7 @@ func measure(ctx context.Context, cfg *config, stdout, stderr io.Writer) (err er
 	if isTerminal(stderr) {
 		p = startProgress(stderr)
 	}
-	results, err := measureAll(ctx, cfg, targets, body, p)
+	results, err := measureAll(ctx, cfg, targets, p)
 	p.stop()
 	if err != nil {
 		return err

@@ -5,8 +5,8 @@
 package main
 
 import (
-	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -38,6 +38,7 @@ type runResult struct {
 	Retries      int64   `json:"retries"`
 	FirstError   string  `json:"first_error,omitempty"`
 	Aborted      bool    `json:"aborted,omitempty"`        // stopped early: too many errors or interrupted
+	Stopped      string  `json:"stopped,omitempty"`        // why it stopped early: max-errors or interrupted
 	Protocol     string  `json:"protocol,omitempty"`       // the most common resp.Proto: HTTP/1.1, HTTP/2
 	TLSHandshake *int64  `json:"tls_handshakes,omitempty"` // new TLS connections; nil without TLS
 
@@ -71,7 +72,7 @@ var runDone func()
 // slows every client alike rather than the one measured at the time. A
 // result for each client and target that got at least one run is returned;
 // after an interrupt, that is fewer.
-func measureAll(ctx context.Context, cfg *config, targets []target, body []byte, p *progress) ([]clientResult, error) {
+func measureAll(ctx context.Context, cfg *config, targets []target, p *progress) ([]clientResult, error) {
 	var results []clientResult
 	for _, t := range targets {
 		for _, name := range cfg.clients {
@@ -89,8 +90,8 @@ rounds:
 				break rounds
 			}
 			res := &results[i]
-			p.set(fmt.Sprintf("run %d/%d: %s, %s", round+1, cfg.runs, res.Setup, res.Client), cfg.requests)
-			r, err := measureRun(ctx, cfg, res.Client, res.target, body, done)
+			p.set(fmt.Sprintf("run %d/%d: %s, %s", round+1, cfg.runs, res.Setup, res.Client), cfg.requests*btoi(cfg.duration == 0))
+			r, err := measureRun(ctx, cfg, res.Client, res.target, done)
 			if err != nil {
 				return nil, err
 			}
@@ -112,7 +113,7 @@ rounds:
 // endpoint answers it without error. It keeps a benchmark of an endpoint
 // that is down, or answers only errors, from running at all: such a run
 // measures timeouts and retries, not keep-alive.
-func probe(ctx context.Context, cfg *config, t target, body []byte) error {
+func probe(ctx context.Context, cfg *config, t target) error {
 	url := t.url
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.DisableKeepAlives = true
@@ -123,7 +124,7 @@ func probe(ctx context.Context, cfg *config, t target, body []byte) error {
 	}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr, Timeout: cfg.timeout}
-	req, err := newRequest(ctx, cfg.method, t.url, body)
+	req, err := newRequest(ctx, cfg, t.url)
 	if err != nil {
 		return err
 	}
@@ -143,31 +144,33 @@ func probe(ctx context.Context, cfg *config, t target, body []byte) error {
 // or 503s measures the wrong thing.
 func failed(status int) bool { return status >= 400 }
 
-func newRequest(ctx context.Context, method, url string, body []byte) (*http.Request, error) {
-	if len(body) == 0 {
-		return http.NewRequestWithContext(ctx, method, url, nil)
-	}
-	// A bytes.Reader gives the request a GetBody, so it may be retried.
-	return http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
-}
+// Why a run ended before its -n requests.
+var (
+	errTooManyErrors = errors.New("too many errors (-max-errors)")
+	errRunTime       = errors.New("-z reached")
+)
 
-// measureRun sends cfg.requests requests from cfg.concurrency workers with
-// a new client, and returns what it saw. done counts finished requests for
-// the progress line.
-func measureRun(ctx context.Context, cfg *config, name string, t target, body []byte, done *atomic.Int64) (runResult, error) {
+// measureRun sends cfg.requests requests, or requests for cfg.duration,
+// from cfg.concurrency workers with a new client, and returns what it
+// saw. done counts finished requests for the progress line.
+func measureRun(ctx context.Context, cfg *config, name string, t target, done *atomic.Int64) (runResult, error) {
 	client, err := newClient(name, t, cfg)
 	if err != nil {
 		return runResult{}, err
 	}
 	defer client.close()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	parent := ctx
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if cfg.duration > 0 {
+		var stop context.CancelFunc
+		ctx, stop = context.WithTimeoutCause(ctx, cfg.duration, errRunTime)
+		defer stop()
+	}
 
 	var (
 		next, errs atomic.Int64
-		lats       = make([]time.Duration, cfg.requests)
-		ok         = make([]bool, cfg.requests)
-		protos     = make([]uint8, cfg.requests) // ProtoMajor*10 + ProtoMinor
+		workers    = make([]worker, cfg.concurrency)
 		firstErr   error
 		errOnce    sync.Once
 		wg         sync.WaitGroup
@@ -175,19 +178,22 @@ func measureRun(ctx context.Context, cfg *config, name string, t target, body []
 	fail := func(err error) {
 		errOnce.Do(func() { firstErr = err })
 		if n := errs.Add(1); cfg.maxErrors > 0 && n >= int64(cfg.maxErrors) {
-			cancel()
+			cancel(errTooManyErrors)
 		}
 	}
 	server0 := serverConns(t)
 	start := time.Now()
-	for range cfg.concurrency {
+	for i := range workers {
+		w := &workers[i]
+		if cfg.duration == 0 {
+			w.lats = make([]time.Duration, 0, cfg.requests/cfg.concurrency+1)
+		}
 		wg.Go(func() {
 			for ctx.Err() == nil {
-				i := next.Add(1) - 1
-				if i >= int64(cfg.requests) {
+				if cfg.duration == 0 && next.Add(1) > int64(cfg.requests) {
 					return
 				}
-				d, proto, err := doRequest(ctx, client.Client, cfg, t.url, body)
+				d, proto, err := doRequest(ctx, client.Client, cfg, t.url)
 				done.Add(1)
 				if err != nil {
 					if ctx.Err() == nil { // not a request cut off by the end of the run
@@ -195,7 +201,8 @@ func measureRun(ctx context.Context, cfg *config, name string, t target, body []
 					}
 					continue
 				}
-				lats[i], ok[i], protos[i] = d, true, proto
+				w.lats = append(w.lats, d)
+				w.protos.add(int(proto/10), int(proto%10))
 			}
 		})
 	}
@@ -207,7 +214,12 @@ func measureRun(ctx context.Context, cfg *config, name string, t target, body []
 		Seconds:  elapsed.Seconds(),
 		NewConns: client.dials(),
 		Retries:  client.retries(),
-		Aborted:  ctx.Err() != nil,
+	}
+	switch {
+	case parent.Err() != nil:
+		r.Aborted, r.Stopped = true, stoppedInterrupt
+	case errors.Is(context.Cause(ctx), errTooManyErrors):
+		r.Aborted, r.Stopped = true, stoppedMaxErrors
 	}
 	if t.serverConns != nil {
 		n := t.serverConns() - server0
@@ -217,11 +229,9 @@ func measureRun(ctx context.Context, cfg *config, name string, t target, body []
 		r.FirstError = firstErr.Error()
 	}
 	var pc protoCounts
-	for i, d := range lats {
-		if ok[i] {
-			r.latencies = append(r.latencies, d)
-			pc.add(int(protos[i]/10), int(protos[i]%10))
-		}
+	for i := range workers {
+		r.latencies = append(r.latencies, workers[i].lats...)
+		pc.merge(&workers[i].protos)
 	}
 	r.Protocol = pc.most()
 	if isHTTPS(t.url) {
@@ -231,6 +241,19 @@ func measureRun(ctx context.Context, cfg *config, name string, t target, body []
 	r.Requests = int64(len(r.latencies))
 	r.setRates(cfg.concurrency)
 	return r, nil
+}
+
+// How a run stopped early, in runResult.Stopped.
+const (
+	stoppedMaxErrors = "max-errors"
+	stoppedInterrupt = "interrupted"
+)
+
+// worker is what one of a run's concurrent workers saw. Each has its own,
+// so that the workers share no memory but the request counter.
+type worker struct {
+	lats   []time.Duration // of the requests without error
+	protos protoCounts
 }
 
 func serverConns(t target) int64 {
@@ -244,12 +267,11 @@ func serverConns(t target) int64 {
 // client must for its connection to be reused; all of it within
 // cfg.timeout. It returns the latency and the protocol, as
 // ProtoMajor*10 + ProtoMinor.
-func doRequest(ctx context.Context, c *http.Client, cfg *config, url string, body []byte) (time.Duration, uint8, error) {
+func doRequest(ctx context.Context, c *http.Client, cfg *config, url string) (time.Duration, uint8, error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
 	defer cancel()
-	method := cfg.method
-	req, err := newRequest(ctx, method, url, body)
+	req, err := newRequest(ctx, cfg, url) // request.go
 	if err != nil {
 		return 0, 0, err
 	}
@@ -260,10 +282,10 @@ func doRequest(ctx context.Context, c *http.Client, cfg *config, url string, bod
 	_, err = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	if err != nil {
-		return 0, 0, fmt.Errorf("%s %s: reading the response: %w", method, url, err)
+		return 0, 0, fmt.Errorf("%s %s: reading the response: %w", cfg.method, url, err)
 	}
 	if failed(resp.StatusCode) {
-		return 0, 0, fmt.Errorf("%s %s: %s", method, url, resp.Status)
+		return 0, 0, fmt.Errorf("%s %s: %s", cfg.method, url, resp.Status)
 	}
 	return time.Since(start), uint8(resp.ProtoMajor*10 + resp.ProtoMinor), nil
 }
@@ -352,6 +374,13 @@ func average(runs []runResult) runResult {
 
 func roundDiv(a, b int64) int64 { return (a + b/2) / b }
 
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 // progress prints a progress line on w, rewriting it in place, until stop
 // is called. It is meant for a terminal only.
 type progress struct {
@@ -378,7 +407,11 @@ func startProgress(w io.Writer) *progress {
 				// Printing under the lock keeps a line from landing after
 				// clear.
 				p.mu.Lock()
-				if p.label != "" {
+				switch {
+				case p.label == "":
+				case p.total == 0: // -z: no count to reach
+					fmt.Fprintf(p.w, "\r\033[K%s: %d requests", p.label, p.done.Load())
+				default:
 					fmt.Fprintf(p.w, "\r\033[K%s: %d/%d requests", p.label, p.done.Load(), p.total)
 				}
 				p.mu.Unlock()

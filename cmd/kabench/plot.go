@@ -89,9 +89,9 @@ type plotData struct {
 
 func (r *report) plotData() plotData {
 	d := plotData{Width: svgWidth, LabelW: svgLabelW, Baseline: r.Baseline}
-	d.Header = fmt.Sprintf("%s %s, body %d bytes", r.Method, r.server(), r.BodyBytes)
-	d.Setup = fmt.Sprintf("%s per run, concurrency %d, %s per client; %s %s, %s",
-		plural(r.Requests, "request"), r.Concurrency, plural(r.Runs, "run"), r.Go, r.Platform, plural(r.CPUs, "CPU"))
+	d.Header = fmt.Sprintf("%s %s%s", r.Method, r.server(), r.shape())
+	d.Setup = fmt.Sprintf("%s, concurrency %d, %s per client; %s %s, %s",
+		r.perRun(), r.Concurrency, plural(r.Runs, "run"), r.Go, r.Platform, plural(r.CPUs, "CPU"))
 	var top float64
 	for _, res := range r.Results {
 		top = max(top, res.Average.RPS)

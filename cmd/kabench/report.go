@@ -8,10 +8,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 )
 
 // report is the whole result; it is what -json prints.
@@ -22,7 +25,11 @@ type report struct {
 	Upstream    string         `json:"upstream,omitempty"` // -upstream: the app behind the proxy
 	Method      string         `json:"method"`
 	BodyBytes   int            `json:"body_bytes"`
-	Requests    int            `json:"requests_per_run"`
+	BodyFile    string         `json:"body_file,omitempty"`
+	Headers     []string       `json:"headers,omitempty"` // the names of -H's headers: their values may be secrets
+	Host        string         `json:"host,omitempty"`    // -H Host
+	Requests    int            `json:"requests_per_run,omitempty"`
+	RunSeconds  float64        `json:"run_seconds,omitempty"` // -z
 	Concurrency int            `json:"concurrency"`
 	Runs        int            `json:"runs"`
 	TimeoutMs   int64          `json:"timeout_ms"`
@@ -44,7 +51,11 @@ func newReport(cfg *config, url string) *report {
 		Upstream:    cfg.upstream,
 		Method:      cfg.method,
 		BodyBytes:   cfg.bodySize,
-		Requests:    cfg.requests,
+		BodyFile:    cfg.bodyFile,
+		Headers:     headerNames(cfg.header),
+		Host:        cfg.host,
+		Requests:    cfg.requests * btoi(cfg.duration == 0),
+		RunSeconds:  cfg.duration.Seconds(),
 		Concurrency: cfg.concurrency,
 		Runs:        cfg.runs,
 		TimeoutMs:   cfg.timeout.Milliseconds(),
@@ -105,16 +116,48 @@ func (r *report) writeHeader(w io.Writer) {
 	if !r.Embedded && r.Upstream == "" && len(r.Targets) > 1 {
 		where = plural(len(r.Targets), "target") + ":"
 	}
-	body := ""
-	if r.BodyBytes > 0 {
-		body = fmt.Sprintf(", %d-byte body", r.BodyBytes)
-	}
-	fmt.Fprintf(w, "kabench: %s %s%s\n", r.Method, where, body)
+	fmt.Fprintf(w, "kabench: %s %s%s\n", r.Method, where, r.shape())
 	if len(r.Targets) > 1 {
 		writeTargets(w, r.Targets) // targets.go
 	}
-	fmt.Fprintf(w, "%s per run, concurrency %d, %s per client in rounds, a new client per run; %s %s, %s\n\n",
-		plural(r.Requests, "request"), r.Concurrency, plural(r.Runs, "run"), r.Go, r.Platform, plural(r.CPUs, "CPU"))
+	fmt.Fprintf(w, "%s, concurrency %d, %s per client in rounds, a new client per run; %s %s, %s\n\n",
+		r.perRun(), r.Concurrency, plural(r.Runs, "run"), r.Go, r.Platform, plural(r.CPUs, "CPU"))
+}
+
+// shape describes the request beyond its method and URL: body, headers
+// (by name only: their values may be secrets) and Host.
+func (r *report) shape() string {
+	var s strings.Builder
+	if r.BodyBytes > 0 || r.BodyFile != "" {
+		fmt.Fprintf(&s, ", %s-byte body", commas(float64(r.BodyBytes), 0))
+		if r.BodyFile != "" {
+			fmt.Fprintf(&s, " from %s", r.BodyFile)
+		}
+	}
+	if len(r.Headers) > 0 {
+		fmt.Fprintf(&s, ", headers %s", strings.Join(r.Headers, ", "))
+	}
+	if r.Host != "" {
+		fmt.Fprintf(&s, ", Host %s", r.Host)
+	}
+	return s.String()
+}
+
+// perRun says how long a run is: -n requests, or -z.
+func (r *report) perRun() string {
+	if r.RunSeconds > 0 {
+		return "each run " + time.Duration(r.RunSeconds*float64(time.Second)).String()
+	}
+	return plural(r.Requests, "request") + " per run"
+}
+
+func headerNames(h http.Header) []string {
+	var names []string
+	for name := range h {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
 }
 
 func plural(n int, noun string) string {

@@ -188,6 +188,12 @@ func (p *protoCounts) add(major, minor int) {
 	}
 }
 
+func (p *protoCounts) merge(o *protoCounts) {
+	for i, n := range o {
+		p[i] += n
+	}
+}
+
 // most returns the most common protocol, as HTTP/1.1 or HTTP/2, or "" if
 // there were no responses.
 func (p *protoCounts) most() string {
