@@ -41,6 +41,8 @@ type runResult struct {
 	Stopped      string  `json:"stopped,omitempty"`        // why it stopped early: max-errors or interrupted
 	Protocol     string  `json:"protocol,omitempty"`       // the most common resp.Proto: HTTP/1.1, HTTP/2
 	TLSHandshake *int64  `json:"tls_handshakes,omitempty"` // new TLS connections; nil without TLS
+	MeanMs       float64 `json:"mean_ms"`                  // mean latency
+	Phases       phaseMs `json:"phases_ms"`                // mean time per request of each phase (phases.go)
 
 	latencies []time.Duration // of the requests without error
 }
@@ -189,11 +191,12 @@ func measureRun(ctx context.Context, cfg *config, name string, t target, done *a
 			w.lats = make([]time.Duration, 0, cfg.requests/cfg.concurrency+1)
 		}
 		wg.Go(func() {
+			wctx := w.clock.withTrace(ctx)
 			for ctx.Err() == nil {
 				if cfg.duration == 0 && next.Add(1) > int64(cfg.requests) {
 					return
 				}
-				d, proto, err := doRequest(ctx, client.Client, cfg, t.url)
+				d, proto, err := doRequest(wctx, client.Client, cfg, t.url, &w.clock)
 				done.Add(1)
 				if err != nil {
 					if ctx.Err() == nil { // not a request cut off by the end of the run
@@ -239,6 +242,7 @@ func measureRun(ctx context.Context, cfg *config, name string, t target, done *a
 		r.TLSHandshake = &n
 	}
 	r.Requests = int64(len(r.latencies))
+	r.Phases = phasesOf(workers, r.Requests+r.Errors)
 	r.setRates(cfg.concurrency)
 	return r, nil
 }
@@ -254,6 +258,7 @@ const (
 type worker struct {
 	lats   []time.Duration // of the requests without error
 	protos protoCounts
+	clock  phaseClock // phases.go
 }
 
 func serverConns(t target) int64 {
@@ -267,7 +272,7 @@ func serverConns(t target) int64 {
 // client must for its connection to be reused; all of it within
 // cfg.timeout. It returns the latency and the protocol, as
 // ProtoMajor*10 + ProtoMinor.
-func doRequest(ctx context.Context, c *http.Client, cfg *config, url string) (time.Duration, uint8, error) {
+func doRequest(ctx context.Context, c *http.Client, cfg *config, url string, clock *phaseClock) (time.Duration, uint8, error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
 	defer cancel()
@@ -281,6 +286,7 @@ func doRequest(ctx context.Context, c *http.Client, cfg *config, url string) (ti
 	}
 	_, err = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
+	clock.bodyRead()
 	if err != nil {
 		return 0, 0, fmt.Errorf("%s %s: reading the response: %w", cfg.method, url, err)
 	}
@@ -299,6 +305,7 @@ func (r *runResult) setRates(concurrency int) {
 		r.MsPerRequest = float64(concurrency) * r.Seconds * 1000 / float64(r.Requests)
 	}
 	slices.Sort(r.latencies)
+	r.MeanMs = meanMs(r.latencies)
 	r.P50Ms = ms(percentile(r.latencies, 50))
 	r.P99Ms = ms(percentile(r.latencies, 99))
 }
@@ -312,6 +319,17 @@ func percentile(sorted []time.Duration, p int) time.Duration {
 	return sorted[max(rank, 1)-1]
 }
 
+func meanMs(lats []time.Duration) float64 {
+	if len(lats) == 0 {
+		return 0
+	}
+	var sum time.Duration
+	for _, d := range lats {
+		sum += d
+	}
+	return ms(sum / time.Duration(len(lats)))
+}
+
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // average sums the runs into their Average row: the mean of the rates and
@@ -320,12 +338,14 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 func average(runs []runResult) runResult {
 	var a runResult
 	var rps, msPer, seconds float64
+	var ph phaseMs
 	var conns, server, retries, reqs, errs, handshakes int64
 	protos := map[string]int{}
 	var all []time.Duration
 	for _, r := range runs {
 		rps += r.RPS
 		msPer += r.MsPerRequest
+		ph = phaseMs{ph.DNS + r.Phases.DNS, ph.Connect + r.Phases.Connect, ph.TLS + r.Phases.TLS, ph.Wait + r.Phases.Wait, ph.Read + r.Phases.Read}
 		seconds += r.Seconds
 		reqs += r.Requests
 		errs += r.Errors
@@ -353,6 +373,8 @@ func average(runs []runResult) runResult {
 		return a
 	}
 	a.RPS, a.MsPerRequest, a.Seconds = rps/float64(n), msPer/float64(n), seconds/float64(n)
+	f := float64(n)
+	a.Phases = phaseMs{ph.DNS / f, ph.Connect / f, ph.TLS / f, ph.Wait / f, ph.Read / f}
 	a.Requests, a.Errors = roundDiv(reqs, n), roundDiv(errs, n)
 	a.NewConns, a.Retries = roundDiv(conns, n), roundDiv(retries, n)
 	if a.ServerConns != nil {
@@ -367,6 +389,7 @@ func average(runs []runResult) runResult {
 		}
 	}
 	slices.Sort(all)
+	a.MeanMs = meanMs(all)
 	a.P50Ms = ms(percentile(all, 50))
 	a.P99Ms = ms(percentile(all, 99))
 	return a

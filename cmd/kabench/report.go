@@ -223,8 +223,40 @@ func (r *report) writeSummary(w io.Writer) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", setups[i+1], clients[i+1], strings.Join(r.cells(&res.Average), "\t"), diff)
 	}
 	tw.Flush()
+	r.writePhases(w)
 	writeHTTP2Note(w, r.Results) // tls.go
 	r.writeCharts(w)
+}
+
+// writePhases writes where each client's time went, per request: the
+// dials' DNS, connect and TLS time spread over every request, the wait
+// for the response and its read (phases.go).
+func (r *report) writePhases(w io.Writer) {
+	fmt.Fprintln(w, "\nWhere the time goes (ms per request, averages)")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	setups, clients := []string{"Setup"}, []string{"Client"}
+	for _, res := range r.Results {
+		setups, clients = append(setups, res.Setup), append(clients, res.Client)
+	}
+	leftAlign(setups)
+	leftAlign(clients)
+	https := isHTTPS(r.URL)
+	head := []string{"DNS", "Connect", "TLS", "Wait", "Read", "Mean latency"}
+	if !https {
+		head = slices.Delete(head, 2, 3)
+	}
+	fmt.Fprintf(tw, "%s\t%s\t%s\t\n", setups[0], clients[0], strings.Join(head, "\t"))
+	f := func(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
+	for i := range r.Results {
+		a := &r.Results[i].Average
+		cells := []string{f(a.Phases.DNS), f(a.Phases.Connect), f(a.Phases.TLS), f(a.Phases.Wait), f(a.Phases.Read), f(a.MeanMs)}
+		if !https {
+			cells = slices.Delete(cells, 2, 3)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t\n", setups[i+1], clients[i+1], strings.Join(cells, "\t"))
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "DNS, Connect, TLS: the dials' time spread over every request (a reused connection adds none); Wait: from the request written to the first response byte; Read: the rest of the response.")
 }
 
 // leftAlign pads labels to one width, so that a right-aligning tabwriter
