@@ -110,6 +110,7 @@ func measure(ctx context.Context, cfg *config, stdout, stderr io.Writer) (err er
 	}
 	rep.Interrupted = ctx.Err() != nil
 	rep.compare()
+	rep.Notes = rep.notes()
 	rep.writeSummary(out)
 	if cfg.json {
 		if err := rep.writeJSON(stdout); err != nil {

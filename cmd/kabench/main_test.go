@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -251,6 +253,18 @@ func TestFailedRequestsAreReportedAndRetriesCounted(t *testing.T) {
 	assert.Zero(t, keep.Errors)
 	assert.EqualValues(t, 40, keep.Requests)
 	assert.GreaterOrEqual(t, keep.Retries, int64(10))
+	for _, client := range []string{clientNoKeepAlive, clientDefault} {
+		res := find(t, rep, "direct", client)
+		assert.Equal(t, map[string]int64{"503 Service Unavailable": 10}, res.Runs[0].ErrorKinds, client)
+		assert.Equal(t, map[string]int64{"503 Service Unavailable": 10}, res.ErrorKinds, client)
+		assert.Contains(t, rep.Notes, client+": 10 failed requests in 1 run (10 x 503 Service Unavailable).")
+	}
+	assert.Nil(t, find(t, rep, "direct", clientKeepAlive).ErrorKinds)
+
+	r = runKabench(t, nil, nil, "-url", srv.URL, "-n", "40", "-c", "1", "-runs", "1", "-max-errors", "0", "-clients", "default")
+	assert.Equal(t, exitFailure, r.code)
+	assert.Contains(t, r.stdout, "\nrun 1: 10 errors (10 x 503 Service Unavailable); the first: GET "+srv.URL+": 503 Service Unavailable\n")
+	assert.Contains(t, r.stdout, "\nNote: default: 10 failed requests in 1 run (10 x 503 Service Unavailable).\n")
 }
 
 // A server that answers the probe and then stalls: every request ends at
@@ -284,6 +298,8 @@ func TestStalledRequestsEndAtTheTimeout(t *testing.T) {
 		assert.Zero(t, run.Requests, client)
 		assert.Contains(t, run.FirstError, "context deadline exceeded", client)
 		assert.Zero(t, run.Retries, "a request past its deadline is not retried")
+		assert.Equal(t, []string{"timeout (-timeout 300ms)"}, slices.Collect(maps.Keys(run.ErrorKinds)), client)
+		assert.Equal(t, stoppedMaxErrors, run.Stopped, client)
 	}
 }
 
@@ -310,6 +326,13 @@ func TestTooManyErrorsStopTheRun(t *testing.T) {
 		assert.LessOrEqual(t, run.Errors, int64(5+2), "at most one more per worker in flight")
 	}
 	assert.Less(t, hits.Load(), int64(100), "the runs stopped long before 100,000 requests")
+	assert.Regexp(t, `^default: [0-9]+ failed requests in 3 runs \([0-9]+ x 500 Internal Server Error\); 3 runs stopped after 5 errors \(-max-errors\)\.$`, rep.Notes[0])
+
+	hits.Store(0) // the next probe passes
+	r = runKabench(t, nil, nil, "-url", srv.URL, "-n", "100000", "-c", "1", "-runs", "1", "-clients", "default", "-max-errors", "3")
+	assert.Equal(t, exitFailure, r.code)
+	assert.Contains(t, r.stdout, "\nrun 1: 3 errors, stopped by -max-errors 3 (3 x 500 Internal Server Error); the first: ")
+	assert.Contains(t, r.stdout, "\nNote: default: 3 failed requests in 1 run (3 x 500 Internal Server Error); 1 run stopped after 3 errors (-max-errors).\n")
 }
 
 func TestProxyNginxMeasuresUpstreamKeepAliveOnAndOff(t *testing.T) {

@@ -26,23 +26,32 @@ type target struct {
 
 // runResult is the outcome of one run of one client.
 type runResult struct {
-	Requests     int64   `json:"requests"` // answered without error
-	Errors       int64   `json:"errors"`
-	Seconds      float64 `json:"seconds"`
-	RPS          float64 `json:"requests_per_second"`
-	MsPerRequest float64 `json:"ms_per_request"`
-	P50Ms        float64 `json:"p50_ms"`
-	P99Ms        float64 `json:"p99_ms"`
-	NewConns     int64   `json:"new_connections"`
-	ServerConns  *int64  `json:"server_connections,omitempty"`
-	Retries      int64   `json:"retries"`
-	FirstError   string  `json:"first_error,omitempty"`
-	Aborted      bool    `json:"aborted,omitempty"`        // stopped early: too many errors or interrupted
-	Stopped      string  `json:"stopped,omitempty"`        // why it stopped early: max-errors or interrupted
-	Protocol     string  `json:"protocol,omitempty"`       // the most common resp.Proto: HTTP/1.1, HTTP/2
-	TLSHandshake *int64  `json:"tls_handshakes,omitempty"` // new TLS connections; nil without TLS
-	MeanMs       float64 `json:"mean_ms"`                  // mean latency
-	Phases       phaseMs `json:"phases_ms"`                // mean time per request of each phase (phases.go)
+	Requests     int64            `json:"requests"` // answered without error
+	Errors       int64            `json:"errors"`
+	Seconds      float64          `json:"seconds"`
+	RPS          float64          `json:"requests_per_second"`
+	MsPerRequest float64          `json:"ms_per_request"`
+	P50Ms        float64          `json:"p50_ms"`
+	P99Ms        float64          `json:"p99_ms"`
+	NewConns     int64            `json:"new_connections"`
+	ServerConns  *int64           `json:"server_connections,omitempty"`
+	Retries      int64            `json:"retries"`
+	FirstError   string           `json:"first_error,omitempty"`
+	Aborted      bool             `json:"aborted,omitempty"`        // stopped early: too many errors or interrupted
+	Stopped      string           `json:"stopped,omitempty"`        // why it stopped early: max-errors or interrupted
+	Protocol     string           `json:"protocol,omitempty"`       // the most common resp.Proto: HTTP/1.1, HTTP/2
+	TLSHandshake *int64           `json:"tls_handshakes,omitempty"` // new TLS connections; nil without TLS
+	ErrorKinds   map[string]int64 `json:"errors_by_kind,omitempty"` // failed requests by kind (notes.go)
+	// keepalive's waits for the server (notes.go): retries that waited
+	// for a Retry-After or a host pause, and how long in all; host
+	// pauses (Stats().Pauses), and the attempts they held back
+	// (Stats().PauseWaits).
+	RetryAfterWaits int64   `json:"retry_after_waits,omitempty"`
+	RetryAfterMs    float64 `json:"retry_after_wait_ms,omitempty"`
+	HostPauses      int64   `json:"host_pauses,omitempty"`
+	PauseWaits      int64   `json:"pause_waits,omitempty"`
+	MeanMs          float64 `json:"mean_ms"`   // mean latency
+	Phases          phaseMs `json:"phases_ms"` // mean time per request of each phase (phases.go)
 
 	latencies []time.Duration // of the requests without error
 }
@@ -55,6 +64,8 @@ type clientResult struct {
 	Description string      `json:"description"`
 	Runs        []runResult `json:"runs"`
 	Average     runResult   `json:"average"`
+	// ErrorKinds counts the failed requests of every run by kind.
+	ErrorKinds map[string]int64 `json:"errors_by_kind,omitempty"`
 	// VsBaseline is the difference of the average requests per second to
 	// the baseline's, in percent; nil for the baseline itself.
 	VsBaseline *float64 `json:"vs_baseline_percent,omitempty"`
@@ -106,6 +117,14 @@ rounds:
 	results = slices.DeleteFunc(results, func(r clientResult) bool { return len(r.Runs) == 0 })
 	for i := range results {
 		results[i].Average = average(results[i].Runs)
+		for _, run := range results[i].Runs {
+			for k, n := range run.ErrorKinds {
+				if results[i].ErrorKinds == nil {
+					results[i].ErrorKinds = map[string]int64{}
+				}
+				results[i].ErrorKinds[k] += n
+			}
+		}
 		results[i].Histogram = latencyHistogram(results[i].Runs)
 	}
 	return results, nil
@@ -177,7 +196,11 @@ func measureRun(ctx context.Context, cfg *config, name string, t target, done *a
 		errOnce    sync.Once
 		wg         sync.WaitGroup
 	)
-	fail := func(err error) {
+	fail := func(w *worker, err error) {
+		if w.errKinds == nil {
+			w.errKinds = map[string]int64{}
+		}
+		w.errKinds[errorKind(err, cfg.timeout)]++ // notes.go
 		errOnce.Do(func() { firstErr = err })
 		if n := errs.Add(1); cfg.maxErrors > 0 && n >= int64(cfg.maxErrors) {
 			cancel(errTooManyErrors)
@@ -200,7 +223,7 @@ func measureRun(ctx context.Context, cfg *config, name string, t target, done *a
 				done.Add(1)
 				if err != nil {
 					if ctx.Err() == nil { // not a request cut off by the end of the run
-						fail(err)
+						fail(w, err)
 					}
 					continue
 				}
@@ -218,6 +241,7 @@ func measureRun(ctx context.Context, cfg *config, name string, t target, done *a
 		NewConns: client.dials(),
 		Retries:  client.retries(),
 	}
+	client.waits(&r)
 	switch {
 	case parent.Err() != nil:
 		r.Aborted, r.Stopped = true, stoppedInterrupt
@@ -235,6 +259,12 @@ func measureRun(ctx context.Context, cfg *config, name string, t target, done *a
 	for i := range workers {
 		r.latencies = append(r.latencies, workers[i].lats...)
 		pc.merge(&workers[i].protos)
+		for k, n := range workers[i].errKinds {
+			if r.ErrorKinds == nil {
+				r.ErrorKinds = map[string]int64{}
+			}
+			r.ErrorKinds[k] += n
+		}
 	}
 	r.Protocol = pc.most()
 	if isHTTPS(t.url) {
@@ -256,9 +286,10 @@ const (
 // worker is what one of a run's concurrent workers saw. Each has its own,
 // so that the workers share no memory but the request counter.
 type worker struct {
-	lats   []time.Duration // of the requests without error
-	protos protoCounts
-	clock  phaseClock // phases.go
+	lats     []time.Duration // of the requests without error
+	protos   protoCounts
+	errKinds map[string]int64 // failed requests by kind
+	clock    phaseClock       // phases.go
 }
 
 func serverConns(t target) int64 {
@@ -288,10 +319,10 @@ func doRequest(ctx context.Context, c *http.Client, cfg *config, url string, clo
 	resp.Body.Close()
 	clock.bodyRead()
 	if err != nil {
-		return 0, 0, fmt.Errorf("%s %s: reading the response: %w", cfg.method, url, err)
+		return 0, 0, &readError{cfg.method, url, err}
 	}
 	if failed(resp.StatusCode) {
-		return 0, 0, fmt.Errorf("%s %s: %s", cfg.method, url, resp.Status)
+		return 0, 0, &statusError{cfg.method, url, resp.Status}
 	}
 	return time.Since(start), uint8(resp.ProtoMajor*10 + resp.ProtoMinor), nil
 }
@@ -339,7 +370,8 @@ func average(runs []runResult) runResult {
 	var a runResult
 	var rps, msPer, seconds float64
 	var ph phaseMs
-	var conns, server, retries, reqs, errs, handshakes int64
+	var conns, server, retries, reqs, errs, handshakes, waits, pauses, held int64
+	var waited float64
 	protos := map[string]int{}
 	var all []time.Duration
 	for _, r := range runs {
@@ -351,6 +383,7 @@ func average(runs []runResult) runResult {
 		errs += r.Errors
 		conns += r.NewConns
 		retries += r.Retries
+		waits, pauses, held, waited = waits+r.RetryAfterWaits, pauses+r.HostPauses, held+r.PauseWaits, waited+r.RetryAfterMs
 		if r.ServerConns != nil {
 			server += *r.ServerConns
 			a.ServerConns = new(int64)
@@ -372,11 +405,13 @@ func average(runs []runResult) runResult {
 	if n == 0 {
 		return a
 	}
-	a.RPS, a.MsPerRequest, a.Seconds = rps/float64(n), msPer/float64(n), seconds/float64(n)
 	f := float64(n)
+	a.RPS, a.MsPerRequest, a.Seconds = rps/f, msPer/f, seconds/f
 	a.Phases = phaseMs{ph.DNS / f, ph.Connect / f, ph.TLS / f, ph.Wait / f, ph.Read / f}
 	a.Requests, a.Errors = roundDiv(reqs, n), roundDiv(errs, n)
 	a.NewConns, a.Retries = roundDiv(conns, n), roundDiv(retries, n)
+	a.RetryAfterWaits, a.HostPauses, a.PauseWaits = roundDiv(waits, n), roundDiv(pauses, n), roundDiv(held, n)
+	a.RetryAfterMs = waited / f
 	if a.ServerConns != nil {
 		*a.ServerConns = roundDiv(server, n)
 	}

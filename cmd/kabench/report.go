@@ -40,6 +40,8 @@ type report struct {
 	Targets     []targetInfo   `json:"targets,omitempty"` // several -url, or nginx in front of -upstream
 	Results     []clientResult `json:"results"`
 	Errors      int64          `json:"errors"` // failed requests over all runs
+	MaxErrors   int            `json:"max_errors"`
+	Notes       []string       `json:"notes,omitempty"` // what the summary says in words (notes.go)
 	Interrupted bool           `json:"interrupted,omitempty"`
 }
 
@@ -59,6 +61,7 @@ func newReport(cfg *config, url string) *report {
 		Concurrency: cfg.concurrency,
 		Runs:        cfg.runs,
 		TimeoutMs:   cfg.timeout.Milliseconds(),
+		MaxErrors:   cfg.maxErrors,
 		Go:          runtime.Version(),
 		Platform:    runtime.GOOS + "/" + runtime.GOARCH,
 		CPUs:        runtime.NumCPU(),
@@ -164,6 +167,9 @@ func plural(n int, noun string) string {
 	if n == 1 {
 		return "1 " + noun
 	}
+	if y, ok := strings.CutSuffix(noun, "y"); ok {
+		return commas(float64(n), 0) + " " + y + "ies"
+	}
 	return commas(float64(n), 0) + " " + noun + "s"
 }
 
@@ -189,11 +195,7 @@ func (r *report) writeClient(w io.Writer, res *clientResult) {
 	}
 	fmt.Fprintf(tw, "%s\t%s\t\n", labels[len(labels)-1], strings.Join(r.cells(&res.Average), "\t"))
 	tw.Flush()
-	for i, run := range res.Runs {
-		if run.Errors > 0 {
-			fmt.Fprintf(w, "run %d: %d errors, the first: %s\n", i+1, run.Errors, run.FirstError)
-		}
-	}
+	r.writeErrors(w, res) // notes.go
 	fmt.Fprintln(w)
 }
 
@@ -224,7 +226,7 @@ func (r *report) writeSummary(w io.Writer) {
 	}
 	tw.Flush()
 	r.writePhases(w)
-	writeHTTP2Note(w, r.Results) // tls.go
+	writeNotes(w, r.Notes) // notes.go
 	r.writeCharts(w)
 }
 

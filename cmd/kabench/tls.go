@@ -236,17 +236,6 @@ func protoCells(url string, run *runResult) []string {
 	return []string{p, h}
 }
 
-// writeHTTP2Note explains, under a summary with HTTP/2 in it, why the
-// default client and keepalive look alike there.
-func writeHTTP2Note(w io.Writer, results []clientResult) {
-	for _, res := range results {
-		if res.Average.Protocol == "HTTP/2" {
-			fmt.Fprintln(w, "Note: over HTTP/2 the default client and keepalive both multiplex every request over the connections they opened first (New conns), so they look alike; -http1 compares their HTTP/1.1 connection pools.")
-			return
-		}
-	}
-}
-
 // nginxTLS is what nginx needs for -proxy nginx -tls: it terminates TLS
 // with the generated certificate, and proxies to the embedded server over
 // plain HTTP, as such a proxy usually does.
