@@ -187,8 +187,8 @@ func setUp(ctx context.Context, cfg *config) ([]target, func() error, error) {
 		return nil, nil, err
 	}
 	targets := []target{
-		{setup: "nginx, upstream keep-alive off", url: ng.urlOff + cfg.path[1:], serverConns: serverConns},
-		{setup: "nginx, upstream keep-alive on", url: ng.urlOn + cfg.path[1:], serverConns: serverConns},
+		{setup: "nginx, upstream keep-alive off", url: ng.urlOff + cfg.path[1:], serverConns: serverConns, diagnose: ng.diagnose},
+		{setup: "nginx, upstream keep-alive on", url: ng.urlOn + cfg.path[1:], serverConns: serverConns, diagnose: ng.diagnose},
 	}
 	return targets, func() error {
 		// nginx first: its graceful stop may still talk to the server.

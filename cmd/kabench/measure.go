@@ -18,10 +18,11 @@ import (
 
 // target is one endpoint to measure every client against.
 type target struct {
-	setup       string       // how the requests reach the server, for the report
-	url         string       // the URL requested
-	unix        string       // the unix socket the requests go to; empty: TCP
-	serverConns func() int64 // connections the embedded server accepted; nil for -url
+	setup       string        // how the requests reach the server, for the report
+	url         string        // the URL requested
+	unix        string        // the unix socket the requests go to; empty: TCP
+	serverConns func() int64  // connections the embedded server accepted; nil for -url
+	diagnose    func() string // what the proxy logged, for a failed probe; nil without a proxy
 }
 
 // runResult is the outcome of one run of one client.
@@ -133,8 +134,17 @@ rounds:
 // probe sends one request with a client of its own and fails unless the
 // endpoint answers it without error. It keeps a benchmark of an endpoint
 // that is down, or answers only errors, from running at all: such a run
-// measures timeouts and retries, not keep-alive.
+// measures timeouts and retries, not keep-alive. Through a proxy, the
+// error ends with what the proxy logged.
 func probe(ctx context.Context, cfg *config, t target) error {
+	err := probeOnce(ctx, cfg, t)
+	if err != nil && t.diagnose != nil && ctx.Err() == nil {
+		err = fmt.Errorf("%w\n%s", err, t.diagnose())
+	}
+	return err
+}
+
+func probeOnce(ctx context.Context, cfg *config, t target) error {
 	url := t.url
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.DisableKeepAlives = true

@@ -25,16 +25,26 @@ type unixServer struct {
 
 func startUnixServer(t *testing.T, path string) *unixServer {
 	t.Helper()
-	dir := t.TempDir()
-	s := &unixServer{sock: filepath.Join(dir, "app.sock")}
-	ln, err := net.Listen("unix", s.sock)
-	require.NoError(t, err)
-	// nginx started as root runs its worker as nobody, which must reach
-	// and write to the socket.
+	s := startPrivateUnixServer(t, path)
+	// Open to everyone, as a socket nginx's default worker user (nobody)
+	// could use.
+	dir := filepath.Dir(s.sock)
 	for _, d := range []string{filepath.Dir(dir), dir} {
 		require.NoError(t, os.Chmod(d, 0o755))
 	}
 	require.NoError(t, os.Chmod(s.sock, 0o666))
+	return s
+}
+
+// startPrivateUnixServer is startUnixServer with the socket in a directory
+// only its owner may enter, as mktemp -d makes.
+func startPrivateUnixServer(t *testing.T, path string) *unixServer {
+	t.Helper()
+	dir := t.TempDir()
+	require.NoError(t, os.Chmod(dir, 0o700))
+	s := &unixServer{sock: filepath.Join(dir, "app.sock")}
+	ln, err := net.Listen("unix", s.sock)
+	require.NoError(t, err)
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Path != path {
