@@ -58,6 +58,7 @@ type config struct {
 	duration    time.Duration // -z: run each run for this long instead of -n requests; 0: -n
 	clients     []string
 	json        bool
+	quiet       bool // -q: the summary alone
 	timeout     time.Duration
 	maxErrors   int
 	proxy       string
@@ -92,6 +93,26 @@ type usageError struct {
 func (e *usageError) Error() string        { return "invalid -" + e.flag + ": " + e.reason }
 func (e *usageError) Is(target error) bool { return target == errUsage }
 
+// usageExamples end -h.
+const usageExamples = `
+Examples:
+  kabench                                    the embedded server on 127.0.0.1, about 10-20 s
+  kabench -q -n 2000                         a shorter run, the summary alone
+  kabench -tls                               over HTTPS, HTTP/2 where both sides offer it
+  kabench -tls -http1                        over HTTPS, HTTP/1.1 only
+  kabench -proxy nginx                       nginx in front, upstream keep-alive off and on
+  kabench -proxy nginx -upstream unix:/run/app.sock -path /health
+                                             your app behind nginx
+  kabench -url http://127.0.0.1:8080/health -c 16 -z 30s
+                                             your endpoint, for 30 s per run
+  kabench -url https://api.example.com/v1/items -H 'Authorization: Bearer TOKEN' -cacert ca.pem
+  kabench -url http://10.0.0.1/ -H 'Host: shop.example.com' -method POST -body-file order.json
+  kabench -url http://10.0.0.1/health,http://10.0.0.2/health -label old,new
+                                             compare two endpoints
+  kabench -json | jq '.results[] | {client, rps: .average.requests_per_second}'
+  kabench -plot kabench.html                 also write the charts to an HTML page
+`
+
 // parseFlags parses args into a config. It returns flag.ErrHelp for -h, and
 // an error matching errUsage, naming the flag, for anything invalid.
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -110,6 +131,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.duration, "z", 0, "run each run for this `duration` instead of -n requests (10s, 1m)")
 	fs.StringVar(&clients, "clients", strings.Join(allClients, ","), "comma-separated clients to measure, in order")
 	fs.BoolVar(&c.json, "json", false, "print the result as JSON on stdout instead of tables")
+	fs.BoolVar(&c.quiet, "q", false, "print the summary alone: no table per client, no charts")
 	fs.DurationVar(&c.timeout, "timeout", defaultTimeout, "per request timeout (whole exchange, retries included); also bounds the probe and nginx start and stop")
 	fs.IntVar(&c.maxErrors, "max-errors", defaultMaxErrors, "stop a run after this many failed requests; 0 means never")
 	fs.StringVar(&c.proxy, "proxy", "", "put a proxy in front of the embedded server (or -upstream): only \"nginx\"")
@@ -128,6 +150,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 			"With no -url, -unix or -upstream it measures an embedded server on 127.0.0.1.\n\nFlags:\n",
 			strings.Join(allClients, ", "))
 		fs.PrintDefaults()
+		fmt.Fprint(fs.Output(), usageExamples)
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

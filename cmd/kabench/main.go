@@ -106,12 +106,17 @@ func measure(ctx context.Context, cfg *config, stdout, stderr io.Writer) (err er
 		for _, r := range rep.Results[i].Runs {
 			rep.Errors += r.Errors
 		}
-		rep.writeClient(out, &rep.Results[i])
+		if !cfg.quiet {
+			rep.writeClient(out, &rep.Results[i])
+		}
 	}
 	rep.Interrupted = ctx.Err() != nil
 	rep.compare()
 	rep.Notes = rep.notes()
 	rep.writeSummary(out)
+	if !cfg.quiet {
+		rep.writeCharts(out) // chart.go
+	}
 	if cfg.json {
 		if err := rep.writeJSON(stdout); err != nil {
 			return err

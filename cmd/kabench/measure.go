@@ -65,6 +65,8 @@ type clientResult struct {
 	Description string      `json:"description"`
 	Runs        []runResult `json:"runs"`
 	Average     runResult   `json:"average"`
+	// Spread is the range of the runs; nil for a single run.
+	Spread *spread `json:"spread,omitempty"`
 	// ErrorKinds counts the failed requests of every run by kind.
 	ErrorKinds map[string]int64 `json:"errors_by_kind,omitempty"`
 	// VsBaseline is the difference of the average requests per second to
@@ -118,6 +120,7 @@ rounds:
 	results = slices.DeleteFunc(results, func(r clientResult) bool { return len(r.Runs) == 0 })
 	for i := range results {
 		results[i].Average = average(results[i].Runs)
+		results[i].Spread = spreadOf(results[i].Runs)
 		for _, run := range results[i].Runs {
 			for k, n := range run.ErrorKinds {
 				if results[i].ErrorKinds == nil {
@@ -438,6 +441,60 @@ func average(runs []runResult) runResult {
 	a.P50Ms = ms(percentile(all, 50))
 	a.P99Ms = ms(percentile(all, 99))
 	return a
+}
+
+// spread is the range of a client's runs: of each measure, the lowest
+// and the highest value of a run, [min, max].
+type spread struct {
+	RPS          minMax[float64] `json:"requests_per_second"`
+	MsPerRequest minMax[float64] `json:"ms_per_request"`
+	P50Ms        minMax[float64] `json:"p50_ms"`
+	P99Ms        minMax[float64] `json:"p99_ms"`
+	NewConns     minMax[int64]   `json:"new_connections"`
+}
+
+type minMax[T float64 | int64] [2]T
+
+func (m *minMax[T]) add(v T, first bool) {
+	if first {
+		*m = minMax[T]{v, v}
+		return
+	}
+	m[0], m[1] = min(m[0], v), max(m[1], v)
+}
+
+// format writes the range as min-max, with prec decimals.
+func (m minMax[T]) format(prec int) string {
+	return commas(float64(m[0]), prec) + "-" + commas(float64(m[1]), prec)
+}
+
+// plusMinus writes half the range relative to avg, in percent: "±4.2%".
+func (m minMax[T]) plusMinus(avg float64) string {
+	if avg == 0 {
+		return "±0%"
+	}
+	p := float64(m[1]-m[0]) / 2 / avg * 100
+	if p >= 10 {
+		return fmt.Sprintf("±%.0f%%", p)
+	}
+	return fmt.Sprintf("±%.1f%%", p)
+}
+
+// spreadOf returns the range of runs, or nil for fewer than two.
+func spreadOf(runs []runResult) *spread {
+	if len(runs) < 2 {
+		return nil
+	}
+	var s spread
+	for i, r := range runs {
+		first := i == 0
+		s.RPS.add(r.RPS, first)
+		s.MsPerRequest.add(r.MsPerRequest, first)
+		s.P50Ms.add(r.P50Ms, first)
+		s.P99Ms.add(r.P99Ms, first)
+		s.NewConns.add(r.NewConns, first)
+	}
+	return &s
 }
 
 func roundDiv(a, b int64) int64 { return (a + b/2) / b }

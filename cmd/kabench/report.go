@@ -194,6 +194,10 @@ func (r *report) writeClient(w io.Writer, res *clientResult) {
 		fmt.Fprintf(tw, "%s\t%s\t\n", labels[i+1], strings.Join(r.cells(&res.Runs[i]), "\t"))
 	}
 	fmt.Fprintf(tw, "%s\t%s\t\n", labels[len(labels)-1], strings.Join(r.cells(&res.Average), "\t"))
+	if sp := res.Spread; sp != nil {
+		cells := []string{sp.RPS.format(1), sp.MsPerRequest.format(3), sp.P50Ms.format(3), sp.P99Ms.format(3), sp.NewConns.format(0)}
+		fmt.Fprintf(tw, "%s\t%s\t\n", leftAlign1("Min-max", labels[0]), strings.Join(cells, "\t"))
+	}
 	tw.Flush()
 	r.writeErrors(w, res) // notes.go
 	fmt.Fprintln(w)
@@ -222,12 +226,32 @@ func (r *report) writeSummary(w io.Writer) {
 		} else if r.Baseline != res.Client+" ("+res.Setup+")" {
 			diff = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", setups[i+1], clients[i+1], strings.Join(r.cells(&res.Average), "\t"), diff)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", setups[i+1], clients[i+1], strings.Join(r.summaryCells(res), "\t"), diff)
 	}
 	tw.Flush()
 	r.writePhases(w)
 	writeNotes(w, r.Notes) // notes.go
-	r.writeCharts(w)
+}
+
+// summaryCells are the cells of a client's average in the summary: with
+// several runs, the rates and percentiles get the spread of the runs
+// next to them, as +- half the range from the slowest to the fastest
+// run, relative to the average.
+func (r *report) summaryCells(res *clientResult) []string {
+	c := r.cells(&res.Average)
+	if sp := res.Spread; sp != nil {
+		a := &res.Average
+		c[0] += " " + sp.RPS.plusMinus(a.RPS)
+		c[1] += " " + sp.MsPerRequest.plusMinus(a.MsPerRequest)
+		c[2] += " " + sp.P50Ms.plusMinus(a.P50Ms)
+		c[3] += " " + sp.P99Ms.plusMinus(a.P99Ms)
+	}
+	return c
+}
+
+// leftAlign1 pads label to the width of like.
+func leftAlign1(label, like string) string {
+	return label + strings.Repeat(" ", max(0, len(like)-len(label)))
 }
 
 // writePhases writes where each client's time went, per request: the
