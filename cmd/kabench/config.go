@@ -45,6 +45,7 @@ const proxyNginx = "nginx"
 // config is the validated command line.
 type config struct {
 	urls        []string // -url, each given or comma list; empty: the embedded server
+	urlCommas   bool     // a -url value was split at a comma
 	requests    int
 	concurrency int
 	runs        int
@@ -120,7 +121,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	var clients string
 	fs := flag.NewFlagSet("kabench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Var((*listFlag)(&c.urls), "url", "measure this HTTP(S) `URL`, or unix:PATH:/path, instead of the embedded server; several (repeated or comma list) are compared")
+	fs.Var(commaFlag{(*listFlag)(&c.urls), &c.urlCommas}, "url", "measure this HTTP(S) `URL`, or unix:PATH:/path, instead of the embedded server; several (repeated or comma list) are compared")
 	fs.IntVar(&c.requests, "n", defaultRequests, "requests per run")
 	fs.IntVar(&c.concurrency, "c", defaultConcurrency, "concurrent requests")
 	fs.IntVar(&c.runs, "runs", defaultRuns, "runs per client; each run uses a new client")

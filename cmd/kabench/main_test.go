@@ -217,7 +217,7 @@ func TestServerAnswering5xxExitsNonZero(t *testing.T) {
 
 	r := runKabench(t, nil, nil, "-url", srv.URL, "-method", "POST", "-body", "10")
 	assert.Equal(t, exitFailure, r.code)
-	assert.Contains(t, r.stderr, `answered "503 Service Unavailable" to a probe POST request`)
+	assert.Contains(t, r.stderr, `answered "503 Service Unavailable" to a probe POST request; kabench measures endpoints that work: point -url at one that answers 2xx, such as a health endpoint (http://HOST/health)`)
 	assert.EqualValues(t, 1, hits.Load(), "nothing is measured past the failed probe")
 }
 

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -164,14 +165,39 @@ func probeOnce(ctx context.Context, cfg *config, t target) error {
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return fmt.Errorf("cannot reach %s: %w", url, err)
+		return fmt.Errorf("cannot reach %s: %w%s", url, err, nextStep(err, cfg))
 	}
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	if failed(resp.StatusCode) {
-		return fmt.Errorf("%s answered %q to a probe %s request; kabench measures endpoints that work", url, resp.Status, cfg.method)
+		return fmt.Errorf("%s answered %q to a probe %s request; kabench measures endpoints that work: %s",
+			url, resp.Status, cfg.method, statusNextStep(resp.StatusCode, cfg, t))
 	}
 	return nil
+}
+
+// nextStep names the flag that gets past a probe's transport error, if
+// one does: an https server whose certificate authority is unknown.
+func nextStep(err error, cfg *config) string {
+	var ua x509.UnknownAuthorityError
+	if errors.As(err, &ua) && !cfg.tls {
+		return "; trust the server's certificate authority with -cacert FILE (PEM), or skip verification with -insecure"
+	}
+	return ""
+}
+
+// statusNextStep names what to change when the probe got a failed status.
+func statusNextStep(status int, cfg *config, t target) string {
+	switch status {
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return "give its credentials with -H 'Authorization: ...'"
+	case http.StatusMethodNotAllowed, http.StatusNotImplemented:
+		return "it does not take " + cfg.method + "; give another -method"
+	}
+	if t.unix == "" && t.diagnose == nil && !cfg.embedded() { // an http(s) -url
+		return "point -url at one that answers 2xx, such as a health endpoint (http://HOST/health)"
+	}
+	return "point -path at one that answers 2xx, such as a health endpoint (-path /health)"
 }
 
 // failed reports whether a status counts as an error: a benchmark of 404s
