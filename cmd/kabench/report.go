@@ -15,6 +15,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 )
 
 // report is the whole result; it is what -json prints.
@@ -241,10 +242,12 @@ func (r *report) summaryCells(res *clientResult) []string {
 	c := r.cells(&res.Average)
 	if sp := res.Spread; sp != nil {
 		a := &res.Average
-		c[0] += " " + sp.RPS.plusMinus(a.RPS)
-		c[1] += " " + sp.MsPerRequest.plusMinus(a.MsPerRequest)
-		c[2] += " " + sp.P50Ms.plusMinus(a.P50Ms)
-		c[3] += " " + sp.P99Ms.plusMinus(a.P99Ms)
+		// Padded to one width, so that the averages stay aligned.
+		pm := func(s string) string { return " " + strings.Repeat(" ", max(0, 5-utf8.RuneCountInString(s))) + s }
+		c[0] += pm(sp.RPS.plusMinus(a.RPS))
+		c[1] += pm(sp.MsPerRequest.plusMinus(a.MsPerRequest))
+		c[2] += pm(sp.P50Ms.plusMinus(a.P50Ms))
+		c[3] += pm(sp.P99Ms.plusMinus(a.P99Ms))
 	}
 	return c
 }

@@ -47,7 +47,7 @@ func TestSpreadIsPrintedNextToTheAverages(t *testing.T) {
 	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
 	assert.Equal(t, 2, strings.Count(r.stdout, "\n  Min-max "), "a row under each client's average")
 	assert.Regexp(t, `\n  Min-max +[0-9,.]+-[0-9,.]+ +[0-9.]+-[0-9.]+ +[0-9.]+-[0-9.]+ +[0-9.]+-[0-9.]+ +[0-9,]+-[0-9,]+\n`, r.stdout)
-	row := regexp.MustCompile(`\n  direct  keepalive +[0-9,.]+ ±[0-9.]+% +[0-9.]+ ±[0-9.]+% +[0-9.]+ ±[0-9.]+% +[0-9.]+ ±[0-9.]+% +[0-9,]+ `)
+	row := regexp.MustCompile(`\n  direct  keepalive +[0-9,.]+ +±[0-9.]+% +[0-9.]+ +±[0-9.]+% +[0-9.]+ +±[0-9.]+% +[0-9.]+ +±[0-9.]+% +[0-9,]+ `)
 	assert.Regexp(t, row, r.stdout, "the summary's rates and percentiles have their spread")
 
 	r = runKabench(t, nil, nil, "-n", "20", "-c", "2", "-runs", "1", "-clients", "keepalive")
