@@ -250,7 +250,7 @@ func (r *report) http2Notes() []string {
 				ka = res
 			}
 		}
-		if def == nil || ka == nil {
+		if def == nil || ka == nil || def.Average.Requests == 0 || ka.Average.Requests == 0 {
 			continue
 		}
 		where := ""
