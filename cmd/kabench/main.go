@@ -3,14 +3,17 @@
 // keepalive.NewClient) and prints, per client, requests per second and
 // time per request for each run and on average, latency percentiles, new
 // connections, errors, retries, and the difference to the no-keep-alive
-// baseline.
+// baseline; then where each client's time goes (DNS, connect, TLS, wait,
+// read) and notes on what happened that the numbers alone do not say.
+// -plot writes the case as a page of charts.
 //
 // With no -url it measures an embedded server on 127.0.0.1; -proxy nginx
 // puts nginx in front of it, with and without upstream keep-alive.
 //
 // This file holds main and run, which wires the pieces together: the flags
-// (config.go), the servers (server.go, nginx.go), the measurement
-// (measure.go, clients.go) and the output (report.go).
+// (config.go, request.go, targets.go, tls.go), the servers (server.go,
+// nginx.go), the measurement (measure.go, clients.go, phases.go) and the
+// output (report.go, notes.go, chart.go, plot.go).
 package main
 
 import (
