@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"sync/atomic"
+	"time"
 
 	"github.com/keepalive-go/keepalive"
 )
@@ -25,9 +26,10 @@ var describe = map[string]string{
 // would.
 type benchClient struct {
 	*http.Client
-	dials   func() int64 // connections opened so far
-	retries func() int64 // retries so far
-	close   func()       // closes idle connections
+	dials   func() int64     // connections opened so far
+	retries func() int64     // retries so far
+	close   func()           // closes idle connections
+	waits   func(*runResult) // fills in keepalive's waits for the server; nil for the others
 
 	tlsHandshakes *atomic.Int64 // counted by the TLS configuration (tls.go)
 }
@@ -65,11 +67,22 @@ func newClient(name string, t target, cfg *config) (*benchClient, error) {
 			dials:   dials.Load,
 			retries: func() int64 { return 0 },
 			close:   tr.CloseIdleConnections,
+			waits:   func(*runResult) {},
 
 			tlsHandshakes: handshakes,
 		}, nil
 	case clientKeepAlive:
-		opts := []keepalive.Option{keepalive.WithTLSConfig(clientTLSConfig(cfg, handshakes))}
+		var waits, waited atomic.Int64
+		onRetry := func(e keepalive.RetryEvent) {
+			if e.RetryAfter {
+				waits.Add(1)
+				waited.Add(int64(e.Wait))
+			}
+		}
+		opts := []keepalive.Option{
+			keepalive.WithTLSConfig(clientTLSConfig(cfg, handshakes)),
+			keepalive.WithObserver(keepalive.Observer{OnRetry: onRetry}), // called on retries only
+		}
 		if cfg.http1 {
 			opts = append(opts, keepalive.WithoutHTTP2())
 		}
@@ -86,6 +99,11 @@ func newClient(name string, t target, cfg *config) (*benchClient, error) {
 			dials:   func() int64 { return tr.Stats().Dials },
 			retries: func() int64 { return tr.Stats().Retries },
 			close:   tr.CloseIdleConnections,
+			waits: func(r *runResult) {
+				st := tr.Stats()
+				r.RetryAfterWaits, r.RetryAfterMs = waits.Load(), ms(time.Duration(waited.Load()))
+				r.HostPauses, r.PauseWaits = st.Pauses, st.PauseWaits
+			},
 
 			tlsHandshakes: handshakes,
 		}, nil

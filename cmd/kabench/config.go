@@ -45,13 +45,21 @@ const proxyNginx = "nginx"
 // config is the validated command line.
 type config struct {
 	urls        []string // -url, each given or comma list; empty: the embedded server
+	urlCommas   bool     // a -url value was split at a comma
 	requests    int
 	concurrency int
 	runs        int
 	method      string
 	bodySize    int
+	bodyFile    string        // -body-file
+	body        []byte        // every request's body: -body-file's, or -body zero bytes
+	headers     []string      // -H, as given
+	header      http.Header   // -H but Host; nil if none
+	host        string        // -H Host: the requests' Host
+	duration    time.Duration // -z: run each run for this long instead of -n requests; 0: -n
 	clients     []string
 	json        bool
+	quiet       bool // -q: the summary alone
 	timeout     time.Duration
 	maxErrors   int
 	proxy       string
@@ -86,6 +94,26 @@ type usageError struct {
 func (e *usageError) Error() string        { return "invalid -" + e.flag + ": " + e.reason }
 func (e *usageError) Is(target error) bool { return target == errUsage }
 
+// usageExamples end -h.
+const usageExamples = `
+Examples:
+  kabench                                    the embedded server on 127.0.0.1, about 10-20 s
+  kabench -q -n 2000                         a shorter run, the summary alone
+  kabench -tls                               over HTTPS, HTTP/2 where both sides offer it
+  kabench -tls -http1                        over HTTPS, HTTP/1.1 only
+  kabench -proxy nginx                       nginx in front, upstream keep-alive off and on
+  kabench -proxy nginx -upstream unix:/run/app.sock -path /health
+                                             your app behind nginx
+  kabench -url http://127.0.0.1:8080/health -c 16 -z 30s
+                                             your endpoint, for 30 s per run
+  kabench -url https://api.example.com/v1/items -H 'Authorization: Bearer TOKEN' -cacert ca.pem
+  kabench -url http://10.0.0.1/ -H 'Host: shop.example.com' -method POST -body-file order.json
+  kabench -url http://10.0.0.1/health,http://10.0.0.2/health -label old,new
+                                             compare two endpoints
+  kabench -json | jq '.results[] | {client, rps: .average.requests_per_second}'
+  kabench -plot kabench.html                 also write the charts to an HTML page
+`
+
 // parseFlags parses args into a config. It returns flag.ErrHelp for -h, and
 // an error matching errUsage, naming the flag, for anything invalid.
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -93,14 +121,18 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	var clients string
 	fs := flag.NewFlagSet("kabench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Var((*listFlag)(&c.urls), "url", "measure this HTTP(S) `URL`, or unix:PATH:/path, instead of the embedded server; several (repeated or comma list) are compared")
+	fs.Var(commaFlag{(*listFlag)(&c.urls), &c.urlCommas}, "url", "measure this HTTP(S) `URL`, or unix:PATH:/path, instead of the embedded server; several (repeated or comma list) are compared")
 	fs.IntVar(&c.requests, "n", defaultRequests, "requests per run")
 	fs.IntVar(&c.concurrency, "c", defaultConcurrency, "concurrent requests")
 	fs.IntVar(&c.runs, "runs", defaultRuns, "runs per client; each run uses a new client")
 	fs.StringVar(&c.method, "method", defaultMethod, "HTTP method")
-	fs.IntVar(&c.bodySize, "body", 0, "request body size in `bytes`")
+	fs.IntVar(&c.bodySize, "body", 0, "request body size in `bytes` (zero bytes)")
+	fs.StringVar(&c.bodyFile, "body-file", "", "send the contents of `FILE` as every request's body")
+	fs.Var((*headerFlag)(&c.headers), "H", "add the request header `'Name: value'` (repeatable); -H 'Host: name' sets the Host")
+	fs.DurationVar(&c.duration, "z", 0, "run each run for this `duration` instead of -n requests (10s, 1m)")
 	fs.StringVar(&clients, "clients", strings.Join(allClients, ","), "comma-separated clients to measure, in order")
 	fs.BoolVar(&c.json, "json", false, "print the result as JSON on stdout instead of tables")
+	fs.BoolVar(&c.quiet, "q", false, "print the summary alone: no table per client, no charts")
 	fs.DurationVar(&c.timeout, "timeout", defaultTimeout, "per request timeout (whole exchange, retries included); also bounds the probe and nginx start and stop")
 	fs.IntVar(&c.maxErrors, "max-errors", defaultMaxErrors, "stop a run after this many failed requests; 0 means never")
 	fs.StringVar(&c.proxy, "proxy", "", "put a proxy in front of the embedded server (or -upstream): only \"nginx\"")
@@ -119,6 +151,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 			"With no -url, -unix or -upstream it measures an embedded server on 127.0.0.1.\n\nFlags:\n",
 			strings.Join(allClients, ", "))
 		fs.PrintDefaults()
+		fmt.Fprint(fs.Output(), usageExamples)
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -163,6 +196,10 @@ func parseClients(s string) ([]string, error) {
 
 func (c *config) validate() error {
 	switch {
+	case c.set["z"] && c.duration <= 0:
+		return &usageError{"z", fmt.Sprintf("must be positive, got %v", c.duration)}
+	case c.set["z"] && c.set["n"]:
+		return &usageError{"z", "runs each run for a time instead of -n requests; give one of them"}
 	case c.requests < 1:
 		return &usageError{"n", fmt.Sprintf("must be at least 1, got %d", c.requests)}
 	case c.concurrency < 1:
@@ -177,6 +214,8 @@ func (c *config) validate() error {
 		return &usageError{"max-errors", fmt.Sprintf("must not be negative, got %d", c.maxErrors)}
 	case !validMethod(c.method):
 		return &usageError{"method", fmt.Sprintf("%q is not an HTTP method token", c.method)}
+	case c.method != strings.ToUpper(c.method) && slices.Contains(standardMethods, strings.ToUpper(c.method)):
+		return &usageError{"method", fmt.Sprintf("%q: methods are case-sensitive; did you mean %s?", c.method, strings.ToUpper(c.method))}
 	case c.proxy != "" && c.proxy != proxyNginx:
 		return &usageError{"proxy", fmt.Sprintf("unknown proxy %q (want %q)", c.proxy, proxyNginx)}
 	case c.proxy != "" && (len(c.urls) > 0 || c.unix != ""):
@@ -188,7 +227,16 @@ func (c *config) validate() error {
 		}
 	}
 	// More workers than requests would only sit idle.
-	c.concurrency = min(c.concurrency, c.requests)
+	if c.duration == 0 {
+		c.concurrency = min(c.concurrency, c.requests)
+	}
+	var err error
+	if c.header, c.host, err = parseHeaders(c.headers); err != nil { // request.go
+		return err
+	}
+	if err := c.loadBody(); err != nil {
+		return err
+	}
 	if err := c.validateTargets(); err != nil { // targets.go
 		return err
 	}
@@ -207,6 +255,14 @@ func checkURL(s string) error {
 		return &usageError{"url", fmt.Sprintf("no host in %q", s)}
 	}
 	return nil
+}
+
+// standardMethods are the methods of RFC 9110 and RFC 5789. A lower-case
+// form of one of them is a typo that a server answers with 405 or 501;
+// other methods are taken as given, case and all.
+var standardMethods = []string{
+	http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+	http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace,
 }
 
 // validMethod reports whether m is an RFC 9110 token, as net/http requires.

@@ -3,14 +3,17 @@
 // keepalive.NewClient) and prints, per client, requests per second and
 // time per request for each run and on average, latency percentiles, new
 // connections, errors, retries, and the difference to the no-keep-alive
-// baseline.
+// baseline; then where each client's time goes (DNS, connect, TLS, wait,
+// read) and notes on what happened that the numbers alone do not say.
+// -plot writes the case as a page of charts.
 //
 // With no -url it measures an embedded server on 127.0.0.1; -proxy nginx
 // puts nginx in front of it, with and without upstream keep-alive.
 //
 // This file holds main and run, which wires the pieces together: the flags
-// (config.go), the servers (server.go, nginx.go), the measurement
-// (measure.go, clients.go) and the output (report.go).
+// (config.go, request.go, targets.go, tls.go), the servers (server.go,
+// nginx.go), the measurement (measure.go, clients.go, phases.go) and the
+// output (report.go, notes.go, chart.go, plot.go).
 package main
 
 import (
@@ -74,9 +77,8 @@ func measure(ctx context.Context, cfg *config, stdout, stderr io.Writer) (err er
 		}
 	}()
 	warnTLS(cfg, stderr)
-	body := make([]byte, cfg.bodySize)
 	for _, t := range targets {
-		if err := probe(ctx, cfg, t, body); err != nil {
+		if err := probe(ctx, cfg, t); err != nil {
 			return interrupted(ctx, err)
 		}
 	}
@@ -97,7 +99,7 @@ func measure(ctx context.Context, cfg *config, stdout, stderr io.Writer) (err er
 	if isTerminal(stderr) {
 		p = startProgress(stderr)
 	}
-	results, err := measureAll(ctx, cfg, targets, body, p)
+	results, err := measureAll(ctx, cfg, targets, p)
 	p.stop()
 	if err != nil {
 		return err
@@ -107,11 +109,17 @@ func measure(ctx context.Context, cfg *config, stdout, stderr io.Writer) (err er
 		for _, r := range rep.Results[i].Runs {
 			rep.Errors += r.Errors
 		}
-		rep.writeClient(out, &rep.Results[i])
+		if !cfg.quiet {
+			rep.writeClient(out, &rep.Results[i])
+		}
 	}
 	rep.Interrupted = ctx.Err() != nil
 	rep.compare()
+	rep.Notes = rep.notes()
 	rep.writeSummary(out)
+	if !cfg.quiet {
+		rep.writeCharts(out) // chart.go
+	}
 	if cfg.json {
 		if err := rep.writeJSON(stdout); err != nil {
 			return err
@@ -187,8 +195,8 @@ func setUp(ctx context.Context, cfg *config) ([]target, func() error, error) {
 		return nil, nil, err
 	}
 	targets := []target{
-		{setup: "nginx, upstream keep-alive off", url: ng.urlOff + cfg.path[1:], serverConns: serverConns},
-		{setup: "nginx, upstream keep-alive on", url: ng.urlOn + cfg.path[1:], serverConns: serverConns},
+		{setup: "nginx, upstream keep-alive off", url: ng.urlOff + cfg.path[1:], serverConns: serverConns, diagnose: ng.diagnose},
+		{setup: "nginx, upstream keep-alive on", url: ng.urlOn + cfg.path[1:], serverConns: serverConns, diagnose: ng.diagnose},
 	}
 	return targets, func() error {
 		// nginx first: its graceful stop may still talk to the server.

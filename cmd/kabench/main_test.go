@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -139,6 +141,8 @@ func TestInvalidInputExitsWithAMessageNamingTheFlag(t *testing.T) {
 		{"no client", []string{"-clients", ","}, "invalid -clients: no client given"},
 		{"a client twice", []string{"-clients", "default,default"}, `invalid -clients: client "default" given twice`},
 		{"method with a space", []string{"-method", "GET X"}, "invalid -method"},
+		{"lower-case GET", []string{"-method", "get"}, `invalid -method: "get": methods are case-sensitive; did you mean GET?`},
+		{"mixed-case Post", []string{"-method", "Post"}, "did you mean POST?"},
 		{"unknown proxy", []string{"-proxy", "haproxy"}, `invalid -proxy: unknown proxy "haproxy"`},
 		{"nginx with a URL", []string{"-proxy", "nginx", "-url", "http://127.0.0.1:1/"}, "invalid -proxy"},
 		{"URL without http", []string{"-url", "ftp://127.0.0.1/"}, "invalid -url: scheme must be http or https"},
@@ -213,7 +217,7 @@ func TestServerAnswering5xxExitsNonZero(t *testing.T) {
 
 	r := runKabench(t, nil, nil, "-url", srv.URL, "-method", "POST", "-body", "10")
 	assert.Equal(t, exitFailure, r.code)
-	assert.Contains(t, r.stderr, `answered "503 Service Unavailable" to a probe POST request`)
+	assert.Contains(t, r.stderr, `answered "503 Service Unavailable" to a probe POST request; kabench measures endpoints that work: point -url at one that answers 2xx, such as a health endpoint (http://HOST/health)`)
 	assert.EqualValues(t, 1, hits.Load(), "nothing is measured past the failed probe")
 }
 
@@ -249,6 +253,18 @@ func TestFailedRequestsAreReportedAndRetriesCounted(t *testing.T) {
 	assert.Zero(t, keep.Errors)
 	assert.EqualValues(t, 40, keep.Requests)
 	assert.GreaterOrEqual(t, keep.Retries, int64(10))
+	for _, client := range []string{clientNoKeepAlive, clientDefault} {
+		res := find(t, rep, "direct", client)
+		assert.Equal(t, map[string]int64{"503 Service Unavailable": 10}, res.Runs[0].ErrorKinds, client)
+		assert.Equal(t, map[string]int64{"503 Service Unavailable": 10}, res.ErrorKinds, client)
+		assert.Contains(t, rep.Notes, client+": 10 failed requests in 1 run (10 x 503 Service Unavailable).")
+	}
+	assert.Nil(t, find(t, rep, "direct", clientKeepAlive).ErrorKinds)
+
+	r = runKabench(t, nil, nil, "-url", srv.URL, "-n", "40", "-c", "1", "-runs", "1", "-max-errors", "0", "-clients", "default")
+	assert.Equal(t, exitFailure, r.code)
+	assert.Contains(t, r.stdout, "\nrun 1: 10 errors (10 x 503 Service Unavailable); the first: GET "+srv.URL+": 503 Service Unavailable\n")
+	assert.Contains(t, r.stdout, "\nNote: default: 10 failed requests in 1 run (10 x 503 Service Unavailable).\n")
 }
 
 // A server that answers the probe and then stalls: every request ends at
@@ -282,11 +298,16 @@ func TestStalledRequestsEndAtTheTimeout(t *testing.T) {
 		assert.Zero(t, run.Requests, client)
 		assert.Contains(t, run.FirstError, "context deadline exceeded", client)
 		assert.Zero(t, run.Retries, "a request past its deadline is not retried")
+		assert.Equal(t, []string{"timeout (-timeout 300ms)"}, slices.Collect(maps.Keys(run.ErrorKinds)), client)
+		assert.Equal(t, stoppedMaxErrors, run.Stopped, client)
 	}
 }
 
-func TestTooManyErrorsStopTheRun(t *testing.T) {
-	var hits atomic.Int64
+// probeOnlyServer answers its first request, kabench's probe, and every
+// later one with 500. It returns the server and its count of requests.
+func probeOnlyServer(t *testing.T) (*httptest.Server, *atomic.Int64) {
+	t.Helper()
+	hits := new(atomic.Int64)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if hits.Add(1) > 1 { // only the probe succeeds
 			http.Error(w, "broken", http.StatusInternalServerError)
@@ -295,7 +316,11 @@ func TestTooManyErrorsStopTheRun(t *testing.T) {
 		w.Write([]byte("ok"))
 	}))
 	t.Cleanup(srv.Close)
+	return srv, hits
+}
 
+func TestTooManyErrorsStopTheRun(t *testing.T) {
+	srv, hits := probeOnlyServer(t)
 	r := runKabench(t, nil, nil, "-url", srv.URL, "-n", "100000", "-c", "2", "-runs", "3",
 		"-clients", "default", "-max-errors", "5", "-json")
 	assert.Equal(t, exitFailure, r.code)
@@ -308,6 +333,15 @@ func TestTooManyErrorsStopTheRun(t *testing.T) {
 		assert.LessOrEqual(t, run.Errors, int64(5+2), "at most one more per worker in flight")
 	}
 	assert.Less(t, hits.Load(), int64(100), "the runs stopped long before 100,000 requests")
+	assert.Regexp(t, `^default: [0-9]+ failed requests in 3 runs \([0-9]+ x 500 Internal Server Error\); 3 runs stopped after 5 errors \(-max-errors\)\.$`, rep.Notes[0])
+
+	// A server of its own: a request the last run cut off may still reach
+	// the first one.
+	srv, _ = probeOnlyServer(t)
+	r = runKabench(t, nil, nil, "-url", srv.URL, "-n", "100000", "-c", "1", "-runs", "1", "-clients", "default", "-max-errors", "3")
+	assert.Equal(t, exitFailure, r.code)
+	assert.Contains(t, r.stdout, "\nrun 1: 3 errors, stopped by -max-errors 3 (3 x 500 Internal Server Error); the first: ")
+	assert.Contains(t, r.stdout, "\nNote: default: 3 failed requests in 1 run (3 x 500 Internal Server Error); 1 run stopped after 3 errors (-max-errors).\n")
 }
 
 func TestProxyNginxMeasuresUpstreamKeepAliveOnAndOff(t *testing.T) {
@@ -444,4 +478,15 @@ func checkUsageErrors(t *testing.T, tests []usageCase) {
 			assert.Empty(t, r.stdout)
 		})
 	}
+}
+
+// A custom method is sent as given, case and all: only the standard
+// methods have an upper-case form to suggest.
+func TestCustomMethodKeepsItsCase(t *testing.T) {
+	var got atomic.Value
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got.Store(r.Method) }))
+	t.Cleanup(srv.Close)
+	r := runKabench(t, nil, nil, "-url", srv.URL, "-method", "purge", "-n", "2", "-c", "1", "-runs", "1", "-clients", "default")
+	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
+	assert.Equal(t, "purge", got.Load())
 }

@@ -24,6 +24,7 @@ import (
 // HTTP/1.1, no Connection header passed on), the other without it, as
 // nginx does by default (HTTP/1.0 upstream, a new connection per request).
 var nginxConf = template.Must(template.New("nginx.conf").Parse(`# Written by kabench; removed when it exits.
+{{.User}}
 worker_processes 1;
 daemon off;
 master_process on;
@@ -125,8 +126,13 @@ func tryStartNginx(ctx context.Context, bin, upstream string, timeout time.Durat
 		os.RemoveAll(dir)
 		return nil, err
 	}
+	userDirective, err := nginxUser(upstream) // socket_unix.go
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
 	vars := map[string]any{
-		"Dir": dir, "Upstream": upstream, "PortOn": ports[0], "PortOff": ports[1],
+		"Dir": dir, "Upstream": upstream, "PortOn": ports[0], "PortOff": ports[1], "User": userDirective,
 	}
 	scheme, err := tc.configure(bin, dir, vars) // tls.go
 	if err != nil {
@@ -227,6 +233,21 @@ func (p *nginxProcess) errorLog() string {
 		return ""
 	}
 	return string(b)
+}
+
+// errorLogLines is how much of nginx's error log a failed probe shows.
+const errorLogLines = 10
+
+// diagnose returns the last lines of nginx's error log, which say why a
+// request through nginx failed (an upstream that refused, a socket it may
+// not open), for the error of a failed probe.
+func (p *nginxProcess) diagnose() string {
+	lines := strings.Split(strings.TrimSpace(p.errorLog()), "\n")
+	if len(lines) == 1 && lines[0] == "" {
+		return "nginx's error log is empty"
+	}
+	lines = lines[max(0, len(lines)-errorLogLines):]
+	return "the end of nginx's error log:\n  " + strings.Join(lines, "\n  ")
 }
 
 // freePorts returns n loopback ports that were free a moment ago.

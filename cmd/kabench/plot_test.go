@@ -3,10 +3,14 @@ package main
 import (
 	"encoding/xml"
 	"errors"
+	"fmt"
+	"html"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -18,7 +22,7 @@ import (
 
 func TestPlotWritesASelfContainedPageWithEveryClient(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "kabench.html")
-	r := runKabench(t, nil, nil, "-n", "200", "-c", "4", "-runs", "1", "-json", "-plot", path)
+	r := runKabench(t, nil, nil, "-tls", "-http1", "-n", "200", "-c", "4", "-runs", "2", "-json", "-plot", path)
 	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
 	rep := decode(t, r.stdout) // with -json, stdout is JSON only, -plot or not
 	require.Len(t, rep.Results, 3)
@@ -28,18 +32,219 @@ func TestPlotWritesASelfContainedPageWithEveryClient(t *testing.T) {
 	page := string(b)
 	assert.NotContains(t, page, "<script", "no scripts at all")
 	svgs := assertWellFormedWithoutReferences(t, page)
-	assert.Equal(t, 1+len(rep.Results), svgs, "one SVG for the requests/s bars and one histogram per client")
+	assert.Equal(t, 4, svgs, "requests/s, connections, latency and phases")
+	charts := parseCharts(t, page)
+	require.Len(t, charts, 4)
+
 	for _, res := range rep.Results {
-		assert.Contains(t, page, res.Setup+", "+res.Client, "the page names every client")
-		assert.Contains(t, page, ">"+commas(res.Average.RPS, 1)+"<", "%s: its requests/s as printed", res.Client)
-		assert.Contains(t, page, strconv.FormatFloat(res.Average.P99Ms, 'f', 3, 64), "%s: its p99", res.Client)
-		require.NotEmpty(t, res.Histogram, res.Client)
-		var n int64
-		for _, b := range res.Histogram {
-			n += b.Count
-		}
-		assert.EqualValues(t, 200, n, "%s: the histogram counts every request", res.Client)
+		name := res.Setup + ", " + res.Client
+		assert.Contains(t, page, ">"+res.Client+"</td>", "the summary names every client")
+		assert.Contains(t, page, ">"+commas(res.Average.RPS, 1)+" ±", "%s: its requests/s and spread in the summary", res.Client)
+		assert.Contains(t, page, ">"+strconv.FormatFloat(res.Average.P99Ms, 'f', 3, 64)+"<", "%s: its p99", res.Client)
+		assert.Equal(t, commas(res.Average.RPS, 1), charts["rps"].rect(t, name).value, "%s: its requests/s bar", res.Client)
+		assert.NotEmpty(t, charts["phases"].rectsOf(name), "%s: its phases", res.Client)
 	}
+
+	def, keep := find(t, rep, "direct", clientDefault), find(t, rep, "direct", clientKeepAlive)
+	assert.Contains(t, html.UnescapeString(page), fmt.Sprintf(`<p class="verdict">Against nokeepalive (direct), which opened 200 connections per run: default %+.1f%% requests/s with %s; keepalive %+.1f%% requests/s with %s.</p>`,
+		*def.VsBaseline, plural(int(def.Average.NewConns), "connection"), *keep.VsBaseline, plural(int(keep.Average.NewConns), "connection")))
+
+	// Connections and handshakes share one log axis: a bar's width is
+	// log10 of its value over the axis' decades.
+	conns := charts["conns"]
+	ticks := conns.ticks("grid")
+	require.GreaterOrEqual(t, len(ticks), 3)
+	assert.Equal(t, "1", ticks[0].value)
+	for i := 1; i < len(ticks); i++ {
+		assert.Equal(t, strconv.Itoa(int(math.Pow(10, float64(i)))), ticks[i].value, "a tick per decade")
+	}
+	x0, x1 := ticks[0].pos, ticks[len(ticks)-1].pos
+	decades := float64(len(ticks) - 1)
+	for _, res := range rep.Results {
+		name := res.Setup + ", " + res.Client
+		for _, bar := range []struct {
+			series string
+			want   int64
+		}{{name, res.Average.NewConns}, {name + " TLS", *res.Average.TLSHandshake}} {
+			rect := conns.rect(t, bar.series)
+			assert.Equal(t, commas(float64(bar.want), 0), rect.value, bar.series)
+			want := max(math.Log10(float64(bar.want))/decades*(x1-x0), 2)
+			assert.InDelta(t, want, rect.w, 0.5, "%s: %d on the log axis", bar.series, bar.want)
+		}
+	}
+
+	// One latency chart: one x axis, one y axis, a curve per client
+	// inside them, and each client's p50 and p99 where the shared y axis
+	// puts its value.
+	lat := charts["latency"]
+	require.Len(t, lat.linesOf("axis x"), 1)
+	require.Len(t, lat.linesOf("axis y"), 1)
+	xAxis, yAxis := lat.linesOf("axis x")[0], lat.linesOf("axis y")[0]
+	yTicks := lat.ticks("ytick")
+	require.GreaterOrEqual(t, len(yTicks), 2)
+	first, last := yTicks[0], yTicks[len(yTicks)-1]
+	v0, _ := strconv.ParseFloat(first.value, 64)
+	v1, _ := strconv.ParseFloat(last.value, 64)
+	msAt := func(y float64) float64 { // the inverse of the log y axis
+		return math.Pow(10, math.Log10(v0)+(y-first.pos)/(last.pos-first.pos)*(math.Log10(v1)-math.Log10(v0)))
+	}
+	require.Len(t, lat.series, len(rep.Results), "a curve per client")
+	for _, res := range rep.Results {
+		name := res.Setup + ", " + res.Client
+		s, ok := lat.series[name]
+		require.True(t, ok, "no curve for %s", name)
+		require.Greater(t, len(s.points), 10, name)
+		for _, p := range s.points {
+			assert.True(t, p[0] >= yAxis.x1-0.01 && p[0] <= xAxis.x2+0.01, "%s: x %v outside the axis", name, p[0])
+			assert.True(t, p[1] >= yAxis.y1-0.01 && p[1] <= yAxis.y2+0.01, "%s: y %v outside the axis", name, p[1])
+		}
+		for _, want := range []struct {
+			p  string
+			ms float64
+		}{{"50", res.Average.P50Ms}, {"99", res.Average.P99Ms}} {
+			m, ok := s.marks[want.p]
+			require.True(t, ok, "%s: no p%s mark", name, want.p)
+			assert.Equal(t, strconv.FormatFloat(want.ms, 'f', 3, 64), m.ms, "%s: p%s", name, want.p)
+			assert.InEpsilon(t, want.ms, msAt(m.y), 0.02, "%s: p%s on the shared axis", name, want.p)
+		}
+	}
+	assert.Len(t, lat.linesOf("swatch"), len(rep.Results), "a legend entry per client")
+}
+
+// chart is what a test reads of one SVG chart of the page.
+type chart struct {
+	rects  []chartRect
+	lines  []chartLine
+	series map[string]chartSeries
+}
+
+type chartRect struct {
+	series, value string
+	w             float64
+}
+
+type chartLine struct {
+	class, value   string
+	x1, y1, x2, y2 float64
+}
+
+type chartSeries struct {
+	points [][2]float64
+	marks  map[string]chartMark // by percentile
+}
+
+type chartMark struct {
+	y  float64
+	ms string
+}
+
+type tick struct {
+	value string
+	pos   float64 // x of a vertical tick, y of a horizontal one
+}
+
+// parseCharts reads the page's SVGs by id.
+func parseCharts(t *testing.T, page string) map[string]*chart {
+	t.Helper()
+	d := xml.NewDecoder(strings.NewReader(page))
+	charts := map[string]*chart{}
+	var cur *chart
+	var last string // the series of the last polyline, for its marks
+	num := func(el xml.StartElement, name string) float64 {
+		v, err := strconv.ParseFloat(attr(el, name), 64)
+		require.NoError(t, err, "<%s %s>", el.Name.Local, name)
+		return v
+	}
+	for {
+		tok, err := d.Token()
+		if errors.Is(err, io.EOF) {
+			return charts
+		}
+		require.NoError(t, err)
+		el, ok := tok.(xml.StartElement)
+		if !ok {
+			continue
+		}
+		switch el.Name.Local {
+		case "svg":
+			cur = &chart{series: map[string]chartSeries{}}
+			charts[attr(el, "id")] = cur
+		case "rect":
+			if s := attr(el, "data-series"); s != "" {
+				cur.rects = append(cur.rects, chartRect{s, attr(el, "data-value"), num(el, "width")})
+			}
+		case "line":
+			if attr(el, "class") != "" {
+				cur.lines = append(cur.lines, chartLine{attr(el, "class"), attr(el, "data-value"), num(el, "x1"), num(el, "y1"), num(el, "x2"), num(el, "y2")})
+			}
+		case "polyline":
+			last = attr(el, "data-series")
+			s := chartSeries{marks: map[string]chartMark{}}
+			for _, pt := range strings.Fields(attr(el, "points")) {
+				x, y, _ := strings.Cut(pt, ",")
+				fx, err1 := strconv.ParseFloat(x, 64)
+				fy, err2 := strconv.ParseFloat(y, 64)
+				require.NoError(t, errors.Join(err1, err2), pt)
+				s.points = append(s.points, [2]float64{fx, fy})
+			}
+			cur.series[last] = s
+		case "circle":
+			cur.series[last].marks[attr(el, "data-p")] = chartMark{num(el, "cy"), attr(el, "data-ms")}
+		}
+	}
+}
+
+func attr(el xml.StartElement, name string) string {
+	for _, a := range el.Attr {
+		if a.Name.Local == name {
+			return a.Value
+		}
+	}
+	return ""
+}
+
+func (c *chart) rect(t *testing.T, series string) chartRect {
+	t.Helper()
+	rs := c.rectsOf(series)
+	require.Len(t, rs, 1, "bars of %q", series)
+	return rs[0]
+}
+
+func (c *chart) rectsOf(prefix string) []chartRect {
+	var out []chartRect
+	for _, r := range c.rects {
+		if r.series == prefix || strings.HasPrefix(r.series, prefix+" ") && !strings.HasSuffix(r.series, " TLS") {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func (c *chart) linesOf(class string) []chartLine {
+	var out []chartLine
+	for _, l := range c.lines {
+		if l.class == class {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// ticks returns the lines whose class has word, in order: vertical ones
+// by x, horizontal ones by y (from the bottom).
+func (c *chart) ticks(word string) []tick {
+	var out []tick
+	for _, l := range c.lines {
+		if !slices.Contains(strings.Fields(l.class), word) {
+			continue
+		}
+		if l.x1 == l.x2 {
+			out = append(out, tick{l.value, l.x1})
+		} else {
+			out = append(out, tick{l.value, l.y1})
+		}
+	}
+	return out
 }
 
 // assertWellFormedWithoutReferences parses page as XML, fails on any
@@ -93,7 +298,7 @@ func TestPlotEscapesTheInput(t *testing.T) {
 	assert.NotContains(t, page, "<script>")
 	assert.NotContains(t, page, "<b>setup")
 	assert.NotContains(t, page, "<i>d")
-	assert.Equal(t, 2, assertWellFormedWithoutReferences(t, page))
+	assert.Equal(t, 4, assertWellFormedWithoutReferences(t, page))
 	assert.Contains(t, page, "1,234.5")
 }
 

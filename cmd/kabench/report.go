@@ -8,10 +8,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
+	"unicode/utf8"
 )
 
 // report is the whole result; it is what -json prints.
@@ -22,7 +26,11 @@ type report struct {
 	Upstream    string         `json:"upstream,omitempty"` // -upstream: the app behind the proxy
 	Method      string         `json:"method"`
 	BodyBytes   int            `json:"body_bytes"`
-	Requests    int            `json:"requests_per_run"`
+	BodyFile    string         `json:"body_file,omitempty"`
+	Headers     []string       `json:"headers,omitempty"` // the names of -H's headers: their values may be secrets
+	Host        string         `json:"host,omitempty"`    // -H Host
+	Requests    int            `json:"requests_per_run,omitempty"`
+	RunSeconds  float64        `json:"run_seconds,omitempty"` // -z
 	Concurrency int            `json:"concurrency"`
 	Runs        int            `json:"runs"`
 	TimeoutMs   int64          `json:"timeout_ms"`
@@ -33,6 +41,8 @@ type report struct {
 	Targets     []targetInfo   `json:"targets,omitempty"` // several -url, or nginx in front of -upstream
 	Results     []clientResult `json:"results"`
 	Errors      int64          `json:"errors"` // failed requests over all runs
+	MaxErrors   int            `json:"max_errors"`
+	Notes       []string       `json:"notes,omitempty"` // what the summary says in words (notes.go)
 	Interrupted bool           `json:"interrupted,omitempty"`
 }
 
@@ -44,10 +54,15 @@ func newReport(cfg *config, url string) *report {
 		Upstream:    cfg.upstream,
 		Method:      cfg.method,
 		BodyBytes:   cfg.bodySize,
-		Requests:    cfg.requests,
+		BodyFile:    cfg.bodyFile,
+		Headers:     headerNames(cfg.header),
+		Host:        cfg.host,
+		Requests:    cfg.requests * btoi(cfg.duration == 0),
+		RunSeconds:  cfg.duration.Seconds(),
 		Concurrency: cfg.concurrency,
 		Runs:        cfg.runs,
 		TimeoutMs:   cfg.timeout.Milliseconds(),
+		MaxErrors:   cfg.maxErrors,
 		Go:          runtime.Version(),
 		Platform:    runtime.GOOS + "/" + runtime.GOARCH,
 		CPUs:        runtime.NumCPU(),
@@ -105,21 +120,56 @@ func (r *report) writeHeader(w io.Writer) {
 	if !r.Embedded && r.Upstream == "" && len(r.Targets) > 1 {
 		where = plural(len(r.Targets), "target") + ":"
 	}
-	body := ""
-	if r.BodyBytes > 0 {
-		body = fmt.Sprintf(", %d-byte body", r.BodyBytes)
-	}
-	fmt.Fprintf(w, "kabench: %s %s%s\n", r.Method, where, body)
+	fmt.Fprintf(w, "kabench: %s %s%s\n", r.Method, where, r.shape())
 	if len(r.Targets) > 1 {
 		writeTargets(w, r.Targets) // targets.go
 	}
-	fmt.Fprintf(w, "%s per run, concurrency %d, %s per client in rounds, a new client per run; %s %s, %s\n\n",
-		plural(r.Requests, "request"), r.Concurrency, plural(r.Runs, "run"), r.Go, r.Platform, plural(r.CPUs, "CPU"))
+	fmt.Fprintf(w, "%s, concurrency %d, %s per client in rounds, a new client per run; %s %s, %s\n\n",
+		r.perRun(), r.Concurrency, plural(r.Runs, "run"), r.Go, r.Platform, plural(r.CPUs, "CPU"))
+}
+
+// shape describes the request beyond its method and URL: body, headers
+// (by name only: their values may be secrets) and Host.
+func (r *report) shape() string {
+	var s strings.Builder
+	if r.BodyBytes > 0 || r.BodyFile != "" {
+		fmt.Fprintf(&s, ", %s-byte body", commas(float64(r.BodyBytes), 0))
+		if r.BodyFile != "" {
+			fmt.Fprintf(&s, " from %s", r.BodyFile)
+		}
+	}
+	if len(r.Headers) > 0 {
+		fmt.Fprintf(&s, ", headers %s", strings.Join(r.Headers, ", "))
+	}
+	if r.Host != "" {
+		fmt.Fprintf(&s, ", Host %s", r.Host)
+	}
+	return s.String()
+}
+
+// perRun says how long a run is: -n requests, or -z.
+func (r *report) perRun() string {
+	if r.RunSeconds > 0 {
+		return "each run " + time.Duration(r.RunSeconds*float64(time.Second)).String()
+	}
+	return plural(r.Requests, "request") + " per run"
+}
+
+func headerNames(h http.Header) []string {
+	var names []string
+	for name := range h {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
 }
 
 func plural(n int, noun string) string {
 	if n == 1 {
 		return "1 " + noun
+	}
+	if y, ok := strings.CutSuffix(noun, "y"); ok {
+		return commas(float64(n), 0) + " " + y + "ies"
 	}
 	return commas(float64(n), 0) + " " + noun + "s"
 }
@@ -145,12 +195,12 @@ func (r *report) writeClient(w io.Writer, res *clientResult) {
 		fmt.Fprintf(tw, "%s\t%s\t\n", labels[i+1], strings.Join(r.cells(&res.Runs[i]), "\t"))
 	}
 	fmt.Fprintf(tw, "%s\t%s\t\n", labels[len(labels)-1], strings.Join(r.cells(&res.Average), "\t"))
-	tw.Flush()
-	for i, run := range res.Runs {
-		if run.Errors > 0 {
-			fmt.Fprintf(w, "run %d: %d errors, the first: %s\n", i+1, run.Errors, run.FirstError)
-		}
+	if sp := res.Spread; sp != nil {
+		cells := []string{sp.RPS.format(1), sp.MsPerRequest.format(3), sp.P50Ms.format(3), sp.P99Ms.format(3), sp.NewConns.format(0)}
+		fmt.Fprintf(tw, "%s\t%s\t\n", leftAlign1("Min-max", labels[0]), strings.Join(cells, "\t"))
 	}
+	tw.Flush()
+	r.writeErrors(w, res) // notes.go
 	fmt.Fprintln(w)
 }
 
@@ -177,11 +227,65 @@ func (r *report) writeSummary(w io.Writer) {
 		} else if r.Baseline != res.Client+" ("+res.Setup+")" {
 			diff = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", setups[i+1], clients[i+1], strings.Join(r.cells(&res.Average), "\t"), diff)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", setups[i+1], clients[i+1], strings.Join(r.summaryCells(res), "\t"), diff)
 	}
 	tw.Flush()
-	writeHTTP2Note(w, r.Results) // tls.go
-	r.writeCharts(w)
+	r.writePhases(w)
+	writeNotes(w, r.Notes) // notes.go
+}
+
+// summaryCells are the cells of a client's average in the summary: with
+// several runs, the rates and percentiles get the spread of the runs
+// next to them, as +- half the range from the slowest to the fastest
+// run, relative to the average.
+func (r *report) summaryCells(res *clientResult) []string {
+	c := r.cells(&res.Average)
+	if sp := res.Spread; sp != nil {
+		a := &res.Average
+		// Padded to one width, so that the averages stay aligned.
+		pm := func(s string) string { return " " + strings.Repeat(" ", max(0, 5-utf8.RuneCountInString(s))) + s }
+		c[0] += pm(sp.RPS.plusMinus(a.RPS))
+		c[1] += pm(sp.MsPerRequest.plusMinus(a.MsPerRequest))
+		c[2] += pm(sp.P50Ms.plusMinus(a.P50Ms))
+		c[3] += pm(sp.P99Ms.plusMinus(a.P99Ms))
+	}
+	return c
+}
+
+// leftAlign1 pads label to the width of like.
+func leftAlign1(label, like string) string {
+	return label + strings.Repeat(" ", max(0, len(like)-len(label)))
+}
+
+// writePhases writes where each client's time went, per request: the
+// dials' DNS, connect and TLS time spread over every request, the wait
+// for the response and its read (phases.go).
+func (r *report) writePhases(w io.Writer) {
+	fmt.Fprintln(w, "\nWhere the time goes (ms per request, averages)")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	setups, clients := []string{"Setup"}, []string{"Client"}
+	for _, res := range r.Results {
+		setups, clients = append(setups, res.Setup), append(clients, res.Client)
+	}
+	leftAlign(setups)
+	leftAlign(clients)
+	https := isHTTPS(r.URL)
+	head := []string{"DNS", "Connect", "TLS", "Wait", "Read", "Mean latency"}
+	if !https {
+		head = slices.Delete(head, 2, 3)
+	}
+	fmt.Fprintf(tw, "%s\t%s\t%s\t\n", setups[0], clients[0], strings.Join(head, "\t"))
+	f := func(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
+	for i := range r.Results {
+		a := &r.Results[i].Average
+		cells := []string{f(a.Phases.DNS), f(a.Phases.Connect), f(a.Phases.TLS), f(a.Phases.Wait), f(a.Phases.Read), f(a.MeanMs)}
+		if !https {
+			cells = slices.Delete(cells, 2, 3)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t\n", setups[i+1], clients[i+1], strings.Join(cells, "\t"))
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "DNS, Connect, TLS: the dials' time spread over every request (a reused connection adds none); Wait: from the request written to the first response byte; Read: the rest of the response.")
 }
 
 // leftAlign pads labels to one width, so that a right-aligning tabwriter

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -25,6 +26,26 @@ func (l *listFlag) Set(s string) error {
 		*l = append(*l, strings.TrimSpace(item))
 	}
 	return nil
+}
+
+// commaFlag is a listFlag that records whether a value had a comma: a
+// URL that fails to parse may be a piece of one whose comma should have
+// been %2C.
+type commaFlag struct {
+	list   *listFlag
+	commas *bool
+}
+
+func (f commaFlag) String() string {
+	if f.list == nil {
+		return ""
+	}
+	return f.list.String()
+}
+
+func (f commaFlag) Set(s string) error {
+	*f.commas = *f.commas || strings.Contains(s, ",")
+	return f.list.Set(s)
 }
 
 // unixHost is the host of the URL requested over a unix socket; the
@@ -53,6 +74,10 @@ func (c *config) validateTargets() error {
 	}
 	for _, u := range c.urls {
 		t, err := c.parseTarget(u)
+		var ue *usageError
+		if errors.As(err, &ue) && ue.flag == "url" && c.urlCommas {
+			ue.reason += " (-url splits its value at commas: write a comma inside a URL as %2C)"
+		}
 		if err != nil {
 			return err
 		}

@@ -25,16 +25,26 @@ type unixServer struct {
 
 func startUnixServer(t *testing.T, path string) *unixServer {
 	t.Helper()
-	dir := t.TempDir()
-	s := &unixServer{sock: filepath.Join(dir, "app.sock")}
-	ln, err := net.Listen("unix", s.sock)
-	require.NoError(t, err)
-	// nginx started as root runs its worker as nobody, which must reach
-	// and write to the socket.
+	s := startPrivateUnixServer(t, path)
+	// Open to everyone, as a socket nginx's default worker user (nobody)
+	// could use.
+	dir := filepath.Dir(s.sock)
 	for _, d := range []string{filepath.Dir(dir), dir} {
 		require.NoError(t, os.Chmod(d, 0o755))
 	}
 	require.NoError(t, os.Chmod(s.sock, 0o666))
+	return s
+}
+
+// startPrivateUnixServer is startUnixServer with the socket in a directory
+// only its owner may enter, as mktemp -d makes.
+func startPrivateUnixServer(t *testing.T, path string) *unixServer {
+	t.Helper()
+	dir := t.TempDir()
+	require.NoError(t, os.Chmod(dir, 0o700))
+	s := &unixServer{sock: filepath.Join(dir, "app.sock")}
+	ln, err := net.Listen("unix", s.sock)
+	require.NoError(t, err)
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Path != path {
@@ -171,6 +181,7 @@ func TestInvalidTargetsExitWithAMessageNamingTheFlag(t *testing.T) {
 		{"upstream into nginx.conf", []string{"-proxy", "nginx", "-upstream", "127.0.0.1:1; evil"}, "invalid -upstream"},
 		{"path without a slash", []string{"-path", "items"}, `invalid -path: must start with /, got "items"`},
 		{"path with URLs", []string{"-url", u1, "-path", "/x"}, "invalid -path: no target uses it"},
+		{"comma inside a URL", []string{"-url", "http://127.0.0.1:1/?ids=1,2"}, `invalid -url: scheme must be http or https, got "" (-url splits its value at commas: write a comma inside a URL as %2C)`},
 	}
 	checkUsageErrors(t, tests)
 }
@@ -179,4 +190,60 @@ func TestPathReachesTheEmbeddedServer(t *testing.T) {
 	r := runKabench(t, nil, nil, "-path", "/items?x=1", "-n", "10", "-c", "1", "-runs", "1", "-clients", "default", "-json")
 	require.Equal(t, exitOK, r.code, "stderr: %s", r.stderr)
 	assert.True(t, strings.HasSuffix(decode(t, r.stdout).URL, "/items?x=1"))
+}
+
+func TestFailedProbeNamesTheNextStep(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/private" && r.Header.Get("Authorization") == "":
+			w.WriteHeader(http.StatusUnauthorized)
+		case r.URL.Path == "/read-only" && r.Method != http.MethodGet:
+			w.WriteHeader(http.StatusMethodNotAllowed)
+		case r.URL.Path != "/health" && r.URL.Path != "/private" && r.URL.Path != "/read-only":
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	s := startUnixServer(t, "/health")
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"a -url that is not found", []string{"-url", srv.URL + "/"},
+			`answered "404 Not Found" to a probe GET request; kabench measures endpoints that work: point -url at one that answers 2xx, such as a health endpoint (http://HOST/health)`},
+		{"a socket path that is not found", []string{"-unix", s.sock},
+			`answered "404 Not Found" to a probe GET request; kabench measures endpoints that work: point -path at one that answers 2xx, such as a health endpoint (-path /health)`},
+		{"an endpoint behind auth", []string{"-url", srv.URL + "/private"},
+			`answered "401 Unauthorized" to a probe GET request; kabench measures endpoints that work: give its credentials with -H 'Authorization: ...'`},
+		{"a method the endpoint does not take", []string{"-url", srv.URL + "/read-only", "-method", "DELETE"},
+			`answered "405 Method Not Allowed" to a probe DELETE request; kabench measures endpoints that work: it does not take DELETE; give another -method`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := runKabench(t, nil, nil, append(tt.args, "-n", "10", "-runs", "1")...)
+			assert.Equal(t, exitFailure, r.code)
+			assert.Contains(t, r.stderr, tt.want)
+			assert.Empty(t, r.stdout)
+		})
+	}
+
+	// What the next step says works.
+	for _, args := range [][]string{
+		{"-url", srv.URL + "/health"},
+		{"-unix", s.sock, "-path", "/health"},
+		{"-url", srv.URL + "/private", "-H", "Authorization: Bearer x"},
+	} {
+		r := runKabench(t, nil, nil, append(args, "-n", "4", "-c", "1", "-runs", "1", "-clients", "keepalive")...)
+		assert.Equal(t, exitOK, r.code, "%v: %s", args, r.stderr)
+	}
+}
+
+func TestFailedProbeThroughNginxNamesPath(t *testing.T) {
+	requireNginx(t)
+	s := startUnixServer(t, "/health")
+	r := runKabench(t, nil, nil, "-proxy", "nginx", "-upstream", "unix:"+s.sock, "-path", "/missing", "-n", "10", "-runs", "1")
+	assert.Equal(t, exitFailure, r.code)
+	assert.Contains(t, r.stderr, `answered "404 Not Found" to a probe GET request; kabench measures endpoints that work: point -path at one that answers 2xx, such as a health endpoint (-path /health)`)
+	assert.Contains(t, r.stderr, "\nnginx's error log is empty", "the app answered 404, not nginx")
 }

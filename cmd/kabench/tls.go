@@ -188,6 +188,12 @@ func (p *protoCounts) add(major, minor int) {
 	}
 }
 
+func (p *protoCounts) merge(o *protoCounts) {
+	for i, n := range o {
+		p[i] += n
+	}
+}
+
 // most returns the most common protocol, as HTTP/1.1 or HTTP/2, or "" if
 // there were no responses.
 func (p *protoCounts) most() string {
@@ -228,17 +234,6 @@ func protoCells(url string, run *runResult) []string {
 		h = commas(float64(*run.TLSHandshake), 0)
 	}
 	return []string{p, h}
-}
-
-// writeHTTP2Note explains, under a summary with HTTP/2 in it, why the
-// default client and keepalive look alike there.
-func writeHTTP2Note(w io.Writer, results []clientResult) {
-	for _, res := range results {
-		if res.Average.Protocol == "HTTP/2" {
-			fmt.Fprintln(w, "Note: over HTTP/2 the default client and keepalive both multiplex every request over the connections they opened first (New conns), so they look alike; -http1 compares their HTTP/1.1 connection pools.")
-			return
-		}
-	}
 }
 
 // nginxTLS is what nginx needs for -proxy nginx -tls: it terminates TLS

@@ -99,7 +99,7 @@ func TestCACertTrustsAnHTTPSURL(t *testing.T) {
 	// Without -cacert the certificate is unknown: the probe fails.
 	r = runKabench(t, nil, nil, "-url", srv.URL, "-n", "10", "-runs", "1")
 	assert.Equal(t, exitFailure, r.code)
-	assert.Contains(t, r.stderr, "certificate signed by unknown authority")
+	assert.Contains(t, r.stderr, "certificate signed by unknown authority; trust the server's certificate authority with -cacert FILE (PEM), or skip verification with -insecure\n")
 }
 
 func TestInsecureSkipsVerificationWithAWarning(t *testing.T) {
