@@ -674,9 +674,9 @@ func mxPause(d time.Duration) {
 
 // mxResult is the outcome of one request.
 type mxResult struct {
-	id     string
-	kind   mxKind
-	phase  mxPhase
+	id      string
+	kind    mxKind
+	phase   mxPhase
 	ok      bool  // status 200, whole body read, and it is the one the server sent
 	err     error // of RoundTrip, or of the body read
 	status  int
