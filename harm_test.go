@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -910,10 +911,22 @@ func TestIdleLearningNeedsConfirmation(t *testing.T) {
 
 	var burst hostIdle
 	burst.learn = true
-	for i := range 5 {
+	burst.closed(ms(2000), t0)
+	burst.closed(ms(2010), at(t0, ms(1)))
+	assert.Equal(t, int64(ms(2000)-idleMargin), burst.limit(at(t0, ms(2))), "two closes of one moment that agree: at once")
+	for i := 2; i < 5; i++ {
 		burst.closed(ms(2000+10*i), at(t0, ms(i)))
 	}
 	assert.Equal(t, int64(ms(2000)-idleMargin), burst.limit(later(ms(5))), "a burst that agrees")
+
+	var undone hostIdle
+	undone.learn = true
+	undone.announce(5*time.Second, t0)
+	undone.closed(ms(300), at(t0, ms(1)))
+	undone.closed(ms(310), at(t0, ms(2)))
+	assert.Equal(t, int64(ms(300)-ms(150)), undone.limit(at(t0, ms(3))), "two that agree, acted on")
+	undone.closed(ms(4000), at(t0, ms(3)))
+	assert.Equal(t, int64(5*time.Second-idleMargin), undone.limit(later(ms(3))), "a third that scatters the burst undoes it")
 
 	var restart hostIdle
 	restart.learn = true
@@ -923,4 +936,36 @@ func TestIdleLearningNeedsConfirmation(t *testing.T) {
 	assert.Zero(t, restart.limit(later(ms(5))), "a burst at scattered ages: a restart")
 	restart.closed(ms(1000), at(t0, 10*time.Second))
 	assert.Zero(t, restart.limit(later(10*time.Second)), "the restart left no candidate behind")
+}
+
+// The scheduling lag follows how late goroutines run: with the CPUs
+// oversubscribed by busy goroutines, a goroutine woken by a timer waits
+// to run, and the lag read afterwards covers that wait.
+func TestSchedLagSeesOversubscription(t *testing.T) {
+	var s schedLag
+	s.get(int64(time.Hour)) // the first reading: everything so far
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 * runtime.GOMAXPROCS(0) {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				for i := 0; i < 1e5; i++ { // busy, without a call that yields
+				}
+			}
+		})
+	}
+	for range 50 { // timer wake-ups, each runnable behind the busy goroutines
+		<-time.After(time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	lag := s.get(int64(time.Hour) + int64(schedLagEvery))
+	t.Logf("scheduling lag: %v", lag)
+	assert.Greater(t, lag, time.Duration(0))
+	assert.Equal(t, lag, s.get(int64(time.Hour)+int64(schedLagEvery)+1), "read once per schedLagEvery")
 }

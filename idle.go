@@ -117,6 +117,12 @@ type closeBurst struct {
 	start  int64 // monotonic() of the first
 	n      int
 	lo, hi int64 // the shortest and longest idle age, in ns
+
+	// applied: closes of the burst agreed, and the host acts on them
+	// already; prev and prevAt are what it acted on before, restored if a
+	// later close of the burst disagrees (scattered).
+	applied, scattered bool
+	prev, prevAt       int64
 }
 
 // limit returns the idle age past which a connection of the host is not
@@ -150,7 +156,11 @@ func (h *hostIdle) announce(d time.Duration, now int64) {
 }
 
 // closed records an idle close at now of a connection idle for age: it
-// joins the burst of the moment, judged once idleBurstWindow has passed.
+// joins the burst of the moment. Closes of one moment that agree are acted
+// on at once, since requests of that same moment need them (a pool whose
+// connections went idle together closes them together); a close of the
+// burst that disagrees undoes that. A single close is judged once
+// idleBurstWindow has passed.
 func (h *hostIdle) closed(age time.Duration, now int64) {
 	if !h.learn {
 		return
@@ -166,13 +176,26 @@ func (h *hostIdle) closed(age time.Duration, now int64) {
 	}
 	b.n++
 	b.lo, b.hi = min(b.lo, int64(age)), max(b.hi, int64(age))
+	switch {
+	case b.scattered:
+	case b.hi-b.lo > agreeWithin(b.lo): // a server closing everything at once
+		b.scattered = true
+		if b.applied {
+			h.timeout.Store(b.prev)
+			h.at.Store(b.prevAt)
+		}
+	case !b.applied:
+		b.applied, b.prev, b.prevAt = true, h.timeout.Load(), h.at.Load()
+		h.set(b.lo, now)
+	default:
+		h.set(b.lo, now)
+	}
 }
 
-// settle judges the burst gathered, if its window has passed by now. A
-// burst whose ages agree is an idle timeout, confirmed; one whose ages
-// scatter is a server closing everything at once, and teaches nothing. A
-// single close is acted on when it does not shorten the timeout, or when
-// it agrees with the single close before it. h.mu is held.
+// settle ends the burst gathered, if its window has passed by now. A
+// burst of several closes was acted on as they came (closed); a single
+// close is acted on when it does not shorten the timeout, or when it
+// agrees with the single close before it. h.mu is held.
 func (h *hostIdle) settle(now int64) {
 	b := h.burst
 	if b.n == 0 || now-b.start <= int64(idleBurstWindow) {
@@ -181,10 +204,7 @@ func (h *hostIdle) settle(now int64) {
 	h.burst = closeBurst{}
 	h.settleAt.Store(0)
 	switch {
-	case b.n > 1 && b.hi-b.lo > agreeWithin(b.lo):
-		return
-	case b.n > 1:
-		h.set(b.lo, b.start)
+	case b.n > 1: // acted on, or undone, as it came
 	case b.lo >= h.timeout.Load()-agreeWithin(b.lo) && h.timeout.Load() != 0:
 		h.set(b.lo, b.start) // confirms the timeout, or replaces a stale one
 	case h.candidate != 0 && max(b.lo, h.candidate)-min(b.lo, h.candidate) <= agreeWithin(min(b.lo, h.candidate)):
@@ -206,6 +226,9 @@ func (h *hostIdle) set(d, now int64) {
 	for {
 		cur := h.timeout.Load()
 		if cur != 0 && d > cur && now-h.at.Load() < int64(idleTTL) {
+			if d-cur <= agreeWithin(cur) {
+				h.at.Store(now) // about the value kept: it confirms it
+			}
 			return // longer than a value still fresh: keep the shortest
 		}
 		if h.timeout.CompareAndSwap(cur, d) {
