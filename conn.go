@@ -256,7 +256,13 @@ func (c *conn) idleTooLong(now int64) bool {
 		return false
 	}
 	age := now - c.idleFrom.Load()
-	if limit := h.idle.limit(now); limit == 0 || age <= limit {
+	limit := h.idle.limit(now)
+	if limit != 0 {
+		// The read that saw the response arrive may have run late, on a
+		// busy machine: the server has counted the idle time for longer.
+		limit = max(limit-int64(processLag.get(now)), 1)
+	}
+	if limit == 0 || age <= limit {
 		// Within the learned timeout, or none learned: the server may
 		// still have closed it, a moment ago. Over TLS the close comes
 		// after an alert, which the check sees as data: retired too.
