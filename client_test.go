@@ -109,26 +109,26 @@ func TestOptionsAcceptZeroValues(t *testing.T) {
 		WithTLSHandshakeTimeout(0), WithMaxRetries(0), WithRetryStatuses(),
 		WithRetryMethods(), WithBackoff(0, 0), WithMaxRetryAfter(0), WithBodyBuffer(0), WithResponseBuffer(0),
 		WithTLSConfig(nil), WithLogger(nil), WithProxy(NoProxy))
-	assert.Equal(t, DefaultMaxIdleConnsPerHost, tr.base.MaxIdleConnsPerHost, "zero means the default")
+	assert.Equal(t, defaultMaxIdleConnsPerHost, tr.base.MaxIdleConnsPerHost, "zero means the default")
 	assert.Zero(t, tr.base.ResponseHeaderTimeout)
 }
 
 func TestDefaultsAreTunedAndKeepWhatDefaultTransportGives(t *testing.T) {
 	tr := newTestTransport(t)
 	b := tr.base
-	assert.Equal(t, DefaultMaxIdleConns, b.MaxIdleConns)
-	assert.Equal(t, DefaultMaxIdleConnsPerHost, b.MaxIdleConnsPerHost)
-	assert.Equal(t, DefaultIdleConnTimeout, b.IdleConnTimeout)
+	assert.Equal(t, defaultMaxIdleConns, b.MaxIdleConns)
+	assert.Equal(t, defaultMaxIdleConnsPerHost, b.MaxIdleConnsPerHost)
+	assert.Equal(t, defaultIdleConnTimeout, b.IdleConnTimeout)
 	assert.Less(t, b.IdleConnTimeout, 60*time.Second, "below the idle timeouts of ALB (60 s) and nginx (75 s)")
-	assert.Equal(t, DefaultReadTimeout, b.ResponseHeaderTimeout)
-	assert.Equal(t, DefaultTLSHandshakeTimeout, b.TLSHandshakeTimeout)
+	assert.Equal(t, defaultReadTimeout, b.ResponseHeaderTimeout)
+	assert.Equal(t, defaultTLSHandshakeTimeout, b.TLSHandshakeTimeout)
 	assert.True(t, b.ForceAttemptHTTP2, "a custom dialer must not turn HTTP/2 off")
 	require.NotNil(t, b.HTTP2)
 	assert.Equal(t, http2PingInterval, b.HTTP2.SendPingTimeout)
 	assert.Equal(t, http2PingTimeout, b.HTTP2.PingTimeout)
 	assert.Equal(t, reflect.ValueOf(http.ProxyFromEnvironment).Pointer(), reflect.ValueOf(b.Proxy).Pointer(),
 		"proxy from the environment, as http.DefaultTransport")
-	assert.Equal(t, DefaultMaxRetries, tr.policy.maxRetries)
+	assert.Equal(t, defaultMaxRetries, tr.policy.maxRetries)
 	for _, c := range []int{429, 500, 501, 502, 503, 504} {
 		assert.True(t, tr.policy.statuses.has(c), "status %d", c)
 	}

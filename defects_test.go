@@ -696,7 +696,7 @@ func TestDefect13_EmptyBodiesStayNoBody(t *testing.T) {
 		name string
 		opt  Option
 	}{
-		{"with neither option", WithMaxRetries(DefaultMaxRetries)},
+		{"with neither option", WithMaxRetries(defaultMaxRetries)},
 		{"under WithAttemptTimeout", WithAttemptTimeout(5 * time.Second)},
 		{"under WithHedging", WithHedging(5*time.Second, 1)},
 	}

@@ -21,10 +21,10 @@
 //
 // # The transport
 //
-// Connections are pooled per host (DefaultMaxIdleConnsPerHost), closed when
-// idle before servers close them (DefaultIdleConnTimeout), probed with TCP
-// keep-alives and, over HTTP/2, with pings. The connect timeout bounds the
-// TCP connect; the read timeout bounds the wait for response headers and
+// Connections are pooled per host (256 idle ones each), closed when idle
+// before servers close them (after 50 s), probed with TCP keep-alives and,
+// over HTTP/2, with pings. The connect timeout (5 s) bounds the TCP
+// connect; the read timeout (10 s) bounds the wait for response headers and
 // every read of the body, as urllib3's read= does: a slow but steady
 // download is never cut off, a stalled one fails with ErrReadTimeout.
 // Proxies come from the environment and HTTP/2 is used when the server

@@ -23,39 +23,39 @@ import (
 // Pool and timeout defaults. Each one is what NewClient uses when the
 // matching option is not given.
 const (
-	// DefaultMaxIdleConns is the idle connections kept across all hosts.
-	DefaultMaxIdleConns = 1024
+	// defaultMaxIdleConns is the idle connections kept across all hosts.
+	defaultMaxIdleConns = 1024
 
-	// DefaultMaxIdleConnsPerHost is the idle connections kept per host.
+	// defaultMaxIdleConnsPerHost is the idle connections kept per host.
 	// http.DefaultTransport keeps 2, so at any concurrency above 2 it closes
 	// finished connections and dials new ones (thousands for 20,000
 	// requests at 64 concurrent). 256 covers every realistic concurrency
 	// towards one host; idle connections past IdleConnTimeout are closed
 	// anyway, so a burst does not pin them.
-	DefaultMaxIdleConnsPerHost = 256
+	defaultMaxIdleConnsPerHost = 256
 
-	// DefaultMaxConnsPerHost is 0: no limit on connections per host, as in
+	// defaultMaxConnsPerHost is 0: no limit on connections per host, as in
 	// net/http. A limit makes callers queue for a connection instead.
-	DefaultMaxConnsPerHost = 0
+	defaultMaxConnsPerHost = 0
 
-	// DefaultIdleConnTimeout is how long an idle connection stays pooled.
+	// defaultIdleConnTimeout is how long an idle connection stays pooled.
 	// It sits below the idle timeouts of the servers a client meets (AWS
 	// ALB 60 s, nginx keepalive_timeout 75 s) so that the client, not the
 	// server, closes an idle connection: a server that closes first races
 	// the next request written on that connection, which then fails with
 	// EOF or a reset.
-	DefaultIdleConnTimeout = 50 * time.Second
+	defaultIdleConnTimeout = 50 * time.Second
 
-	// DefaultConnectTimeout bounds the TCP connect, as urllib3's connect=5.
-	DefaultConnectTimeout = 5 * time.Second
+	// defaultConnectTimeout bounds the TCP connect, as urllib3's connect=5.
+	defaultConnectTimeout = 5 * time.Second
 
-	// DefaultReadTimeout is urllib3's read=10: the longest wait for response
+	// defaultReadTimeout is urllib3's read=10: the longest wait for response
 	// headers, and the longest wait for any one read of the body.
-	DefaultReadTimeout = 10 * time.Second
+	defaultReadTimeout = 10 * time.Second
 
-	// DefaultTLSHandshakeTimeout bounds the TLS handshake, as in
+	// defaultTLSHandshakeTimeout bounds the TLS handshake, as in
 	// http.DefaultTransport.
-	DefaultTLSHandshakeTimeout = 10 * time.Second
+	defaultTLSHandshakeTimeout = 10 * time.Second
 )
 
 // Fixed tuning, which no option changes.
@@ -84,27 +84,27 @@ const (
 
 // Retry defaults.
 const (
-	// DefaultMaxRetries is urllib3's Retry.DEFAULT: 3 retries, 4 attempts.
-	DefaultMaxRetries = 3
+	// defaultMaxRetries is urllib3's Retry.DEFAULT: 3 retries, 4 attempts.
+	defaultMaxRetries = 3
 
-	// DefaultBackoffInitial and DefaultBackoffMax bound the exponential
+	// defaultBackoffInitial and defaultBackoffMax bound the exponential
 	// backoff between attempts: 100 ms, 200 ms, 400 ms... up to 5 s, each
 	// randomised by +-50% so that clients that failed together do not
 	// retry together.
-	DefaultBackoffInitial = 100 * time.Millisecond
-	DefaultBackoffMax     = 5 * time.Second
+	defaultBackoffInitial = 100 * time.Millisecond
+	defaultBackoffMax     = 5 * time.Second
 
-	// DefaultMaxRetryAfter is the longest Retry-After the client waits for.
+	// defaultMaxRetryAfter is the longest Retry-After the client waits for.
 	// A server that asks for more gets its response returned to the caller
 	// at once: no request sleeps for an hour because a header said so.
-	DefaultMaxRetryAfter = 30 * time.Second
+	defaultMaxRetryAfter = 30 * time.Second
 
-	// DefaultMaxHedges is the hedges per attempt that WithHedging(delay, 0)
+	// defaultMaxHedges is the hedges per attempt that WithHedging(delay, 0)
 	// means: one extra attempt.
-	DefaultMaxHedges = 1
+	defaultMaxHedges = 1
 
-	// MaxHedges is the most hedges per attempt WithHedging accepts.
-	MaxHedges = 10
+	// maxHedgesLimit is the most hedges per attempt WithHedging accepts.
+	maxHedgesLimit = 10
 )
 
 // DefaultRetryStatuses returns the statuses retried by default: urllib3's
@@ -146,7 +146,7 @@ type optionFunc func(*options)
 func (f optionFunc) apply(o *options) { f(o) }
 
 // WithMaxIdleConns sets the idle connections kept across all hosts.
-// Default DefaultMaxIdleConns; zero means no limit; negative is an error.
+// Default 1024; zero means no limit; negative is an error.
 func WithMaxIdleConns(n int) Option {
 	return optionFunc(func(o *options) {
 		o.maxIdleConns = n
@@ -155,14 +155,15 @@ func WithMaxIdleConns(n int) Option {
 }
 
 // WithMaxIdleConnsPerHost sets the idle connections kept per host. Default
-// DefaultMaxIdleConnsPerHost; zero means the default (as in net/http, where
-// zero means 2); negative is an error. Set it at least to the concurrency
-// you send to one host, or finished connections are closed and redialed.
+// 256 (http.DefaultTransport keeps 2); zero means the default (as in
+// net/http, where zero means 2); negative is an error. Set it at least to
+// the concurrency you send to one host, or finished connections are closed
+// and redialed.
 func WithMaxIdleConnsPerHost(n int) Option {
 	return optionFunc(func(o *options) {
 		o.maxIdleConnsPerHost = n
 		if n == 0 {
-			o.maxIdleConnsPerHost = DefaultMaxIdleConnsPerHost
+			o.maxIdleConnsPerHost = defaultMaxIdleConnsPerHost
 		}
 		o.check("WithMaxIdleConnsPerHost", n >= 0, "must not be negative, got %d", n)
 	})
@@ -170,7 +171,7 @@ func WithMaxIdleConnsPerHost(n int) Option {
 
 // WithMaxConnsPerHost limits the connections per host, dialing, active and
 // idle together; requests past the limit wait for a connection. Default
-// DefaultMaxConnsPerHost; zero means no limit; negative is an error.
+// and zero: no limit, as in net/http; negative is an error.
 func WithMaxConnsPerHost(n int) Option {
 	return optionFunc(func(o *options) {
 		o.maxConnsPerHost = n
@@ -179,14 +180,17 @@ func WithMaxConnsPerHost(n int) Option {
 }
 
 // WithIdleConnTimeout sets how long an idle connection stays pooled. Default
-// DefaultIdleConnTimeout; zero means idle connections are never closed by
-// age; negative is an error. Keep it below the server's idle timeout.
+// 50 s, below the idle timeouts of AWS ALB (60 s) and nginx (75 s), so that
+// the client, not the server, closes an idle connection; zero means idle
+// connections are never closed by age; negative is an error. Keep it below
+// the server's idle timeout.
 func WithIdleConnTimeout(d time.Duration) Option {
 	return durationOption("WithIdleConnTimeout", d, func(o *options) { o.idleConnTimeout = d })
 }
 
-// WithConnectTimeout bounds the TCP connect. Default DefaultConnectTimeout;
-// zero means no limit but the operating system's; negative is an error.
+// WithConnectTimeout bounds the TCP connect. Default 5 s, as urllib3's
+// connect=5; zero means no limit but the operating system's; negative is
+// an error.
 func WithConnectTimeout(d time.Duration) Option {
 	return durationOption("WithConnectTimeout", d, func(o *options) { o.connectTimeout = d })
 }
@@ -194,14 +198,15 @@ func WithConnectTimeout(d time.Duration) Option {
 // WithReadTimeout bounds the wait for response headers after the request is
 // written, and the wait for each read of the response body; a body that
 // keeps trickling is never cut off, a stall longer than d fails the read
-// with an error that wraps ErrReadTimeout. Default DefaultReadTimeout; zero
-// means no limit; negative is an error. It is urllib3's Timeout(read=).
+// with an error that wraps ErrReadTimeout. Default 10 s, as urllib3's
+// read=10; zero means no limit; negative is an error. It is urllib3's
+// Timeout(read=).
 func WithReadTimeout(d time.Duration) Option {
 	return durationOption("WithReadTimeout", d, func(o *options) { o.readTimeout = d })
 }
 
-// WithTLSHandshakeTimeout bounds the TLS handshake. Default
-// DefaultTLSHandshakeTimeout; zero means no limit; negative is an error.
+// WithTLSHandshakeTimeout bounds the TLS handshake. Default 10 s, as in
+// http.DefaultTransport; zero means no limit; negative is an error.
 func WithTLSHandshakeTimeout(d time.Duration) Option {
 	return durationOption("WithTLSHandshakeTimeout", d, func(o *options) { o.tlsHandshakeTimeout = d })
 }
@@ -268,8 +273,8 @@ func WithoutIdleLearning() Option {
 func NoProxy(*http.Request) (*url.URL, error) { return nil, nil }
 
 // WithMaxRetries sets how many times a request may be retried after its
-// first attempt. Default DefaultMaxRetries; zero disables retries; negative
-// is an error.
+// first attempt. Default 3 (4 attempts), urllib3's Retry.DEFAULT; zero
+// disables retries; negative is an error.
 func WithMaxRetries(n int) Option {
 	return optionFunc(func(o *options) {
 		o.maxRetries = n
@@ -322,9 +327,9 @@ func WithRetryMethods(methods ...string) Option {
 
 // WithBackoff sets the exponential backoff between attempts: the first
 // wait is about initial, each next one doubles, none exceeds max. Each wait
-// is jittered by +-50%. Defaults DefaultBackoffInitial and
-// DefaultBackoffMax; zero initial means retries are sent without waiting;
-// negative values, or initial above max, are an error.
+// is jittered by +-50%, so that clients that failed together do not retry
+// together. Default 100 ms and 5 s; zero initial means retries are sent
+// without waiting; negative values, or initial above max, are an error.
 func WithBackoff(initial, max time.Duration) Option {
 	return optionFunc(func(o *options) {
 		o.backoffInitial, o.backoffMax = initial, max
@@ -335,8 +340,9 @@ func WithBackoff(initial, max time.Duration) Option {
 
 // WithMaxRetryAfter sets the longest Retry-After (on 429 and 503) the client
 // waits for; if a server asks for longer, the response is returned to the
-// caller at once instead. Default DefaultMaxRetryAfter; zero means any
-// positive Retry-After ends the retries; negative is an error.
+// caller at once instead: no request sleeps for an hour because a header
+// said so. Default 30 s; zero means any positive Retry-After ends the
+// retries; negative is an error.
 func WithMaxRetryAfter(d time.Duration) Option {
 	return durationOption("WithMaxRetryAfter", d, func(o *options) { o.maxRetryAfter = d })
 }
@@ -447,15 +453,15 @@ func WithAttemptTransport(wrap func(http.RoundTripper) http.RoundTripper) Option
 // than one attempt), and Stats.BudgetRefusals counts it. Hedged attempts
 // (WithHedging) draw from the same budget. The budget is on by default,
 // as RetryBudget{}; a Ratio above 10, or a Window that is not whole
-// seconds from 1 s to MaxRetryBudgetWindow, is an error. Turn the budget
+// seconds from 1 s to 5 minutes, is an error. Turn the budget
 // off with WithoutRetryBudget.
 func WithRetryBudget(b RetryBudget) Option {
 	return optionFunc(func(o *options) {
 		o.budget = b.config()
 		o.check("WithRetryBudget", b.Ratio <= 10, "Ratio must not exceed 10, got %v", b.Ratio)
 		o.check("WithRetryBudget", b.Window == 0 ||
-			b.Window >= time.Second && b.Window <= MaxRetryBudgetWindow && b.Window%time.Second == 0,
-			"Window must be whole seconds from 1s to %v, got %v", MaxRetryBudgetWindow, b.Window)
+			b.Window >= time.Second && b.Window <= maxBudgetWindow && b.Window%time.Second == 0,
+			"Window must be whole seconds from 1s to %v, got %v", maxBudgetWindow, b.Window)
 	})
 }
 
@@ -524,18 +530,17 @@ func WithAttemptTimeout(d time.Duration) Option {
 // in Stats.Attempts and Stats.Hedges, not in Stats.Retries.
 //
 // Default: off. Zero delay means no hedging; zero maxHedges means
-// DefaultMaxHedges. A negative delay, or maxHedges outside 0..MaxHedges,
-// is an error. Choose delay near the service's p95 latency: hedging then
+// 1. A negative delay, or maxHedges outside 0..10, is an error. Choose delay near the service's p95 latency: hedging then
 // adds about 5% load and cuts the tail past it.
 func WithHedging(delay time.Duration, maxHedges int) Option {
 	return optionFunc(func(o *options) {
 		o.hedgeDelay, o.maxHedges = delay, maxHedges
 		if maxHedges == 0 {
-			o.maxHedges = DefaultMaxHedges
+			o.maxHedges = defaultMaxHedges
 		}
 		o.check("WithHedging", delay >= 0, "delay must not be negative, got %v", delay)
-		o.check("WithHedging", maxHedges >= 0 && maxHedges <= MaxHedges,
-			"maxHedges must be between 0 and %d, got %d", MaxHedges, maxHedges)
+		o.check("WithHedging", maxHedges >= 0 && maxHedges <= maxHedgesLimit,
+			"maxHedges must be between 0 and %d, got %d", maxHedgesLimit, maxHedges)
 	})
 }
 
@@ -675,19 +680,19 @@ type options struct {
 
 func defaultOptions() options {
 	o := options{
-		maxIdleConns:        DefaultMaxIdleConns,
-		maxIdleConnsPerHost: DefaultMaxIdleConnsPerHost,
-		maxConnsPerHost:     DefaultMaxConnsPerHost,
-		idleConnTimeout:     DefaultIdleConnTimeout,
-		connectTimeout:      DefaultConnectTimeout,
-		readTimeout:         DefaultReadTimeout,
-		tlsHandshakeTimeout: DefaultTLSHandshakeTimeout,
+		maxIdleConns:        defaultMaxIdleConns,
+		maxIdleConnsPerHost: defaultMaxIdleConnsPerHost,
+		maxConnsPerHost:     defaultMaxConnsPerHost,
+		idleConnTimeout:     defaultIdleConnTimeout,
+		connectTimeout:      defaultConnectTimeout,
+		readTimeout:         defaultReadTimeout,
+		tlsHandshakeTimeout: defaultTLSHandshakeTimeout,
 		proxy:               http.ProxyFromEnvironment,
-		maxRetries:          DefaultMaxRetries,
+		maxRetries:          defaultMaxRetries,
 		retryMethods:        map[string]bool{},
-		backoffInitial:      DefaultBackoffInitial,
-		backoffMax:          DefaultBackoffMax,
-		maxRetryAfter:       DefaultMaxRetryAfter,
+		backoffInitial:      defaultBackoffInitial,
+		backoffMax:          defaultBackoffMax,
+		maxRetryAfter:       defaultMaxRetryAfter,
 		budget:              defaultBudgetConfig(),
 	}
 	for _, c := range DefaultRetryStatuses() {
