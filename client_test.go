@@ -108,7 +108,7 @@ func TestOptionsAcceptZeroValues(t *testing.T) {
 		WithIdleConnTimeout(0), WithConnectTimeout(0), WithReadTimeout(0),
 		WithTLSHandshakeTimeout(0), WithMaxRetries(0), WithRetryStatuses(),
 		WithRetryMethods(), WithBackoff(0, 0), WithMaxRetryAfter(0), WithBodyBuffer(0), WithResponseBuffer(0),
-		WithTLSConfig(nil), WithLogger(nil), WithProxy(NoProxy))
+		WithTLSConfig(nil), WithLogger(nil), WithProxy(nil))
 	assert.Equal(t, defaultMaxIdleConnsPerHost, tr.base.MaxIdleConnsPerHost, "zero means the default")
 	assert.Zero(t, tr.base.ResponseHeaderTimeout)
 }
@@ -198,6 +198,20 @@ func TestWithProxySendsThroughTheProxy(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "via proxy for upstream.invalid", readBody(t, resp))
 	assert.EqualValues(t, 1, proxied.Load())
+}
+
+func TestWithProxyNilSendsDirectly(t *testing.T) {
+	var proxied atomic.Int64
+	proxy, _ := newServer(t, false, func(w http.ResponseWriter, r *http.Request) { proxied.Add(1) })
+	srv, _ := newServer(t, false, func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "direct") })
+	pu, err := url.Parse(proxy.URL)
+	require.NoError(t, err)
+	c, tr := newTestClient(t, WithProxy(http.ProxyURL(pu)), WithProxy(nil))
+	assert.Nil(t, tr.base.Proxy, "as a nil http.Transport.Proxy")
+	resp, err := c.Get(srv.URL)
+	require.NoError(t, err)
+	assert.Equal(t, "direct", readBody(t, resp))
+	assert.Zero(t, proxied.Load(), "the later WithProxy(nil) overrides the proxy")
 }
 
 func TestReadTimeout(t *testing.T) {

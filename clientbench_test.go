@@ -4,7 +4,7 @@ package keepalive
 // http.Client{Transport: X}.Get(url), the body read to the end and closed,
 // against an HTTP/1 httptest.Server that answers 128 bytes, at 64
 // goroutines and at 1. X is a default keepalive.Transport
-// (NewTransport(WithProxy(NoProxy))) or a bare *http.Transport tuned the
+// (NewTransport(WithProxy(nil))) or a bare *http.Transport tuned the
 // same way (pool sizes, idle timeout, ResponseHeaderTimeout = the default
 // read timeout, ForceAttemptHTTP2, same dialer, no proxy).
 //
@@ -99,7 +99,7 @@ var cbClients = map[string]func(tb testing.TB) http.RoundTripper{
 }
 
 func cbKeepalive(tb testing.TB, opts ...Option) *Transport {
-	tr, err := NewTransport(append([]Option{WithProxy(NoProxy)}, opts...)...)
+	tr, err := NewTransport(append([]Option{WithProxy(nil)}, opts...)...)
 	if err != nil {
 		tb.Fatal(err)
 	}

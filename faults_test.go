@@ -26,7 +26,7 @@ import (
 // faultFastRetries makes retries cheap in time: the scenarios count
 // attempts, not backoff.
 func faultFastRetries(n int) []Option {
-	return []Option{WithMaxRetries(n), WithBackoff(time.Millisecond, 5*time.Millisecond), WithProxy(NoProxy)}
+	return []Option{WithMaxRetries(n), WithBackoff(time.Millisecond, 5*time.Millisecond), WithProxy(nil)}
 }
 
 func faultDo(t *testing.T, c *http.Client, req *http.Request) (*http.Response, string, error) {
@@ -302,7 +302,7 @@ func TestFaultTrickledBody(t *testing.T) {
 
 func TestFaultRefusedThenBack(t *testing.T) {
 	srv := newFaultServer(t, faultServe(faultOK))
-	c, tr := newTestClient(t, WithMaxRetries(100), WithBackoff(5*time.Millisecond, 20*time.Millisecond), WithProxy(NoProxy))
+	c, tr := newTestClient(t, WithMaxRetries(100), WithBackoff(5*time.Millisecond, 20*time.Millisecond), WithProxy(nil))
 	srv.stopListening()
 
 	// A POST without a key is safe to resend when its connection was never

@@ -535,7 +535,7 @@ func (c *mxCell) run() {
 	}
 	mxLabel(c.label, "client")
 	opts := []Option{
-		WithProxy(NoProxy),
+		WithProxy(nil),
 		WithBackoff(time.Millisecond, 5*time.Millisecond),
 		WithReadTimeout(mxReadTimeout),
 		WithMaxRetries(mxMaxRetries),

@@ -225,12 +225,10 @@ func WithTLSConfig(c *tls.Config) Option {
 
 // WithProxy sets the function that picks the proxy of a request. Default
 // http.ProxyFromEnvironment (HTTP_PROXY, HTTPS_PROXY, NO_PROXY), as in
-// http.DefaultTransport; pass NoProxy to use none; nil is an error.
+// http.DefaultTransport; nil means no proxy, as a nil http.Transport.Proxy
+// does: every request is sent directly.
 func WithProxy(proxy func(*http.Request) (*url.URL, error)) Option {
-	return optionFunc(func(o *options) {
-		o.proxy = proxy
-		o.check("WithProxy", proxy != nil, "nil proxy func (use keepalive.NoProxy for none)")
-	})
+	return optionFunc(func(o *options) { o.proxy = proxy })
 }
 
 // WithDialContext sets the function that opens connections, in place of
@@ -268,9 +266,6 @@ func WithoutHTTP2() Option {
 func WithoutIdleLearning() Option {
 	return optionFunc(func(o *options) { o.noIdleLearning = true })
 }
-
-// NoProxy is a proxy function that sends every request directly.
-func NoProxy(*http.Request) (*url.URL, error) { return nil, nil }
 
 // WithMaxRetries sets how many times a request may be retried after its
 // first attempt. Default 3 (4 attempts), urllib3's Retry.DEFAULT; zero

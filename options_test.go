@@ -30,7 +30,7 @@ func TestOptionValidation(t *testing.T) {
 		{"negative connect timeout", WithConnectTimeout(-1), "WithConnectTimeout"},
 		{"negative read timeout", WithReadTimeout(-1), "WithReadTimeout"},
 		{"negative TLS timeout", WithTLSHandshakeTimeout(-1), "WithTLSHandshakeTimeout"},
-		{"nil proxy", WithProxy(nil), "WithProxy"},
+		{"nil proxy", WithProxy(nil), ""},
 		{"negative retries", WithMaxRetries(-1), "WithMaxRetries"},
 		{"status below 100", WithRetryStatuses(503, 99), "WithRetryStatuses"},
 		{"status above 599", WithRetryStatuses(600), "WithRetryStatuses"},
