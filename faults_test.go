@@ -292,9 +292,9 @@ func TestFaultTrickledBody(t *testing.T) {
 		c, tr := newTestClient(t, append(faultFastRetries(3), WithReadTimeout(readTimeout))...)
 		_, body, err := faultGet(t, c, srv.url("/stop"))
 		require.ErrorIs(t, err, ErrReadTimeout)
-		var rte *ReadTimeoutError
-		require.ErrorAs(t, err, &rte)
-		assert.Equal(t, readTimeout, rte.Limit)
+		var te *TimeoutError
+		require.ErrorAs(t, err, &te)
+		assert.Equal(t, TimeoutError{Op: "read", Limit: readTimeout}, *te)
 		assert.Equal(t, "01234", body)
 		assert.Equal(t, int64(1), tr.Stats().Attempts)
 	})
