@@ -74,6 +74,28 @@ type CircuitBreaker struct {
 	HalfOpenProbes uint32
 }
 
+// BreakerState is the state of a host's circuit breaker.
+type BreakerState uint8
+
+const (
+	BreakerClosed   BreakerState = iota // attempts go through and are counted
+	BreakerOpen                         // attempts fail at once, with a *CircuitOpenError
+	BreakerHalfOpen                     // HalfOpenProbes attempts go through, to decide whether to close
+)
+
+// String returns "closed", "open" or "half-open", as logged.
+func (s BreakerState) String() string {
+	switch s {
+	case BreakerClosed:
+		return "closed"
+	case BreakerOpen:
+		return "open"
+	case BreakerHalfOpen:
+		return "half-open"
+	}
+	return "unknown"
+}
+
 // Private implementation past this point.
 
 func (c CircuitBreaker) withDefaults() CircuitBreaker {
@@ -105,7 +127,7 @@ var (
 
 // newHostBreaker returns the breaker of the host key; onChange (events.go)
 // hears of every change of state.
-func newHostBreaker(cfg CircuitBreaker, key string, onChange func(host, from, to string)) *hostBreaker {
+func newHostBreaker(cfg CircuitBreaker, key string, onChange func(host string, from, to BreakerState)) *hostBreaker {
 	return gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:         key,
 		MaxRequests:  cfg.HalfOpenProbes,
@@ -119,9 +141,20 @@ func newHostBreaker(cfg CircuitBreaker, key string, onChange func(host, from, to
 		},
 		IsExcluded: func(err error) bool { return err == errBreakerExcluded },
 		OnStateChange: func(name string, from, to gobreaker.State) {
-			onChange(name, from.String(), to.String())
+			onChange(name, breakerState(from), breakerState(to))
 		},
 	})
+}
+
+// breakerState is gobreaker's state as a BreakerState.
+func breakerState(s gobreaker.State) BreakerState {
+	switch s {
+	case gobreaker.StateOpen:
+		return BreakerOpen
+	case gobreaker.StateHalfOpen:
+		return BreakerHalfOpen
+	}
+	return BreakerClosed
 }
 
 // breakerOutcome sorts an attempt's result for its breaker. ended reports

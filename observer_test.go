@@ -356,7 +356,7 @@ func TestBreakerChangesAreObserved(t *testing.T) {
 	require.ErrorIs(t, err, ErrCircuitOpen)
 
 	host := hostOf(t, s.URL)
-	assert.Equal(t, []BreakerChangeEvent{{Host: host, From: "closed", To: "open"}}, rec.breakers)
+	assert.Equal(t, []BreakerChangeEvent{{Host: host, From: BreakerClosed, To: BreakerOpen}}, rec.breakers)
 	assert.Len(t, rec.ends, 2, "the refused attempt was never sent")
 	hs := tr.HostStats()[host]
 	assert.Equal(t, int64(2), hs.Attempts)
