@@ -214,7 +214,8 @@ type BreakerChangeEvent struct {
 
 // HostPauseEvent is a host that asked for a pause: every attempt to it,
 // or with PerKey every attempt with the same rate-limit key, waits until
-// Wait has passed (see WithoutHostPause).
+// Wait has passed (see the package documentation, Cooperating with
+// servers).
 type HostPauseEvent struct {
 	Host   string        // its HostStats key, "host:port"
 	Status int           // the status of the response that asked
