@@ -64,8 +64,8 @@ type RetryBudget struct {
 	// Ratio is the retries that each success earns. Zero means 0.2: one
 	// retry for every 5 requests that succeeded in the window, so a host
 	// that fails up to about 1 attempt in 6 at random keeps all its
-	// retries. A negative value means none: retries draw on the floor only. It must not exceed 10 (Finagle allows up to
-	// 1000%).
+	// retries. A negative value means none: retries draw on the floor
+	// only. It must not exceed 10 (Finagle allows up to 1000%).
 	Ratio float64
 
 	// Window is the sliding window over which successes and retries are
