@@ -405,10 +405,10 @@ func (t *Transport) settle(h *hostState, ctl *attemptCtl, outer context.Context,
 		t.count(h, attemptTimeoutCounter)
 		// Not wrapped: the transport's error is context.Canceled, which
 		// would read as the caller's cancellation and end the retries.
-		return nil, &AttemptTimeoutError{Limit: ctl.deadline}
+		return nil, &TimeoutError{Op: opAttempt, Limit: ctl.deadline}
 	default: // attemptUploadStalled
 		t.count(h, writeTimeoutCounter)
-		return nil, &WriteTimeoutError{Limit: ctl.upload.d}
+		return nil, &TimeoutError{Op: opWrite, Limit: ctl.upload.d}
 	}
 }
 
@@ -426,6 +426,6 @@ func endedOutside(ctx context.Context) bool {
 // isWriteTimeout is apart so that the success path does not pay for
 // errors.As's target escaping to the heap.
 func isWriteTimeout(err error) bool {
-	var wte *WriteTimeoutError
-	return errors.As(err, &wte)
+	var te *TimeoutError
+	return errors.As(err, &te) && te.Op == opWrite
 }

@@ -237,10 +237,11 @@ func newKeepaliveTransport(b *testing.B) http.RoundTripper {
 }
 
 // newBareTransport is an http.Transport with the settings of a default
-// keepalive.Transport, and nothing on top.
+// keepalive.Transport (the values its options' docs state), and nothing on
+// top.
 func newBareTransport(b *testing.B) http.RoundTripper {
 	dialer := &net.Dialer{
-		Timeout: keepalive.DefaultConnectTimeout,
+		Timeout: 5 * time.Second,
 		KeepAliveConfig: net.KeepAliveConfig{
 			Enable:   true,
 			Idle:     30 * time.Second, // keepalive's fixed TCP keep-alive tuning
@@ -252,12 +253,12 @@ func newBareTransport(b *testing.B) http.RoundTripper {
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           dialer.DialContext,
 		ForceAttemptHTTP2:     true,
-		TLSHandshakeTimeout:   keepalive.DefaultTLSHandshakeTimeout,
-		MaxIdleConns:          keepalive.DefaultMaxIdleConns,
-		MaxIdleConnsPerHost:   keepalive.DefaultMaxIdleConnsPerHost,
-		MaxConnsPerHost:       keepalive.DefaultMaxConnsPerHost,
-		IdleConnTimeout:       keepalive.DefaultIdleConnTimeout,
-		ResponseHeaderTimeout: keepalive.DefaultReadTimeout,
+		TLSHandshakeTimeout:   10 * time.Second,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   256,
+		MaxConnsPerHost:       0,
+		IdleConnTimeout:       50 * time.Second,
+		ResponseHeaderTimeout: 10 * time.Second,
 		ExpectContinueTimeout: time.Second, // as keepalive sets it
 		HTTP2: &http.HTTP2Config{
 			SendPingTimeout: 30 * time.Second, // keepalive's fixed HTTP/2 health checks

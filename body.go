@@ -397,7 +397,7 @@ func (b *respBody) Read(p []byte) (int, error) {
 		return n, err
 	}
 	if b.fired.Load() {
-		return 0, &ReadTimeoutError{Limit: w.d}
+		return 0, &TimeoutError{Op: opRead, Limit: w.d}
 	}
 	b.reads.Add(1)
 	if !b.started {
@@ -409,7 +409,7 @@ func (b *respBody) Read(p []byte) (int, error) {
 	if err != nil {
 		b.end(err == io.EOF)
 		if b.fired.Load() {
-			return n, &ReadTimeoutError{Limit: w.d}
+			return n, &TimeoutError{Op: opRead, Limit: w.d}
 		}
 	}
 	return n, err

@@ -15,36 +15,36 @@ import (
 
 // Circuit breaker defaults, used for the zero fields of CircuitBreaker.
 const (
-	// DefaultBreakerConsecutiveFailures opens a host's circuit after 5
+	// defaultBreakerConsecutiveFailures opens a host's circuit after 5
 	// failed attempts in a row, gobreaker's and Polly's default.
-	DefaultBreakerConsecutiveFailures = 5
+	defaultBreakerConsecutiveFailures = 5
 
-	// DefaultBreakerMinRequests is the fewest attempts in the interval
+	// defaultBreakerMinRequests is the fewest attempts in the interval
 	// before FailureRatio may open the circuit: a ratio of 2 failures in 3
 	// attempts says little.
-	DefaultBreakerMinRequests = 20
+	defaultBreakerMinRequests = 20
 
-	// DefaultBreakerInterval is the rolling window over which the failure
+	// defaultBreakerInterval is the rolling window over which the failure
 	// ratio is counted, in ten buckets.
-	DefaultBreakerInterval = 10 * time.Second
+	defaultBreakerInterval = 10 * time.Second
 
-	// DefaultBreakerOpenTimeout is how long a circuit stays open before it
+	// defaultBreakerOpenTimeout is how long a circuit stays open before it
 	// half-opens to probe. 10 s, below gobreaker's 60 s: a host that
 	// restarted or a deploy that finished is usually back within seconds,
 	// and one probe per 10 s costs it nothing.
-	DefaultBreakerOpenTimeout = 10 * time.Second
+	defaultBreakerOpenTimeout = 10 * time.Second
 
-	// DefaultBreakerHalfOpenProbes is the attempts let through while a
+	// defaultBreakerHalfOpenProbes is the attempts let through while a
 	// circuit is half-open; that many successes in a row close it, one
 	// failure opens it again.
-	DefaultBreakerHalfOpenProbes = 1
+	defaultBreakerHalfOpenProbes = 1
 )
 
 // CircuitBreaker configures WithCircuitBreaker. Zero fields take the
-// defaults named on each, so CircuitBreaker{} is a working configuration.
+// defaults stated on each, so CircuitBreaker{} is a working configuration.
 type CircuitBreaker struct {
 	// ConsecutiveFailures opens the circuit after this many failed
-	// attempts in a row. Zero means DefaultBreakerConsecutiveFailures.
+	// attempts in a row. Zero means 5, gobreaker's and Polly's default.
 	ConsecutiveFailures uint32
 
 	// FailureRatio, when above zero, also opens the circuit when at least
@@ -54,40 +54,65 @@ type CircuitBreaker struct {
 	FailureRatio float64
 
 	// MinRequests is the fewest attempts within Interval for FailureRatio
-	// to apply. Zero means DefaultBreakerMinRequests.
+	// to apply. Zero means 20: a ratio of 2 failures in 3 attempts says
+	// little.
 	MinRequests uint32
 
 	// Interval is the rolling window of the counts while the circuit is
-	// closed. Zero means DefaultBreakerInterval; it is rounded to a
-	// multiple of a tenth of itself.
+	// closed. Zero means 10 s; it is rounded to a multiple of a tenth of
+	// itself.
 	Interval time.Duration
 
 	// OpenTimeout is how long the circuit stays open before it half-opens.
-	// Zero means DefaultBreakerOpenTimeout.
+	// Zero means 10 s, below gobreaker's 60 s: a host that restarted is
+	// usually back within seconds, and one probe per 10 s costs it nothing.
 	OpenTimeout time.Duration
 
 	// HalfOpenProbes is how many attempts a half-open circuit lets
-	// through. Zero means DefaultBreakerHalfOpenProbes.
+	// through; that many successes in a row close it, one failure opens it
+	// again. Zero means 1.
 	HalfOpenProbes uint32
+}
+
+// BreakerState is the state of a host's circuit breaker.
+type BreakerState uint8
+
+const (
+	BreakerClosed   BreakerState = iota // attempts go through and are counted
+	BreakerOpen                         // attempts fail at once, with a *CircuitOpenError
+	BreakerHalfOpen                     // HalfOpenProbes attempts go through, to decide whether to close
+)
+
+// String returns "closed", "open" or "half-open", as logged.
+func (s BreakerState) String() string {
+	switch s {
+	case BreakerClosed:
+		return "closed"
+	case BreakerOpen:
+		return "open"
+	case BreakerHalfOpen:
+		return "half-open"
+	}
+	return "unknown"
 }
 
 // Private implementation past this point.
 
 func (c CircuitBreaker) withDefaults() CircuitBreaker {
 	if c.ConsecutiveFailures == 0 {
-		c.ConsecutiveFailures = DefaultBreakerConsecutiveFailures
+		c.ConsecutiveFailures = defaultBreakerConsecutiveFailures
 	}
 	if c.MinRequests == 0 {
-		c.MinRequests = DefaultBreakerMinRequests
+		c.MinRequests = defaultBreakerMinRequests
 	}
 	if c.Interval == 0 {
-		c.Interval = DefaultBreakerInterval
+		c.Interval = defaultBreakerInterval
 	}
 	if c.OpenTimeout == 0 {
-		c.OpenTimeout = DefaultBreakerOpenTimeout
+		c.OpenTimeout = defaultBreakerOpenTimeout
 	}
 	if c.HalfOpenProbes == 0 {
-		c.HalfOpenProbes = DefaultBreakerHalfOpenProbes
+		c.HalfOpenProbes = defaultBreakerHalfOpenProbes
 	}
 	return c
 }
@@ -102,7 +127,7 @@ var (
 
 // newHostBreaker returns the breaker of the host key; onChange (events.go)
 // hears of every change of state.
-func newHostBreaker(cfg CircuitBreaker, key string, onChange func(host, from, to string)) *hostBreaker {
+func newHostBreaker(cfg CircuitBreaker, key string, onChange func(host string, from, to BreakerState)) *hostBreaker {
 	return gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:         key,
 		MaxRequests:  cfg.HalfOpenProbes,
@@ -116,9 +141,20 @@ func newHostBreaker(cfg CircuitBreaker, key string, onChange func(host, from, to
 		},
 		IsExcluded: func(err error) bool { return err == errBreakerExcluded },
 		OnStateChange: func(name string, from, to gobreaker.State) {
-			onChange(name, from.String(), to.String())
+			onChange(name, breakerState(from), breakerState(to))
 		},
 	})
+}
+
+// breakerState is gobreaker's state as a BreakerState.
+func breakerState(s gobreaker.State) BreakerState {
+	switch s {
+	case gobreaker.StateOpen:
+		return BreakerOpen
+	case gobreaker.StateHalfOpen:
+		return BreakerHalfOpen
+	}
+	return BreakerClosed
 }
 
 // breakerOutcome sorts an attempt's result for its breaker. ended reports

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sony/gobreaker/v2"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -34,6 +35,24 @@ func getStatus(t *testing.T, c *http.Client, url string) (int, error) {
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	return resp.StatusCode, nil
+}
+
+func TestBreakerStateNamesGobreakersStates(t *testing.T) {
+	tests := []struct {
+		give gobreaker.State
+		want BreakerState
+	}{
+		{gobreaker.StateClosed, BreakerClosed},
+		{gobreaker.StateOpen, BreakerOpen},
+		{gobreaker.StateHalfOpen, BreakerHalfOpen},
+	}
+	for _, tt := range tests {
+		t.Run("gobreaker's "+tt.give.String()+" is "+tt.want.String(), func(t *testing.T) {
+			assert.Equal(t, tt.want, breakerState(tt.give))
+			assert.Equal(t, tt.give.String(), tt.want.String(), "the logged strings are gobreaker's")
+		})
+	}
+	assert.Equal(t, "unknown", BreakerState(9).String())
 }
 
 func TestCircuitBreakerOpensAfterConsecutiveFailures(t *testing.T) {

@@ -24,19 +24,19 @@ import (
 // while a host that fails 5% of requests at random earns far more retries
 // than it needs.
 const (
-	// DefaultRetryBudgetRatio is the retries that each success earns: 0.2
+	// defaultRetryBudgetRatio is the retries that each success earns: 0.2
 	// lets one retry through for every 5 requests that succeeded in the
 	// window. A host that fails up to about 1 attempt in 6 at random so
 	// keeps all its retries (it needs f/(1-f) retries per success when
 	// it fails a share f of attempts); past that, retries are held to 0.2
 	// per success, plus the floor.
-	DefaultRetryBudgetRatio = 0.2
+	defaultRetryBudgetRatio = 0.2
 
-	// DefaultRetryBudgetWindow is the sliding window over which successes
+	// defaultRetryBudgetWindow is the sliding window over which successes
 	// and retries are counted.
-	DefaultRetryBudgetWindow = 10 * time.Second
+	defaultRetryBudgetWindow = 10 * time.Second
 
-	// DefaultRetryBudgetMinPerSecond is the floor: 10 retries per second of
+	// defaultRetryBudgetMinPerSecond is the floor: 10 retries per second of
 	// the window (10/s x 10 s = 100 per window) always allowed, so a client
 	// that sends few requests can still retry them. The floor is bounded:
 	// it is a fixed count per window, MinPerSecond x the window's seconds,
@@ -46,10 +46,10 @@ const (
 	// of them (1.01 attempts per request), one that keeps sending 1,000
 	// requests per second retries 1% of them, and one that sends 1 per
 	// second retries them all.
-	DefaultRetryBudgetMinPerSecond = 10
+	defaultRetryBudgetMinPerSecond = 10
 
-	// MaxRetryBudgetWindow is the longest window WithRetryBudget accepts.
-	MaxRetryBudgetWindow = 5 * time.Minute
+	// maxBudgetWindow is the longest window WithRetryBudget accepts.
+	maxBudgetWindow = 5 * time.Minute
 )
 
 // RetryBudget configures WithRetryBudget: per host, within any Window,
@@ -59,25 +59,25 @@ const (
 // retry: a response whose status is not retried (a 404 counts; a 503
 // does not), or that the WithCheckRetry policy does not retry; errors,
 // cancelled requests and requests that gave up never count. Zero fields
-// take the defaults named on each, so RetryBudget{} is the default budget.
+// take the defaults stated on each, so RetryBudget{} is the default budget.
 type RetryBudget struct {
-	// Ratio is the retries that each success earns. Zero means
-	// DefaultRetryBudgetRatio; a negative value means none: retries draw
-	// on the floor only. It must not exceed 10 (Finagle allows up to
-	// 1000%).
+	// Ratio is the retries that each success earns. Zero means 0.2: one
+	// retry for every 5 requests that succeeded in the window, so a host
+	// that fails up to about 1 attempt in 6 at random keeps all its
+	// retries. A negative value means none: retries draw on the floor
+	// only. It must not exceed 10 (Finagle allows up to 1000%).
 	Ratio float64
 
 	// Window is the sliding window over which successes and retries are
-	// counted; it slides by whole seconds. Zero means
-	// DefaultRetryBudgetWindow; otherwise it must be a whole number of
-	// seconds from 1 s to MaxRetryBudgetWindow.
+	// counted; it slides by whole seconds. Zero means 10 s; otherwise it
+	// must be a whole number of seconds from 1 s to 5 minutes.
 	Window time.Duration
 
 	// MinPerSecond is the floor: retries per second of the window always
 	// allowed, so a client that sends few requests can still retry them.
 	// It is a count per window, MinPerSecond x the window's seconds, not a
-	// rate: the whole count may be spent at once. Zero means
-	// DefaultRetryBudgetMinPerSecond; a negative value means no floor.
+	// rate: the whole count may be spent at once. Zero means 10 (100 per
+	// 10 s window); a negative value means no floor.
 	MinPerSecond int
 }
 
@@ -97,16 +97,16 @@ func (b RetryBudget) config() budgetConfig {
 	c := budgetConfig{ratio: b.Ratio, window: b.Window, minPerSecond: b.MinPerSecond}
 	switch {
 	case c.ratio == 0:
-		c.ratio = DefaultRetryBudgetRatio
+		c.ratio = defaultRetryBudgetRatio
 	case c.ratio < 0:
 		c.ratio = 0
 	}
 	if c.window == 0 {
-		c.window = DefaultRetryBudgetWindow
+		c.window = defaultRetryBudgetWindow
 	}
 	switch {
 	case c.minPerSecond == 0:
-		c.minPerSecond = DefaultRetryBudgetMinPerSecond
+		c.minPerSecond = defaultRetryBudgetMinPerSecond
 	case c.minPerSecond < 0:
 		c.minPerSecond = 0
 	}

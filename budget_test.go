@@ -248,7 +248,7 @@ func TestRetryBudgetOffRetriesEverything(t *testing.T) {
 	c, tr := newTestClient(t, WithBackoff(0, 0), WithoutRetryBudget())
 
 	assert.Zero(t, fleetHammer(t, c, srv.URL, requests, workers))
-	assert.Equal(t, int64(requests*(1+DefaultMaxRetries)), hits.Load())
+	assert.Equal(t, int64(requests*(1+defaultMaxRetries)), hits.Load())
 	assert.Zero(t, tr.Stats().BudgetRefusals)
 }
 

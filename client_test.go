@@ -108,27 +108,27 @@ func TestOptionsAcceptZeroValues(t *testing.T) {
 		WithIdleConnTimeout(0), WithConnectTimeout(0), WithReadTimeout(0),
 		WithTLSHandshakeTimeout(0), WithMaxRetries(0), WithRetryStatuses(),
 		WithRetryMethods(), WithBackoff(0, 0), WithMaxRetryAfter(0), WithBodyBuffer(0), WithResponseBuffer(0),
-		WithTLSConfig(nil), WithLogger(nil), WithProxy(NoProxy))
-	assert.Equal(t, DefaultMaxIdleConnsPerHost, tr.base.MaxIdleConnsPerHost, "zero means the default")
+		WithTLSConfig(nil), WithLogger(nil), WithProxy(nil))
+	assert.Equal(t, defaultMaxIdleConnsPerHost, tr.base.MaxIdleConnsPerHost, "zero means the default")
 	assert.Zero(t, tr.base.ResponseHeaderTimeout)
 }
 
 func TestDefaultsAreTunedAndKeepWhatDefaultTransportGives(t *testing.T) {
 	tr := newTestTransport(t)
 	b := tr.base
-	assert.Equal(t, DefaultMaxIdleConns, b.MaxIdleConns)
-	assert.Equal(t, DefaultMaxIdleConnsPerHost, b.MaxIdleConnsPerHost)
-	assert.Equal(t, DefaultIdleConnTimeout, b.IdleConnTimeout)
+	assert.Equal(t, defaultMaxIdleConns, b.MaxIdleConns)
+	assert.Equal(t, defaultMaxIdleConnsPerHost, b.MaxIdleConnsPerHost)
+	assert.Equal(t, defaultIdleConnTimeout, b.IdleConnTimeout)
 	assert.Less(t, b.IdleConnTimeout, 60*time.Second, "below the idle timeouts of ALB (60 s) and nginx (75 s)")
-	assert.Equal(t, DefaultReadTimeout, b.ResponseHeaderTimeout)
-	assert.Equal(t, DefaultTLSHandshakeTimeout, b.TLSHandshakeTimeout)
+	assert.Equal(t, defaultReadTimeout, b.ResponseHeaderTimeout)
+	assert.Equal(t, defaultTLSHandshakeTimeout, b.TLSHandshakeTimeout)
 	assert.True(t, b.ForceAttemptHTTP2, "a custom dialer must not turn HTTP/2 off")
 	require.NotNil(t, b.HTTP2)
 	assert.Equal(t, http2PingInterval, b.HTTP2.SendPingTimeout)
 	assert.Equal(t, http2PingTimeout, b.HTTP2.PingTimeout)
 	assert.Equal(t, reflect.ValueOf(http.ProxyFromEnvironment).Pointer(), reflect.ValueOf(b.Proxy).Pointer(),
 		"proxy from the environment, as http.DefaultTransport")
-	assert.Equal(t, DefaultMaxRetries, tr.policy.maxRetries)
+	assert.Equal(t, defaultMaxRetries, tr.policy.maxRetries)
 	for _, c := range []int{429, 500, 501, 502, 503, 504} {
 		assert.True(t, tr.policy.statuses.has(c), "status %d", c)
 	}
@@ -198,6 +198,20 @@ func TestWithProxySendsThroughTheProxy(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "via proxy for upstream.invalid", readBody(t, resp))
 	assert.EqualValues(t, 1, proxied.Load())
+}
+
+func TestWithProxyNilSendsDirectly(t *testing.T) {
+	var proxied atomic.Int64
+	proxy, _ := newServer(t, false, func(w http.ResponseWriter, r *http.Request) { proxied.Add(1) })
+	srv, _ := newServer(t, false, func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "direct") })
+	pu, err := url.Parse(proxy.URL)
+	require.NoError(t, err)
+	c, tr := newTestClient(t, WithProxy(http.ProxyURL(pu)), WithProxy(nil))
+	assert.Nil(t, tr.base.Proxy, "as a nil http.Transport.Proxy")
+	resp, err := c.Get(srv.URL)
+	require.NoError(t, err)
+	assert.Equal(t, "direct", readBody(t, resp))
+	assert.Zero(t, proxied.Load(), "the later WithProxy(nil) overrides the proxy")
 }
 
 func TestReadTimeout(t *testing.T) {

@@ -4,7 +4,7 @@ package keepalive
 // http.Client{Transport: X}.Get(url), the body read to the end and closed,
 // against an HTTP/1 httptest.Server that answers 128 bytes, at 64
 // goroutines and at 1. X is a default keepalive.Transport
-// (NewTransport(WithProxy(NoProxy))) or a bare *http.Transport tuned the
+// (NewTransport(WithProxy(nil))) or a bare *http.Transport tuned the
 // same way (pool sizes, idle timeout, ResponseHeaderTimeout = the default
 // read timeout, ForceAttemptHTTP2, same dialer, no proxy).
 //
@@ -75,7 +75,7 @@ var cbResponse = bytes.Repeat([]byte("k"), 128)
 var cbClients = map[string]func(tb testing.TB) http.RoundTripper{
 	// The two compared by default.
 	"keepalive": func(tb testing.TB) http.RoundTripper { return cbKeepalive(tb) },
-	"bare":      func(tb testing.TB) http.RoundTripper { return cbBare(tb, DefaultReadTimeout) },
+	"bare":      func(tb testing.TB) http.RoundTripper { return cbBare(tb, defaultReadTimeout) },
 
 	// Variants, to see where keepalive's time goes.
 	"ka-nobudget": func(tb testing.TB) http.RoundTripper { return cbKeepalive(tb, WithoutRetryBudget()) },
@@ -85,21 +85,21 @@ var cbClients = map[string]func(tb testing.TB) http.RoundTripper{
 	// No body timer, but the header timeout kept, as bare has it.
 	"ka-nobodytimer": func(tb testing.TB) http.RoundTripper {
 		tr := cbKeepalive(tb, WithReadTimeout(0))
-		tr.base.ResponseHeaderTimeout = DefaultReadTimeout
+		tr.base.ResponseHeaderTimeout = defaultReadTimeout
 		return tr
 	},
 	"ka-noretries": func(tb testing.TB) http.RoundTripper { return cbKeepalive(tb, WithMaxRetries(0)) },
 	// No body timer, no budget: the dial gate's body wrapper and counting.
 	"ka-lean": func(tb testing.TB) http.RoundTripper {
 		tr := cbKeepalive(tb, WithReadTimeout(0), WithoutRetryBudget())
-		tr.base.ResponseHeaderTimeout = DefaultReadTimeout
+		tr.base.ResponseHeaderTimeout = defaultReadTimeout
 		return tr
 	},
 	"bare-nohdrtimeout": func(tb testing.TB) http.RoundTripper { return cbBare(tb, 0) },
 }
 
 func cbKeepalive(tb testing.TB, opts ...Option) *Transport {
-	tr, err := NewTransport(append([]Option{WithProxy(NoProxy)}, opts...)...)
+	tr, err := NewTransport(append([]Option{WithProxy(nil)}, opts...)...)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -146,7 +146,7 @@ func cbDialsOf(rt http.RoundTripper) *cbDialCount {
 // Transport and nothing on top; headerTimeout is its ResponseHeaderTimeout.
 func cbBare(tb testing.TB, headerTimeout time.Duration) *http.Transport {
 	dialer := &net.Dialer{
-		Timeout: DefaultConnectTimeout,
+		Timeout: defaultConnectTimeout,
 		KeepAliveConfig: net.KeepAliveConfig{
 			Enable:   true,
 			Idle:     tcpKeepAliveIdle,
@@ -158,11 +158,11 @@ func cbBare(tb testing.TB, headerTimeout time.Duration) *http.Transport {
 		Proxy:                 nil,
 		DialContext:           dialer.DialContext,
 		ForceAttemptHTTP2:     true,
-		TLSHandshakeTimeout:   DefaultTLSHandshakeTimeout,
-		MaxIdleConns:          DefaultMaxIdleConns,
-		MaxIdleConnsPerHost:   DefaultMaxIdleConnsPerHost,
-		MaxConnsPerHost:       DefaultMaxConnsPerHost,
-		IdleConnTimeout:       DefaultIdleConnTimeout,
+		TLSHandshakeTimeout:   defaultTLSHandshakeTimeout,
+		MaxIdleConns:          defaultMaxIdleConns,
+		MaxIdleConnsPerHost:   defaultMaxIdleConnsPerHost,
+		MaxConnsPerHost:       defaultMaxConnsPerHost,
+		IdleConnTimeout:       defaultIdleConnTimeout,
 		ResponseHeaderTimeout: headerTimeout,
 		ExpectContinueTimeout: time.Second,
 		HTTP2: &http.HTTP2Config{
@@ -542,7 +542,7 @@ func TestClientBenchPaired(t *testing.T) {
 		g, perG = 1, cbEnvInt("KA_CLIENTBENCH_PAIRS", 20_000)
 	}
 	srv := cbServer(t)
-	clients := [2]*http.Client{{Transport: cbKeepalive(t)}, {Transport: cbBare(t, DefaultReadTimeout)}}
+	clients := [2]*http.Client{{Transport: cbKeepalive(t)}, {Transport: cbBare(t, defaultReadTimeout)}}
 	for _, c := range clients { // warm both pools to the concurrency
 		if _, err := cbRun(c, srv.URL, 4*g, g); err != nil {
 			t.Fatal(err)
@@ -599,7 +599,7 @@ func TestClientBenchTogether(t *testing.T) {
 	}
 	dur := time.Duration(cbEnvInt("KA_CLIENTBENCH_MS", 4000)) * time.Millisecond
 	srv := cbServer(t)
-	clients := [2]*http.Client{{Transport: cbKeepalive(t)}, {Transport: cbBare(t, DefaultReadTimeout)}}
+	clients := [2]*http.Client{{Transport: cbKeepalive(t)}, {Transport: cbBare(t, defaultReadTimeout)}}
 	for _, c := range clients {
 		if _, err := cbRun(c, srv.URL, 4*g, g); err != nil {
 			t.Fatal(err)

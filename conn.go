@@ -86,7 +86,7 @@ type conn struct {
 
 	// The write deadline bounds every write by the read timeout: a write
 	// that makes no progress for it (the server stopped reading an HTTP/1
-	// upload, or any HTTP/2 frame) fails with a *WriteTimeoutError, and
+	// upload, or any HTTP/2 frame) fails with a *TimeoutError (Op "write"), and
 	// net/http closes the connection. net/http's header timeout starts
 	// only once the request is written, so nothing else bounds a write. An
 	// idle connection only reads, so the deadline never fails one. An
@@ -218,7 +218,7 @@ func (c *conn) Write(p []byte) (int, error) {
 	}
 	n, err := c.Conn.Write(p)
 	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
-		err = &WriteTimeoutError{Limit: c.d}
+		err = &TimeoutError{Op: opWrite, Limit: c.d}
 	}
 	return n, err
 }

@@ -129,7 +129,7 @@ func TestDefect01_AttemptTimeoutNeverNilNil(t *testing.T) {
 				}
 			}))
 			t.Cleanup(srv.Close)
-			tr := newTestTransport(t, append([]Option{WithProxy(NoProxy)}, tt.opts...)...)
+			tr := newTestTransport(t, append([]Option{WithProxy(nil)}, tt.opts...)...)
 
 			deadline := time.Now().Add(budget)
 			var next, failed atomic.Int64
@@ -201,7 +201,7 @@ func TestDefect02_HedgedProbeClosesTheBreaker(t *testing.T) {
 		}
 	}))
 	t.Cleanup(srv.Close)
-	c, _ := newTestClient(t, WithProxy(NoProxy), WithHedging(hedgeDelay, 1), WithMaxRetries(1),
+	c, _ := newTestClient(t, WithProxy(nil), WithHedging(hedgeDelay, 1), WithMaxRetries(1),
 		WithBackoff(0, 0), WithoutRetryBudget(),
 		WithCircuitBreaker(CircuitBreaker{ConsecutiveFailures: 2, OpenTimeout: openFor}))
 
@@ -273,7 +273,7 @@ func TestDefect03_BodyBufferNeverDropsTheBody(t *testing.T) {
 				}
 				return fc.reply(http.StatusOK, strconv.FormatInt(r.bodyLen, 10)) == nil
 			}))
-			c, err := NewClient(WithBodyBuffer(limit), WithProxy(NoProxy),
+			c, err := NewClient(WithBodyBuffer(limit), WithProxy(nil),
 				WithBackoff(time.Millisecond, 5*time.Millisecond))
 			if err != nil {
 				var oe *OptionError
@@ -342,7 +342,7 @@ func TestDefect04_BodyBufferDoesNotWaitForTheWholeBody(t *testing.T) {
 				}
 				fc.waitClosed()
 			})
-			c, _ := newTestClient(t, WithProxy(NoProxy), WithBodyBuffer(1<<20))
+			c, _ := newTestClient(t, WithProxy(nil), WithBodyBuffer(1<<20))
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			t.Cleanup(cancel)
 			req, err := http.NewRequestWithContext(ctx, tt.method, srv.url("/upload"), defectPipe(t, ctx))
@@ -389,7 +389,7 @@ func TestDefect05_StalledUploadTimesOut(t *testing.T) {
 			}
 			<-fc.srv.done // reads no body and never answers
 		})
-		c, _ := newTestClient(t, WithProxy(NoProxy), WithReadTimeout(readTimeout))
+		c, _ := newTestClient(t, WithProxy(nil), WithReadTimeout(readTimeout))
 		check(t, c, srv.url("/upload"))
 	})
 
@@ -405,7 +405,7 @@ func TestDefect05_StalledUploadTimesOut(t *testing.T) {
 			}
 		}))
 		t.Cleanup(func() { close(stop) })
-		c, _ := newTestClient(t, WithProxy(NoProxy), WithReadTimeout(readTimeout), tlsOpt)
+		c, _ := newTestClient(t, WithProxy(nil), WithReadTimeout(readTimeout), tlsOpt)
 		resp, err := c.Get(srv.URL + "/ready")
 		require.NoError(t, err)
 		resp.Body.Close()
@@ -500,7 +500,7 @@ func TestDefect08_RetiredConnectionCarriesNoOtherRequest(t *testing.T) {
 			closing = r.Close
 		}
 	})
-	c, tr := newTestClient(t, WithProxy(NoProxy), WithConnMaxLifetime(2*time.Millisecond))
+	c, tr := newTestClient(t, WithProxy(nil), WithConnMaxLifetime(2*time.Millisecond))
 
 	t.Run("every POST succeeds and reaches the server once though the server does not echo Connection: close", func(t *testing.T) {
 		failures := 0
@@ -562,7 +562,7 @@ func TestDefect09_SlowDrainReturnsTheResponse(t *testing.T) {
 		}
 	}))
 	t.Cleanup(srv.Close)
-	c, _ := newTestClient(t, WithProxy(NoProxy))
+	c, _ := newTestClient(t, WithProxy(nil))
 
 	t.Run("a 503 with a trickling body is returned within a 700ms deadline", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
@@ -586,7 +586,7 @@ func TestDefect10_PolicyErrorIsReturnedWhenRetriesRunOut(t *testing.T) {
 		w.WriteHeader(http.StatusInternalServerError)
 	}))
 	t.Cleanup(srv.Close)
-	c, _ := newTestClient(t, WithProxy(NoProxy), WithCheckRetry(retryablehttp.ErrorPropagatedRetryPolicy),
+	c, _ := newTestClient(t, WithProxy(nil), WithCheckRetry(retryablehttp.ErrorPropagatedRetryPolicy),
 		WithMaxRetries(2), WithBackoff(time.Millisecond, 5*time.Millisecond))
 
 	t.Run("ErrorPropagatedRetryPolicy's error on a 500 reaches the caller after 3 attempts", func(t *testing.T) {
@@ -619,7 +619,7 @@ func TestDefect11_MalformedRequestsAreNeverRetried(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tr := newTestTransport(t, WithProxy(NoProxy)) // default backoff: a retry shows in Stats
+			tr := newTestTransport(t, WithProxy(nil)) // default backoff: a retry shows in Stats
 			req := &http.Request{Method: http.MethodGet, URL: tt.url, Header: http.Header{}, Proto: "HTTP/1.1",
 				ProtoMajor: 1, ProtoMinor: 1}
 
@@ -652,7 +652,7 @@ func TestDefect12_HugeWaitsDoNotOverflow(t *testing.T) {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}))
 		t.Cleanup(srv.Close)
-		c, _ := newTestClient(t, WithProxy(NoProxy), WithMaxRetryAfter(math.MaxInt64))
+		c, _ := newTestClient(t, WithProxy(nil), WithMaxRetryAfter(math.MaxInt64))
 		defectExpect503Once(t, c, srv.URL, &hits)
 	})
 
@@ -663,7 +663,7 @@ func TestDefect12_HugeWaitsDoNotOverflow(t *testing.T) {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}))
 		t.Cleanup(srv.Close)
-		c, _ := newTestClient(t, WithProxy(NoProxy), WithBackoff(math.MaxInt64, math.MaxInt64))
+		c, _ := newTestClient(t, WithProxy(nil), WithBackoff(math.MaxInt64, math.MaxInt64))
 		defectExpect503Once(t, c, srv.URL, &hits)
 	})
 }
@@ -696,12 +696,12 @@ func TestDefect13_EmptyBodiesStayNoBody(t *testing.T) {
 		name string
 		opt  Option
 	}{
-		{"with neither option", WithMaxRetries(DefaultMaxRetries)},
+		{"with neither option", WithMaxRetries(defaultMaxRetries)},
 		{"under WithAttemptTimeout", WithAttemptTimeout(5 * time.Second)},
 		{"under WithHedging", WithHedging(5*time.Second, 1)},
 	}
 	for _, o := range options {
-		c, _ := newTestClient(t, WithProxy(NoProxy), o.opt)
+		c, _ := newTestClient(t, WithProxy(nil), o.opt)
 		for _, rq := range []struct{ method, path, what string }{
 			{http.MethodHead, "/", "a HEAD response"},
 			{http.MethodGet, "/204", "a 204 response"},
@@ -784,7 +784,7 @@ func TestDefect13_CancelledDialsAreNotDialErrors(t *testing.T) {
 	})
 
 	dials := make(chan DialEvent, 4)
-	tr := newTestTransport(t, WithProxy(NoProxy), WithMaxRetries(0),
+	tr := newTestTransport(t, WithProxy(nil), WithMaxRetries(0),
 		WithObserver(Observer{OnDial: func(e DialEvent) {
 			select {
 			case dials <- e:

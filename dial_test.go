@@ -36,7 +36,7 @@ func TestWithDialContextDialsAUnixSocket(t *testing.T) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", sock)
 	}
-	c, tr := newTestClient(t, WithDialContext(dial), WithProxy(NoProxy), WithBackoff(time.Millisecond, time.Millisecond))
+	c, tr := newTestClient(t, WithDialContext(dial), WithProxy(nil), WithBackoff(time.Millisecond, time.Millisecond))
 	for range 5 {
 		resp, err := c.Get("http://app.test/x")
 		require.NoError(t, err)
@@ -58,7 +58,7 @@ func TestWithDialContextHasTheConnectTimeout(t *testing.T) {
 		<-ctx.Done() // a dial that never connects
 		return nil, ctx.Err()
 	}
-	c, _ := newTestClient(t, WithDialContext(dial), WithConnectTimeout(50*time.Millisecond), WithMaxRetries(0), WithProxy(NoProxy))
+	c, _ := newTestClient(t, WithDialContext(dial), WithConnectTimeout(50*time.Millisecond), WithMaxRetries(0), WithProxy(nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://app.test/", nil)
@@ -84,7 +84,7 @@ func TestWithoutHTTP2SpeaksHTTP1(t *testing.T) {
 		{"WithoutHTTP2: HTTP/1.1", []Option{WithoutHTTP2()}, "HTTP/1.1"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			c, _ := newTestClient(t, append(tt.opts, tlsOpt, WithProxy(NoProxy))...)
+			c, _ := newTestClient(t, append(tt.opts, tlsOpt, WithProxy(nil))...)
 			resp, err := c.Get(srv.URL)
 			require.NoError(t, err)
 			b, err := io.ReadAll(resp.Body)

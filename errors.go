@@ -81,88 +81,79 @@ func (e *RetryError) Unwrap() []error {
 }
 
 // ErrReadTimeout is matched, with errors.Is, by the error of a response body
-// read that waited for data longer than the read timeout.
+// read that waited for data longer than the read timeout: a *TimeoutError
+// whose Op is "read".
 var ErrReadTimeout = errors.New("keepalive: read timeout")
 
-// ReadTimeoutError is returned by a response body read that waited longer
-// than the read timeout (WithReadTimeout) for data. The body is closed and
-// its connection discarded. It is a net.Error whose Timeout() is true.
-type ReadTimeoutError struct {
-	Limit time.Duration // the read timeout that passed
-}
-
-var _ net.Error = (*ReadTimeoutError)(nil)
-
-func (e *ReadTimeoutError) Error() string {
-	return fmt.Sprintf("keepalive: read timeout: no response body data for %v", e.Limit)
-}
-
-// Is reports whether target is ErrReadTimeout.
-func (e *ReadTimeoutError) Is(target error) bool { return target == ErrReadTimeout }
-
-// Timeout is true: the error is a timeout.
-func (e *ReadTimeoutError) Timeout() bool { return true }
-
-// Temporary is true, as for other timeouts; net.Error requires it.
-func (e *ReadTimeoutError) Temporary() bool { return true }
-
 // ErrWriteTimeout is matched, with errors.Is, by the error of an attempt
-// whose request body made no progress for the read timeout.
+// whose request body made no progress for the read timeout: a
+// *TimeoutError whose Op is "write".
 var ErrWriteTimeout = errors.New("keepalive: write timeout")
 
-// WriteTimeoutError is the error of an attempt whose request could not be
-// sent: for the read timeout (WithReadTimeout), a write to the connection
-// made no progress (HTTP/1: the server stopped reading), or the request
-// body was not taken from the caller (HTTP/2: the server gave the stream
-// no flow-control window). Time the caller's body spends producing data is
-// not counted. The attempt's connection or stream is closed. It is a
-// net.Error whose Timeout() is true; it is retried only if the request may
-// be sent again.
-type WriteTimeoutError struct {
-	Limit time.Duration // the read timeout that passed
-}
-
-var _ net.Error = (*WriteTimeoutError)(nil)
-
-func (e *WriteTimeoutError) Error() string {
-	return fmt.Sprintf("keepalive: write timeout: no progress sending the request for %v", e.Limit)
-}
-
-// Is reports whether target is ErrWriteTimeout.
-func (e *WriteTimeoutError) Is(target error) bool { return target == ErrWriteTimeout }
-
-// Timeout is true: the error is a timeout.
-func (e *WriteTimeoutError) Timeout() bool { return true }
-
-// Temporary is true, as for other timeouts; net.Error requires it.
-func (e *WriteTimeoutError) Temporary() bool { return true }
-
 // ErrAttemptTimeout is matched, with errors.Is, by the error of an attempt
-// abandoned by WithAttemptTimeout.
+// abandoned by WithAttemptTimeout: a *TimeoutError whose Op is "attempt".
 var ErrAttemptTimeout = errors.New("keepalive: attempt timeout")
 
-// AttemptTimeoutError is the error of an attempt that had no response
-// headers within the attempt timeout (WithAttemptTimeout). It is a
-// net.Error whose Timeout() is true. It does not match context.Canceled or
-// context.DeadlineExceeded: the caller's context did not end.
-type AttemptTimeoutError struct {
-	Limit time.Duration // the attempt timeout
+// TimeoutError is the error of a limit of the Transport's own that passed;
+// Op says which:
+//
+//   - "read": a response body read waited longer than the read timeout
+//     (WithReadTimeout) for data. The body is closed and its connection
+//     discarded.
+//   - "write": an attempt's request could not be sent: for the read
+//     timeout, a write to the connection made no progress (HTTP/1: the
+//     server stopped reading), or the request body was not taken from the
+//     caller (HTTP/2: the server gave the stream no flow-control window).
+//     Time the caller's body spends producing data is not counted. The
+//     attempt's connection or stream is closed, and the attempt is retried
+//     only if the request may be sent again.
+//   - "attempt": an attempt had no response headers within the attempt
+//     timeout (WithAttemptTimeout). The error does not match
+//     context.Canceled or context.DeadlineExceeded: the caller's context
+//     did not end.
+//
+// errors.Is matches it to the sentinel of its Op: ErrReadTimeout,
+// ErrWriteTimeout or ErrAttemptTimeout. It is a net.Error whose Timeout()
+// is true.
+type TimeoutError struct {
+	Op    string        // "read", "write" or "attempt"
+	Limit time.Duration // the timeout that passed: the read timeout, or the attempt timeout for "attempt"
 }
 
-var _ net.Error = (*AttemptTimeoutError)(nil)
+var _ net.Error = (*TimeoutError)(nil)
 
-func (e *AttemptTimeoutError) Error() string {
-	return fmt.Sprintf("keepalive: attempt timeout: no response headers within %v", e.Limit)
+func (e *TimeoutError) Error() string {
+	switch e.Op {
+	case opRead:
+		return fmt.Sprintf("keepalive: read timeout: no response body data for %v", e.Limit)
+	case opWrite:
+		return fmt.Sprintf("keepalive: write timeout: no progress sending the request for %v", e.Limit)
+	case opAttempt:
+		return fmt.Sprintf("keepalive: attempt timeout: no response headers within %v", e.Limit)
+	}
+	return fmt.Sprintf("keepalive: %s timeout after %v", e.Op, e.Limit)
 }
 
-// Is reports whether target is ErrAttemptTimeout.
-func (e *AttemptTimeoutError) Is(target error) bool { return target == ErrAttemptTimeout }
+// Is reports whether target is the sentinel of e.Op: ErrReadTimeout,
+// ErrWriteTimeout or ErrAttemptTimeout.
+func (e *TimeoutError) Is(target error) bool {
+	switch e.Op {
+	case opRead:
+		return target == ErrReadTimeout
+	case opWrite:
+		return target == ErrWriteTimeout
+	case opAttempt:
+		return target == ErrAttemptTimeout
+	}
+	return false
+}
 
-// Timeout reports true: the error is a timeout, for net.Error.
-func (e *AttemptTimeoutError) Timeout() bool { return true }
+// Timeout is true: the error is a timeout.
+func (e *TimeoutError) Timeout() bool { return true }
 
-// Temporary reports true, for net.Error: another attempt may succeed.
-func (e *AttemptTimeoutError) Temporary() bool { return true }
+// Temporary is true, as for other timeouts: another attempt may succeed;
+// net.Error requires it.
+func (e *TimeoutError) Temporary() bool { return true }
 
 // ErrCircuitOpen is matched, with errors.Is, by the error of an attempt
 // refused because its host's circuit is open or half-open and busy.
@@ -182,6 +173,13 @@ func (e *CircuitOpenError) Error() string {
 func (e *CircuitOpenError) Is(target error) bool { return target == ErrCircuitOpen }
 
 // Private implementation past this point.
+
+// The Ops of a TimeoutError.
+const (
+	opRead    = "read"
+	opWrite   = "write"
+	opAttempt = "attempt"
+)
 
 // badRequestError is the error of a request that cannot be sent as it is
 // (no URL, no host, a port that is not one): it is never retried.

@@ -209,12 +209,13 @@ type BudgetRefusedEvent struct {
 // BreakerChangeEvent is a circuit breaker that changed state.
 type BreakerChangeEvent struct {
 	Host     string // the host the breaker guards: its HostStats key, "host:port"
-	From, To string // "closed", "open" or "half-open"
+	From, To BreakerState
 }
 
 // HostPauseEvent is a host that asked for a pause: every attempt to it,
 // or with PerKey every attempt with the same rate-limit key, waits until
-// Wait has passed (see WithoutHostPause).
+// Wait has passed (see the package documentation, Cooperating with
+// servers).
 type HostPauseEvent struct {
 	Host   string        // its HostStats key, "host:port"
 	Status int           // the status of the response that asked
@@ -357,7 +358,7 @@ func (t *Transport) observeBudgetRefused(req *http.Request, h *hostState, attemp
 
 // observeBreakerChange reports that the circuit breaker of host went from
 // one state to another.
-func (t *Transport) observeBreakerChange(host, from, to string) {
+func (t *Transport) observeBreakerChange(host string, from, to BreakerState) {
 	if f := t.opts.observer.OnBreakerChange; f != nil {
 		f(BreakerChangeEvent{Host: host, From: from, To: to})
 	}
@@ -365,7 +366,7 @@ func (t *Transport) observeBreakerChange(host, from, to string) {
 	level := levelBreakerChange(to)
 	if l := t.logger(ctx, level); l != nil {
 		l.LogAttrs(ctx, level, "keepalive: circuit breaker changed state",
-			slog.String("host", host), slog.String("from", from), slog.String("to", to))
+			slog.String("host", host), slog.String("from", from.String()), slog.String("to", to.String()))
 	}
 }
 

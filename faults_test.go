@@ -26,7 +26,7 @@ import (
 // faultFastRetries makes retries cheap in time: the scenarios count
 // attempts, not backoff.
 func faultFastRetries(n int) []Option {
-	return []Option{WithMaxRetries(n), WithBackoff(time.Millisecond, 5*time.Millisecond), WithProxy(NoProxy)}
+	return []Option{WithMaxRetries(n), WithBackoff(time.Millisecond, 5*time.Millisecond), WithProxy(nil)}
 }
 
 func faultDo(t *testing.T, c *http.Client, req *http.Request) (*http.Response, string, error) {
@@ -292,9 +292,9 @@ func TestFaultTrickledBody(t *testing.T) {
 		c, tr := newTestClient(t, append(faultFastRetries(3), WithReadTimeout(readTimeout))...)
 		_, body, err := faultGet(t, c, srv.url("/stop"))
 		require.ErrorIs(t, err, ErrReadTimeout)
-		var rte *ReadTimeoutError
-		require.ErrorAs(t, err, &rte)
-		assert.Equal(t, readTimeout, rte.Limit)
+		var te *TimeoutError
+		require.ErrorAs(t, err, &te)
+		assert.Equal(t, TimeoutError{Op: "read", Limit: readTimeout}, *te)
 		assert.Equal(t, "01234", body)
 		assert.Equal(t, int64(1), tr.Stats().Attempts)
 	})
@@ -302,7 +302,7 @@ func TestFaultTrickledBody(t *testing.T) {
 
 func TestFaultRefusedThenBack(t *testing.T) {
 	srv := newFaultServer(t, faultServe(faultOK))
-	c, tr := newTestClient(t, WithMaxRetries(100), WithBackoff(5*time.Millisecond, 20*time.Millisecond), WithProxy(NoProxy))
+	c, tr := newTestClient(t, WithMaxRetries(100), WithBackoff(5*time.Millisecond, 20*time.Millisecond), WithProxy(nil))
 	srv.stopListening()
 
 	// A POST without a key is safe to resend when its connection was never

@@ -44,7 +44,7 @@ func harmClients(t *testing.T, scenario string, f func(t *testing.T, c *http.Cli
 			if keep {
 				c, _ = newTestClient(t, opts...)
 			} else {
-				c = &http.Client{Transport: cbBare(t, DefaultReadTimeout)}
+				c = &http.Client{Transport: cbBare(t, defaultReadTimeout)}
 			}
 			lines = append(lines, fmt.Sprintf("%s: %s", name, f(t, c, keep)))
 		})

@@ -268,7 +268,7 @@ func TestHedgedAttemptTimeoutIsRetried(t *testing.T) {
 			_, _ = io.WriteString(w, "ok")
 		}))
 		c, tr := newTestClient(t, tlsOpt, WithAttemptTimeout(200*time.Millisecond),
-			WithHedging(time.Minute, 1), fastRetries, WithProxy(NoProxy),
+			WithHedging(time.Minute, 1), fastRetries, WithProxy(nil),
 			WithCircuitBreaker(CircuitBreaker{ConsecutiveFailures: 100}))
 		resp, err := c.Get(srv.URL)
 		require.NoError(t, err)

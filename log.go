@@ -34,8 +34,8 @@ func levelGiveUp(r GiveUpReason) slog.Level {
 
 // levelBreakerChange is Warn for a circuit that opens, Info for the steps
 // back to closed.
-func levelBreakerChange(to string) slog.Level {
-	if to == "open" {
+func levelBreakerChange(to BreakerState) slog.Level {
+	if to == BreakerOpen {
 		return slog.LevelWarn
 	}
 	return slog.LevelInfo

@@ -159,15 +159,15 @@ func TestLogLevels(t *testing.T) {
 		})
 	}
 	breakers := []struct {
-		give string
+		give BreakerState
 		want slog.Level
 	}{
-		{"open", slog.LevelWarn},
-		{"half-open", slog.LevelInfo},
-		{"closed", slog.LevelInfo},
+		{BreakerOpen, slog.LevelWarn},
+		{BreakerHalfOpen, slog.LevelInfo},
+		{BreakerClosed, slog.LevelInfo},
 	}
 	for _, tt := range breakers {
-		t.Run("a breaker going "+tt.give+" is at "+tt.want.String(), func(t *testing.T) {
+		t.Run("a breaker going "+tt.give.String()+" is at "+tt.want.String(), func(t *testing.T) {
 			assert.Equal(t, tt.want, levelBreakerChange(tt.give))
 		})
 	}

@@ -459,7 +459,7 @@ type mxCell struct {
 		starts, ends, retries, giveUps, refusals, dials atomic.Int64
 
 		mu      sync.Mutex
-		breaker map[string]string // host -> state, from OnBreakerChange
+		breaker map[string]BreakerState // host -> state, from OnBreakerChange
 	}
 	art struct{ wraps, calls atomic.Int64 } // WithAttemptTransport
 }
@@ -524,7 +524,7 @@ func mxLabel(cell, side string) {
 func (c *mxCell) run() {
 	c.kinds = map[string]mxKind{}
 	c.fails = map[string][]string{}
-	c.obs.breaker = map[string]string{}
+	c.obs.breaker = map[string]BreakerState{}
 	defer mxLabel("", "")
 
 	mxLabel(c.label, "server")
@@ -535,7 +535,7 @@ func (c *mxCell) run() {
 	}
 	mxLabel(c.label, "client")
 	opts := []Option{
-		WithProxy(NoProxy),
+		WithProxy(nil),
 		WithBackoff(time.Millisecond, 5*time.Millisecond),
 		WithReadTimeout(mxReadTimeout),
 		WithMaxRetries(mxMaxRetries),
@@ -1297,15 +1297,12 @@ func (c *mxCell) observer() Observer {
 			}
 			c.obs.mu.Lock()
 			defer c.obs.mu.Unlock()
-			last, ok := c.obs.breaker[e.Host]
-			if !ok {
-				last = "closed"
+			last := c.obs.breaker[e.Host] // the zero BreakerState is closed, where a breaker starts
+			valid := map[[2]BreakerState]bool{
+				{BreakerClosed, BreakerOpen}: true, {BreakerOpen, BreakerHalfOpen}: true,
+				{BreakerHalfOpen, BreakerClosed}: true, {BreakerHalfOpen, BreakerOpen}: true,
 			}
-			valid := map[[2]string]bool{
-				{"closed", "open"}: true, {"open", "half-open"}: true,
-				{"half-open", "closed"}: true, {"half-open", "open"}: true,
-			}
-			if e.From != last || !valid[[2]string{e.From, e.To}] {
+			if e.From != last || !valid[[2]BreakerState{e.From, e.To}] {
 				c.fail(invObserver, "breaker of %s went %s -> %s, after it was %s", e.Host, e.From, e.To, last)
 			}
 			c.obs.breaker[e.Host] = e.To

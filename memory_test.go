@@ -128,7 +128,7 @@ func TestMemory64MiBPutRetriedTwiceIsNotBuffered(t *testing.T) {
 func TestMemoryNoFileDescriptorLeak(t *testing.T) {
 	// Warm up the runtime's own descriptors (the netpoller) first.
 	warm := newFaultServer(t, faultServe(faultOK))
-	wc, _ := newTestClient(t, WithProxy(NoProxy))
+	wc, _ := newTestClient(t, WithProxy(nil))
 	_, _, err := faultGet(t, wc, warm.url("/"))
 	require.NoError(t, err)
 	wc.CloseIdleConnections()

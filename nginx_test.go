@@ -455,7 +455,7 @@ func TestNginxIdleTimeoutRace(t *testing.T) {
 	// The client keeps idle connections far longer than nginx (the
 	// default 50 s against 1 s): the misconfiguration that production
 	// meets with short server timeouts, and the race under test.
-	c, tr := newTestClient(t, WithProxy(NoProxy), WithBackoff(5*time.Millisecond, 50*time.Millisecond))
+	c, tr := newTestClient(t, WithProxy(nil), WithBackoff(5*time.Millisecond, 50*time.Millisecond))
 	races := ngxCountRaces(tr)
 
 	const phases, perPhase = 20, 1000
@@ -491,7 +491,7 @@ func TestNginxUpstreamKilledAndRestarted(t *testing.T) {
 	ngx := ngxStart(t, up.addr, "keepalive_timeout 75s;")
 	// Enough retries to outlast a restart that takes a few tens of
 	// milliseconds: about 1 s of backoff in all.
-	c, tr := newTestClient(t, WithProxy(NoProxy), WithMaxRetries(10), WithBackoff(10*time.Millisecond, 200*time.Millisecond))
+	c, tr := newTestClient(t, WithProxy(nil), WithMaxRetries(10), WithBackoff(10*time.Millisecond, 200*time.Millisecond))
 
 	const total = 6000
 	cue := up.cue(total / 3)
@@ -532,7 +532,7 @@ func TestNginxReloadMidRun(t *testing.T) {
 	}
 	up := ngxStartUpstream(t)
 	ngx := ngxStart(t, up.addr, "keepalive_timeout 75s;")
-	c, tr := newTestClient(t, WithProxy(NoProxy), WithBackoff(5*time.Millisecond, 50*time.Millisecond))
+	c, tr := newTestClient(t, WithProxy(nil), WithBackoff(5*time.Millisecond, 50*time.Millisecond))
 	races := ngxCountRaces(tr)
 
 	const total, reloads = 8000, 3

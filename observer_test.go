@@ -356,7 +356,7 @@ func TestBreakerChangesAreObserved(t *testing.T) {
 	require.ErrorIs(t, err, ErrCircuitOpen)
 
 	host := hostOf(t, s.URL)
-	assert.Equal(t, []BreakerChangeEvent{{Host: host, From: "closed", To: "open"}}, rec.breakers)
+	assert.Equal(t, []BreakerChangeEvent{{Host: host, From: BreakerClosed, To: BreakerOpen}}, rec.breakers)
 	assert.Len(t, rec.ends, 2, "the refused attempt was never sent")
 	hs := tr.HostStats()[host]
 	assert.Equal(t, int64(2), hs.Attempts)
@@ -376,8 +376,9 @@ func TestAttemptTimeoutsAndHedgesCountPerHost(t *testing.T) {
 	assert.Equal(t, int64(1), hs.AttemptTimeouts)
 	assert.Equal(t, tr.Stats().AttemptTimeouts, hs.AttemptTimeouts)
 	require.Len(t, rec.ends, 2)
-	var ate *AttemptTimeoutError
-	assert.ErrorAs(t, rec.ends[0].Err, &ate, "the hook sees the attempt's own error")
+	var te *TimeoutError
+	require.ErrorAs(t, rec.ends[0].Err, &te, "the hook sees the attempt's own error")
+	assert.Equal(t, "attempt", te.Op)
 
 	h := keepalivetest.NewServer(t, keepalivetest.Status(200).Delay(time.Hour), keepalivetest.Status(200))
 	rec = recorder{}

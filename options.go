@@ -23,39 +23,39 @@ import (
 // Pool and timeout defaults. Each one is what NewClient uses when the
 // matching option is not given.
 const (
-	// DefaultMaxIdleConns is the idle connections kept across all hosts.
-	DefaultMaxIdleConns = 1024
+	// defaultMaxIdleConns is the idle connections kept across all hosts.
+	defaultMaxIdleConns = 1024
 
-	// DefaultMaxIdleConnsPerHost is the idle connections kept per host.
+	// defaultMaxIdleConnsPerHost is the idle connections kept per host.
 	// http.DefaultTransport keeps 2, so at any concurrency above 2 it closes
 	// finished connections and dials new ones (thousands for 20,000
 	// requests at 64 concurrent). 256 covers every realistic concurrency
 	// towards one host; idle connections past IdleConnTimeout are closed
 	// anyway, so a burst does not pin them.
-	DefaultMaxIdleConnsPerHost = 256
+	defaultMaxIdleConnsPerHost = 256
 
-	// DefaultMaxConnsPerHost is 0: no limit on connections per host, as in
+	// defaultMaxConnsPerHost is 0: no limit on connections per host, as in
 	// net/http. A limit makes callers queue for a connection instead.
-	DefaultMaxConnsPerHost = 0
+	defaultMaxConnsPerHost = 0
 
-	// DefaultIdleConnTimeout is how long an idle connection stays pooled.
+	// defaultIdleConnTimeout is how long an idle connection stays pooled.
 	// It sits below the idle timeouts of the servers a client meets (AWS
 	// ALB 60 s, nginx keepalive_timeout 75 s) so that the client, not the
 	// server, closes an idle connection: a server that closes first races
 	// the next request written on that connection, which then fails with
 	// EOF or a reset.
-	DefaultIdleConnTimeout = 50 * time.Second
+	defaultIdleConnTimeout = 50 * time.Second
 
-	// DefaultConnectTimeout bounds the TCP connect, as urllib3's connect=5.
-	DefaultConnectTimeout = 5 * time.Second
+	// defaultConnectTimeout bounds the TCP connect, as urllib3's connect=5.
+	defaultConnectTimeout = 5 * time.Second
 
-	// DefaultReadTimeout is urllib3's read=10: the longest wait for response
+	// defaultReadTimeout is urllib3's read=10: the longest wait for response
 	// headers, and the longest wait for any one read of the body.
-	DefaultReadTimeout = 10 * time.Second
+	defaultReadTimeout = 10 * time.Second
 
-	// DefaultTLSHandshakeTimeout bounds the TLS handshake, as in
+	// defaultTLSHandshakeTimeout bounds the TLS handshake, as in
 	// http.DefaultTransport.
-	DefaultTLSHandshakeTimeout = 10 * time.Second
+	defaultTLSHandshakeTimeout = 10 * time.Second
 )
 
 // Fixed tuning, which no option changes.
@@ -84,27 +84,27 @@ const (
 
 // Retry defaults.
 const (
-	// DefaultMaxRetries is urllib3's Retry.DEFAULT: 3 retries, 4 attempts.
-	DefaultMaxRetries = 3
+	// defaultMaxRetries is urllib3's Retry.DEFAULT: 3 retries, 4 attempts.
+	defaultMaxRetries = 3
 
-	// DefaultBackoffInitial and DefaultBackoffMax bound the exponential
+	// defaultBackoffInitial and defaultBackoffMax bound the exponential
 	// backoff between attempts: 100 ms, 200 ms, 400 ms... up to 5 s, each
 	// randomised by +-50% so that clients that failed together do not
 	// retry together.
-	DefaultBackoffInitial = 100 * time.Millisecond
-	DefaultBackoffMax     = 5 * time.Second
+	defaultBackoffInitial = 100 * time.Millisecond
+	defaultBackoffMax     = 5 * time.Second
 
-	// DefaultMaxRetryAfter is the longest Retry-After the client waits for.
+	// defaultMaxRetryAfter is the longest Retry-After the client waits for.
 	// A server that asks for more gets its response returned to the caller
 	// at once: no request sleeps for an hour because a header said so.
-	DefaultMaxRetryAfter = 30 * time.Second
+	defaultMaxRetryAfter = 30 * time.Second
 
-	// DefaultMaxHedges is the hedges per attempt that WithHedging(delay, 0)
+	// defaultMaxHedges is the hedges per attempt that WithHedging(delay, 0)
 	// means: one extra attempt.
-	DefaultMaxHedges = 1
+	defaultMaxHedges = 1
 
-	// MaxHedges is the most hedges per attempt WithHedging accepts.
-	MaxHedges = 10
+	// maxHedgesLimit is the most hedges per attempt WithHedging accepts.
+	maxHedgesLimit = 10
 )
 
 // DefaultRetryStatuses returns the statuses retried by default: urllib3's
@@ -146,7 +146,7 @@ type optionFunc func(*options)
 func (f optionFunc) apply(o *options) { f(o) }
 
 // WithMaxIdleConns sets the idle connections kept across all hosts.
-// Default DefaultMaxIdleConns; zero means no limit; negative is an error.
+// Default 1024; zero means no limit; negative is an error.
 func WithMaxIdleConns(n int) Option {
 	return optionFunc(func(o *options) {
 		o.maxIdleConns = n
@@ -155,14 +155,15 @@ func WithMaxIdleConns(n int) Option {
 }
 
 // WithMaxIdleConnsPerHost sets the idle connections kept per host. Default
-// DefaultMaxIdleConnsPerHost; zero means the default (as in net/http, where
-// zero means 2); negative is an error. Set it at least to the concurrency
-// you send to one host, or finished connections are closed and redialed.
+// 256 (http.DefaultTransport keeps 2); zero means the default (as in
+// net/http, where zero means 2); negative is an error. Set it at least to
+// the concurrency you send to one host, or finished connections are closed
+// and redialed.
 func WithMaxIdleConnsPerHost(n int) Option {
 	return optionFunc(func(o *options) {
 		o.maxIdleConnsPerHost = n
 		if n == 0 {
-			o.maxIdleConnsPerHost = DefaultMaxIdleConnsPerHost
+			o.maxIdleConnsPerHost = defaultMaxIdleConnsPerHost
 		}
 		o.check("WithMaxIdleConnsPerHost", n >= 0, "must not be negative, got %d", n)
 	})
@@ -170,7 +171,7 @@ func WithMaxIdleConnsPerHost(n int) Option {
 
 // WithMaxConnsPerHost limits the connections per host, dialing, active and
 // idle together; requests past the limit wait for a connection. Default
-// DefaultMaxConnsPerHost; zero means no limit; negative is an error.
+// and zero: no limit, as in net/http; negative is an error.
 func WithMaxConnsPerHost(n int) Option {
 	return optionFunc(func(o *options) {
 		o.maxConnsPerHost = n
@@ -179,14 +180,17 @@ func WithMaxConnsPerHost(n int) Option {
 }
 
 // WithIdleConnTimeout sets how long an idle connection stays pooled. Default
-// DefaultIdleConnTimeout; zero means idle connections are never closed by
-// age; negative is an error. Keep it below the server's idle timeout.
+// 50 s, below the idle timeouts of AWS ALB (60 s) and nginx (75 s), so that
+// the client, not the server, closes an idle connection; zero means idle
+// connections are never closed by age; negative is an error. Keep it below
+// the server's idle timeout.
 func WithIdleConnTimeout(d time.Duration) Option {
 	return durationOption("WithIdleConnTimeout", d, func(o *options) { o.idleConnTimeout = d })
 }
 
-// WithConnectTimeout bounds the TCP connect. Default DefaultConnectTimeout;
-// zero means no limit but the operating system's; negative is an error.
+// WithConnectTimeout bounds the TCP connect. Default 5 s, as urllib3's
+// connect=5; zero means no limit but the operating system's; negative is
+// an error.
 func WithConnectTimeout(d time.Duration) Option {
 	return durationOption("WithConnectTimeout", d, func(o *options) { o.connectTimeout = d })
 }
@@ -194,14 +198,15 @@ func WithConnectTimeout(d time.Duration) Option {
 // WithReadTimeout bounds the wait for response headers after the request is
 // written, and the wait for each read of the response body; a body that
 // keeps trickling is never cut off, a stall longer than d fails the read
-// with an error that wraps ErrReadTimeout. Default DefaultReadTimeout; zero
-// means no limit; negative is an error. It is urllib3's Timeout(read=).
+// with an error that wraps ErrReadTimeout. Default 10 s, as urllib3's
+// read=10; zero means no limit; negative is an error. It is urllib3's
+// Timeout(read=).
 func WithReadTimeout(d time.Duration) Option {
 	return durationOption("WithReadTimeout", d, func(o *options) { o.readTimeout = d })
 }
 
-// WithTLSHandshakeTimeout bounds the TLS handshake. Default
-// DefaultTLSHandshakeTimeout; zero means no limit; negative is an error.
+// WithTLSHandshakeTimeout bounds the TLS handshake. Default 10 s, as in
+// http.DefaultTransport; zero means no limit; negative is an error.
 func WithTLSHandshakeTimeout(d time.Duration) Option {
 	return durationOption("WithTLSHandshakeTimeout", d, func(o *options) { o.tlsHandshakeTimeout = d })
 }
@@ -220,12 +225,10 @@ func WithTLSConfig(c *tls.Config) Option {
 
 // WithProxy sets the function that picks the proxy of a request. Default
 // http.ProxyFromEnvironment (HTTP_PROXY, HTTPS_PROXY, NO_PROXY), as in
-// http.DefaultTransport; pass NoProxy to use none; nil is an error.
+// http.DefaultTransport; nil means no proxy, as a nil http.Transport.Proxy
+// does: every request is sent directly.
 func WithProxy(proxy func(*http.Request) (*url.URL, error)) Option {
-	return optionFunc(func(o *options) {
-		o.proxy = proxy
-		o.check("WithProxy", proxy != nil, "nil proxy func (use keepalive.NoProxy for none)")
-	})
+	return optionFunc(func(o *options) { o.proxy = proxy })
 }
 
 // WithDialContext sets the function that opens connections, in place of
@@ -251,25 +254,18 @@ func WithoutHTTP2() Option {
 }
 
 // WithoutIdleLearning turns off idle-timeout learning: by default the
-// Transport learns each host's idle timeout, from the connections its
-// server closes while idle and from a "Keep-Alive: timeout=N" response
-// header, and does not hand a request to an HTTP/1 connection of that host
-// idle for longer than the timeout less a margin (250 ms, or half a
-// timeout under 500 ms), so that no request is written on a connection its
-// server is closing: net/http sends it on another connection, and an
-// unkeyed POST, which nothing may resend once written, is not lost. See
-// Stats.IdleCloses and Stats.ConnsRetiredIdle. Without it, only
+// Transport learns each host's idle timeout (from the connections its
+// server closes while idle and from "Keep-Alive: timeout=N") and hands no
+// request to an HTTP/1 connection about to be closed by its server (see the
+// package documentation, Cooperating with servers). Without it, only
 // WithIdleConnTimeout bounds the reuse of idle connections.
 func WithoutIdleLearning() Option {
 	return optionFunc(func(o *options) { o.noIdleLearning = true })
 }
 
-// NoProxy is a proxy function that sends every request directly.
-func NoProxy(*http.Request) (*url.URL, error) { return nil, nil }
-
 // WithMaxRetries sets how many times a request may be retried after its
-// first attempt. Default DefaultMaxRetries; zero disables retries; negative
-// is an error.
+// first attempt. Default 3 (4 attempts), urllib3's Retry.DEFAULT; zero
+// disables retries; negative is an error.
 func WithMaxRetries(n int) Option {
 	return optionFunc(func(o *options) {
 		o.maxRetries = n
@@ -278,9 +274,9 @@ func WithMaxRetries(n int) Option {
 }
 
 // WithRetryStatuses replaces the response statuses that are retried.
-// Default DefaultRetryStatuses(); no codes means no status is retried; a
-// code outside 100-599 is an error. It has no effect with WithCheckRetry,
-// whose policy decides instead.
+// Default DefaultRetryStatuses(): 429, 500, 501, 502, 503, 504; no codes
+// means no status is retried; a code outside 100-599 is an error. It has
+// no effect with WithCheckRetry, whose policy decides instead.
 func WithRetryStatuses(codes ...int) Option {
 	return optionFunc(func(o *options) {
 		o.retryStatuses = statusSet{}
@@ -295,15 +291,12 @@ func WithRetryStatuses(codes ...int) Option {
 
 // WithRetryMethods replaces the methods that may be retried after the
 // request may have reached the server. Default DefaultRetryMethods(); no
-// methods means only requests with an Idempotency-Key header, and requests
-// whose connection was never made, are retried; an empty or malformed
-// method is an error. Methods are case-sensitive, as in HTTP: a standard
-// method (GET, HEAD, POST, PUT, PATCH, DELETE, CONNECT, OPTIONS, TRACE)
-// not in upper case, such as "post", is an error, since no request would
-// match it; an extension method is taken as written.
-//
-// Add a method only if every request your program sends with it is
-// idempotent: a retried POST may be processed twice.
+// methods means only keyed requests (Idempotency-Key) and requests whose
+// connection was never made are retried; an empty or malformed method is
+// an error, and so is a standard method not in upper case ("post"): methods
+// are case-sensitive, so no request would match it. Extension methods are
+// taken as written. Add a method only if every request your program sends
+// with it is idempotent: a retried POST may be processed twice.
 func WithRetryMethods(methods ...string) Option {
 	return optionFunc(func(o *options) {
 		o.retryMethods = map[string]bool{}
@@ -322,9 +315,9 @@ func WithRetryMethods(methods ...string) Option {
 
 // WithBackoff sets the exponential backoff between attempts: the first
 // wait is about initial, each next one doubles, none exceeds max. Each wait
-// is jittered by +-50%. Defaults DefaultBackoffInitial and
-// DefaultBackoffMax; zero initial means retries are sent without waiting;
-// negative values, or initial above max, are an error.
+// is jittered by +-50%, so that clients that failed together do not retry
+// together. Default 100 ms and 5 s; zero initial means retries are sent
+// without waiting; negative values, or initial above max, are an error.
 func WithBackoff(initial, max time.Duration) Option {
 	return optionFunc(func(o *options) {
 		o.backoffInitial, o.backoffMax = initial, max
@@ -335,24 +328,19 @@ func WithBackoff(initial, max time.Duration) Option {
 
 // WithMaxRetryAfter sets the longest Retry-After (on 429 and 503) the client
 // waits for; if a server asks for longer, the response is returned to the
-// caller at once instead. Default DefaultMaxRetryAfter; zero means any
-// positive Retry-After ends the retries; negative is an error.
+// caller at once instead: no request sleeps for an hour because a header
+// said so. Default 30 s; zero means any positive Retry-After ends the
+// retries; negative is an error.
 func WithMaxRetryAfter(d time.Duration) Option {
 	return durationOption("WithMaxRetryAfter", d, func(o *options) { o.maxRetryAfter = d })
 }
 
 // WithBodyBuffer lets a request whose body has no GetBody be retried: the
-// body is recorded, up to maxBytes, as the first attempt streams it to the
-// server, and later attempts send the recording and then the rest. Nothing
-// is read before the first attempt reads it, so the upload starts at once
-// and honours the request's context. Only requests that may be sent again
-// are recorded (an idempotent method or an Idempotency-Key header); a body
-// known to be longer (ContentLength) is not recorded, and one that turns
-// out longer is sent once and not retried. Requests built by
-// http.NewRequest from a bytes.Buffer, bytes.Reader or strings.Reader have
-// GetBody and need no buffer. Default: off; zero means no buffering; any
-// positive limit works, the memory used being at most the body's length;
-// negative is an error.
+// body is recorded, up to maxBytes, as the first attempt streams it, and
+// later attempts send the recording and then the rest; a longer body is
+// sent once (see the package documentation, Retries). Default: off; zero
+// means no buffering; any positive limit works, the memory used being at
+// most the body's length; negative is an error.
 func WithBodyBuffer(maxBytes int64) Option {
 	return optionFunc(func(o *options) {
 		o.bodyBuffer = maxBytes
@@ -361,16 +349,11 @@ func WithBodyBuffer(maxBytes int64) Option {
 }
 
 // WithResponseBuffer lets a response whose body fails part-way be retried:
-// for a request that may be sent again (an idempotent method or an
-// Idempotency-Key header, with a body that can be replayed), a response
-// body of known length (Content-Length) up to maxBytes is read whole
-// before the response is returned, so a failure while reading it (a reset,
-// an HTTP/2 GOAWAY that closed the connection, the read timeout) is an
-// attempt that failed, retried like any other, rather than an error from
-// the caller's Read. The response then carries the body in memory and its
-// connection is back in the pool at once. Bodies of unknown length
-// (chunked, or decompressed by net/http) and longer ones are streamed as
-// usual. Default: off; zero means no buffering; negative is an error.
+// for a request that may be sent again, a body of known length up to
+// maxBytes is read whole before the response is returned, so a failure
+// while reading it is a failed attempt, retried like any other (see the
+// package documentation, Opt-in features). Other bodies stream as usual.
+// Default: off; zero means no buffering; negative is an error.
 func WithResponseBuffer(maxBytes int64) Option {
 	return optionFunc(func(o *options) {
 		o.responseBuffer = maxBytes
@@ -378,14 +361,13 @@ func WithResponseBuffer(maxBytes int64) Option {
 	})
 }
 
-// WithCheckRetry replaces the retry policy with a go-retryablehttp one, such
-// as retryablehttp.DefaultRetryPolicy or a policy of your own. The policy
-// sees transport errors wrapped in *url.Error, as it does inside
-// go-retryablehttp. It decides whether an outcome is worth retrying; the
-// safety rules still hold (only idempotent or keyed requests, replayable
-// bodies, the retry and Retry-After limits, the caller's context). If the
-// policy returns an error, the response is closed and the error returned.
-// Default: the status list and the rules of
+// WithCheckRetry replaces the retry policy with a go-retryablehttp one,
+// such as retryablehttp.DefaultRetryPolicy: it decides whether an outcome
+// is worth a retry, and sees transport errors wrapped in *url.Error, as
+// inside go-retryablehttp. The safety rules still hold (only idempotent or
+// keyed requests, replayable bodies, the retry and Retry-After limits, the
+// caller's context). If it returns an error, the response is closed and
+// the error returned. Default: the status list and the rules of
 // retryablehttp.ErrorPropagatedRetryPolicy; nil is an error.
 func WithCheckRetry(check retryablehttp.CheckRetry) Option {
 	return optionFunc(func(o *options) {
@@ -394,42 +376,33 @@ func WithCheckRetry(check retryablehttp.CheckRetry) Option {
 	})
 }
 
-// WithLogger sets the logger of the Transport's events. At Warn, so that
-// a logger at the default level (slog.Default logs Info and above) shows
-// them: a request that gave up although its outcome was worth a retry
-// ("keepalive: giving up"; at Debug when its caller cancelled it), a
-// circuit breaker that opened, a host that asked for a pause. At Info, a
-// circuit breaker's steps back to closed. At Debug, each retry
-// ("keepalive: retrying") and each retry the budget refused.
-//
-// Each record carries the fields of the matching Observer event as
-// attributes: method, url, host, attempt, status, error, reason, wait
-// (of a give-up, only the wait it refused), and retry_after for retries; a
-// breaker's from and to; a pause's source.
-// Durations are text, such as "1.5s". Logged URLs have their credentials
-// and query values redacted, and no header values are logged. Default
-// and nil: silent.
+// WithLogger sets the logger of the Transport's events: at Warn, a request
+// that gave up although its outcome was worth a retry, a circuit breaker
+// that opened, a host that asked for a pause; at Info, a breaker's steps
+// back to closed; at Debug, retries, refused retries and the give-up of a
+// request its caller cancelled. Records carry the fields of the matching
+// Observer event, never a credential, query value or header value (see the
+// package documentation, Logs). Default and nil: silent.
 func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(o *options) { o.logger = l })
 }
 
 // WithObserver adds o to the observers of the Transport. Unlike other
 // options it accumulates: every observer given gets every event, in the
-// order the options were given. Default: none.
+// order the options were given. Default: none; a zero Observer does
+// nothing.
 func WithObserver(o Observer) Option {
 	return optionFunc(func(opts *options) { opts.observer = opts.observer.merge(o) })
 }
 
 // WithAttemptTransport wraps the RoundTripper that each attempt is sent
-// through: wrap is called once, by NewTransport, with the RoundTripper that
-// sends over the tuned http.Transport, and the RoundTripper it returns
-// sends every attempt, retries and hedges each on its own, inside the
-// circuit breaker and the attempt deadline. Use it for middleware that must see attempts
-// rather than requests, such as otelhttp.NewTransport for a client span per
-// attempt; AttemptFromContext tells such middleware the attempt number.
-// Given more than once, each wrap wraps the result of the previous one.
-// Default: none, attempts go straight to the http.Transport; a nil wrap,
-// or one that returns nil, is an error.
+// through, for middleware that must see attempts rather than requests,
+// such as otelhttp.NewTransport (AttemptFromContext gives the attempt
+// number). wrap is called once, by NewTransport, with the RoundTripper of
+// the tuned http.Transport; its result sends every attempt, retries and
+// hedges alike, inside the circuit breaker and the attempt deadline. Given
+// more than once, each wraps the previous. Default: none; a nil wrap, or
+// one that returns nil, is an error.
 func WithAttemptTransport(wrap func(http.RoundTripper) http.RoundTripper) Option {
 	return optionFunc(func(o *options) {
 		if o.check("WithAttemptTransport", wrap != nil, "nil wrap func") {
@@ -438,51 +411,39 @@ func WithAttemptTransport(wrap func(http.RoundTripper) http.RoundTripper) Option
 	})
 }
 
-// WithRetryBudget sets the retry budget, kept for each host (see
-// RetryBudget; zero fields take the defaults): the requests to a host that
-// succeeded earn it retries, Ratio each, within a sliding Window, on top
-// of a floor of MinPerSecond per second of the window. A retry the budget
-// refuses is not sent: the request ends at once with the outcome of its
-// last attempt (its response, or its error, in a *RetryError after more
-// than one attempt), and Stats.BudgetRefusals counts it. Hedged attempts
-// (WithHedging) draw from the same budget. The budget is on by default,
-// as RetryBudget{}; a Ratio above 10, or a Window that is not whole
-// seconds from 1 s to MaxRetryBudgetWindow, is an error. Turn the budget
-// off with WithoutRetryBudget.
+// WithRetryBudget sets the retry budget of each host (see RetryBudget and
+// the package documentation, Retry budget): the requests to a host that
+// succeeded earn it Ratio retries each within a sliding Window, on top of
+// a floor of MinPerSecond per second of the window; a retry or hedge the
+// budget refuses is not sent. Default: on, as RetryBudget{}; zero fields
+// take their defaults; a negative Ratio or MinPerSecond means none; a
+// Ratio above 10, or a Window that is not whole seconds from 1 s to 5
+// minutes, is an error.
 func WithRetryBudget(b RetryBudget) Option {
 	return optionFunc(func(o *options) {
 		o.budget = b.config()
 		o.check("WithRetryBudget", b.Ratio <= 10, "Ratio must not exceed 10, got %v", b.Ratio)
 		o.check("WithRetryBudget", b.Window == 0 ||
-			b.Window >= time.Second && b.Window <= MaxRetryBudgetWindow && b.Window%time.Second == 0,
-			"Window must be whole seconds from 1s to %v, got %v", MaxRetryBudgetWindow, b.Window)
+			b.Window >= time.Second && b.Window <= maxBudgetWindow && b.Window%time.Second == 0,
+			"Window must be whole seconds from 1s to %v, got %v", maxBudgetWindow, b.Window)
 	})
 }
 
 // WithoutRetryBudget turns the retry budget off: every retry that the policy
 // allows is sent, up to WithMaxRetries per request, as in urllib3 or
 // go-retryablehttp. Against a host that fails every request, each request
-// then reaches it 1+WithMaxRetries times.
+// then reaches it 1+WithMaxRetries times. Default: the budget is on.
 func WithoutRetryBudget() Option {
 	return optionFunc(func(o *options) { o.budget = budgetConfig{} })
 }
 
-// WithCircuitBreaker puts a circuit breaker in front of each host (its
-// HostStats key, "host:port"; the hosts past HostStatsLimit have none, so
-// that one host's failures never refuse another's requests). An attempt
-// fails when it ends with a transport error or with a status in the retry
-// list (WithRetryStatuses; 429 and 5xx by default); any other response is
-// a success; an attempt cancelled by its caller, or a hedge cancelled
-// because another attempt won, is not counted. When the failures reach the
-// configured limits the circuit opens: attempts to that host fail at once,
-// without a connection, with an error that matches ErrCircuitOpen (a
-// *CircuitOpenError; in a *RetryError when earlier attempts were made),
-// and are not retried. After OpenTimeout it half-opens and lets
-// HalfOpenProbes attempts through to decide whether to close again; a
-// hedge the half-open circuit refuses never cancels the probe.
-//
-// Default: no circuit breaker. Negative durations, or a FailureRatio
-// outside 0..1, are an error.
+// WithCircuitBreaker puts a circuit breaker in front of each host (see
+// CircuitBreaker, and the package documentation, Opt-in features): when a
+// host's failed attempts reach the limits, its circuit opens, and attempts
+// to it fail at once with a *CircuitOpenError (ErrCircuitOpen), not
+// retried, until OpenTimeout passes and HalfOpenProbes attempts decide.
+// Default: off; zero fields take their defaults; negative durations, or a
+// FailureRatio outside 0..1, are an error.
 func WithCircuitBreaker(cfg CircuitBreaker) Option {
 	return optionFunc(func(o *options) {
 		c := cfg.withDefaults()
@@ -497,14 +458,10 @@ func WithCircuitBreaker(cfg CircuitBreaker) Option {
 // WithAttemptTimeout bounds each attempt's wait for response headers: an
 // attempt without headers after d is abandoned (its connection closed) and
 // retried if the request may be retried, or ends with an error that wraps
-// ErrAttemptTimeout. Once headers arrive the deadline is over: the body of
-// the response returned is never cut off by it (the read timeout governs
-// the body); headers that arrive just as d passes are either returned
-// intact or discarded for the timeout error. Default: off; zero means no
-// attempt deadline (the read timeout already bounds the wait for headers);
-// negative is an error. It costs a timer and a context per attempt, only
-// when set. Off by default because the right value is a latency target of
-// the service called (a p99), which no library can know.
+// ErrAttemptTimeout. It never cuts off a body: the read timeout governs
+// that (see the package documentation, Opt-in features). Default: off;
+// zero means no attempt deadline (the read timeout already bounds the
+// wait for headers); negative is an error.
 func WithAttemptTimeout(d time.Duration) Option {
 	return durationOption("WithAttemptTimeout", d, func(o *options) { o.attemptTimeout = d })
 }
@@ -512,115 +469,52 @@ func WithAttemptTimeout(d time.Duration) Option {
 // WithHedging sends hedged attempts: if an attempt has no response after
 // delay, another attempt of the same request is sent, up to maxHedges more,
 // each delay after the previous one; the first response that is not worth
-// a retry wins, and the other attempts are cancelled, their responses
-// closed. The winner's body is never cut off by the cancellation of the
-// others.
-//
-// Only requests that may be retried are hedged: idempotent methods or an
-// Idempotency-Key header, with a replayable body, and WithMaxRetries above
-// zero. Each hedge draws one retry from the retry budget (WithRetryBudget);
-// when the budget or the host's circuit breaker refuses a hedge, no
-// further hedge is sent, and the attempts in flight run on. A hedge counts
-// in Stats.Attempts and Stats.Hedges, not in Stats.Retries.
-//
-// Default: off. Zero delay means no hedging; zero maxHedges means
-// DefaultMaxHedges. A negative delay, or maxHedges outside 0..MaxHedges,
-// is an error. Choose delay near the service's p95 latency: hedging then
-// adds about 5% load and cuts the tail past it.
+// a retry wins and the others are cancelled. Only requests that may be
+// retried are hedged, each hedge drawing on the retry budget (see the
+// package documentation, Opt-in features). Default: off; zero delay means
+// no hedging; zero maxHedges means 1; a negative delay, or maxHedges
+// outside 0..10, is an error.
 func WithHedging(delay time.Duration, maxHedges int) Option {
 	return optionFunc(func(o *options) {
 		o.hedgeDelay, o.maxHedges = delay, maxHedges
 		if maxHedges == 0 {
-			o.maxHedges = DefaultMaxHedges
+			o.maxHedges = defaultMaxHedges
 		}
 		o.check("WithHedging", delay >= 0, "delay must not be negative, got %v", delay)
-		o.check("WithHedging", maxHedges >= 0 && maxHedges <= MaxHedges,
-			"maxHedges must be between 0 and %d, got %d", MaxHedges, maxHedges)
+		o.check("WithHedging", maxHedges >= 0 && maxHedges <= maxHedgesLimit,
+			"maxHedges must be between 0 and %d, got %d", maxHedgesLimit, maxHedges)
 	})
 }
 
-// WithConnMaxLifetime retires HTTP/1 connections older than d (+-10%, so
-// that connections dialed together do not all expire together): the first
-// request given a connection past its lifetime carries "Connection:
-// close", so the connection ends once that response is read, and later
-// requests go to a new connection. If the server leaves the connection
-// open anyway (it does not echo the header), the next request given it
-// writes nothing on it and goes to a new connection. Callers see no error
-// and nothing is sent twice, whatever the method and body (a POST without
-// Idempotency-Key, a streamed body, Expect: 100-continue). A request that
-// asks to switch protocols (Upgrade, as a WebSocket does) is left alone.
-// An expired connection that stays idle is closed by the idle timeout.
-// Stats.ConnsExpired counts the connections retired.
-//
-// HTTP/2 connections are not retired. net/http would stop opening streams
-// on one marked so and close it once its streams are done, but a request
-// that picked it at that moment fails if its body cannot be rewound
-// (measured: "cannot rewind body after connection loss"). Servers that
-// need HTTP/2 connections to end send GOAWAY (Envoy's
-// max_connection_duration, gRPC's MaxConnectionAge), which net/http
-// handles.
-//
-// A lifetime makes traffic follow DNS changes and rebalance behind L4
-// load balancers (a Kubernetes Service spreads connections, not requests),
-// at the price of a new connection (a TCP and often a TLS handshake) per
-// lifetime per connection, and, per request, a copy of the request's
-// header map and an httptrace.ClientTrace. Pick it to match how fast the
-// deployment scales: 1 to 5 minutes is typical.
-//
-// Default: off, as in net/http, Envoy (max_connection_duration unset) and
-// Finagle (maxLifeTime unbounded); zero means connections are never
-// retired by age; negative is an error.
+// WithConnMaxLifetime retires HTTP/1 connections older than d, +-10%: the
+// first request given an expired connection asks to close it, and later
+// requests go to a new connection; callers see no error and nothing is
+// sent twice. HTTP/2 connections are not retired. Stats.ConnsExpired
+// counts the connections retired. Default: off, as in net/http; zero means
+// connections are never retired by age; negative is an error. 1 to 5
+// minutes is typical (see the package documentation, Opt-in features).
 func WithConnMaxLifetime(d time.Duration) Option {
 	return durationOption("WithConnMaxLifetime", d, func(o *options) { o.connMaxLifetime = d })
 }
 
 // WithoutHostPause turns the host pause off: each request then waits only
-// for the Retry-After of its own 429 or 503.
-//
-// By default, when a host answers a 503 with a Retry-After no longer than
-// WithMaxRetryAfter, every attempt to that host (its HostStats key) from
-// any goroutine of the Transport, first attempts, retries and hedges
-// alike, waits until the time asked for before it is sent; a 429's
-// Retry-After holds the attempts with the same rate-limit key alone
-// (WithRateLimitKey: by default the same Authorization and Cookie). The
-// request that got the response waits once, for the longer of its own
-// wait and the pause. An attempt whose context has a deadline before the pause ends is
-// not sent and fails at once with a *HostPausedError (errors.Is(err,
-// ErrHostPaused)); a request that got the 429 itself gets that response
-// back instead, as when its own Retry-After does not fit the deadline. A
-// Retry-After past the cap sets no pause, and cancelling a context ends its
-// wait at once.
-//
-// Responses that say no quota is left pause the requests with their key
-// the same way, whatever their status, for as long as they say, within the
-// same cap:
-// the RateLimit field of draft-ietf-httpapi-ratelimit-headers (a policy
-// with r=0 waits for its t; the draft-07 dictionary "remaining=0,
-// reset=N" too), the older drafts' RateLimit-Remaining: 0 with
-// RateLimit-Reset (seconds), and the common X-RateLimit-Remaining: 0 with
-// X-RateLimit-Reset, read as seconds to wait below 10^9 (a fraction
-// allowed) and as a Unix time in seconds from there, as GitHub sends it. A response with none of these fields costs three map lookups;
-// a request to a host that is not paused, one atomic load.
-//
-// Stats.Pauses and Stats.PauseWaits count the pauses and the attempts
-// they held back, and Observer.OnHostPause reports each pause. The hosts
-// past HostStatsLimit are never paused.
+// for the Retry-After of its own 429 or 503. Default: a 503's Retry-After
+// within WithMaxRetryAfter pauses every attempt to its host, and a 429's,
+// or rate-limit fields that say no quota is left, the attempts with the
+// same rate-limit key (see the package documentation, Cooperating with
+// servers); Stats.Pauses and Observer.OnHostPause report the pauses.
 func WithoutHostPause() Option {
 	return optionFunc(func(o *options) { o.noHostPause = true })
 }
 
 // WithRateLimitKey sets what tells the callers of one host apart for its
-// rate limits. A 429, or rate-limit fields that say no quota is left (see
-// WithoutHostPause), pause only the requests whose key equals that of the
-// request that got the response: rate limits are kept per API key, user
-// or tenant, and one tenant's exhausted quota must not hold back
-// another's requests. A 503 with Retry-After, an overloaded server, still
-// pauses every request to the host.
-//
-// Default: the values of the Authorization and Cookie headers together
-// (requests without either share one key). Keys are hashed, never kept or
-// logged. key is called for each attempt to a host while one of its keys
-// is paused, and for each response that pauses one; nil is an error.
+// rate limits: a 429, or rate-limit fields that say no quota is left, pause
+// only the requests whose key equals that of the request that got the
+// response; a 503 still pauses the whole host. Default: the Authorization
+// and Cookie headers together (requests with neither share one key). Keys
+// are hashed, never kept or logged. key is called for each attempt to a
+// host while one of its keys is paused, and for each response that pauses
+// one; nil is an error.
 func WithRateLimitKey(key func(*http.Request) string) Option {
 	return optionFunc(func(o *options) {
 		if o.check("WithRateLimitKey", key != nil, "nil key func") {
@@ -675,19 +569,19 @@ type options struct {
 
 func defaultOptions() options {
 	o := options{
-		maxIdleConns:        DefaultMaxIdleConns,
-		maxIdleConnsPerHost: DefaultMaxIdleConnsPerHost,
-		maxConnsPerHost:     DefaultMaxConnsPerHost,
-		idleConnTimeout:     DefaultIdleConnTimeout,
-		connectTimeout:      DefaultConnectTimeout,
-		readTimeout:         DefaultReadTimeout,
-		tlsHandshakeTimeout: DefaultTLSHandshakeTimeout,
+		maxIdleConns:        defaultMaxIdleConns,
+		maxIdleConnsPerHost: defaultMaxIdleConnsPerHost,
+		maxConnsPerHost:     defaultMaxConnsPerHost,
+		idleConnTimeout:     defaultIdleConnTimeout,
+		connectTimeout:      defaultConnectTimeout,
+		readTimeout:         defaultReadTimeout,
+		tlsHandshakeTimeout: defaultTLSHandshakeTimeout,
 		proxy:               http.ProxyFromEnvironment,
-		maxRetries:          DefaultMaxRetries,
+		maxRetries:          defaultMaxRetries,
 		retryMethods:        map[string]bool{},
-		backoffInitial:      DefaultBackoffInitial,
-		backoffMax:          DefaultBackoffMax,
-		maxRetryAfter:       DefaultMaxRetryAfter,
+		backoffInitial:      defaultBackoffInitial,
+		backoffMax:          defaultBackoffMax,
+		maxRetryAfter:       defaultMaxRetryAfter,
 		budget:              defaultBudgetConfig(),
 	}
 	for _, c := range DefaultRetryStatuses() {

@@ -30,7 +30,7 @@ func TestOptionValidation(t *testing.T) {
 		{"negative connect timeout", WithConnectTimeout(-1), "WithConnectTimeout"},
 		{"negative read timeout", WithReadTimeout(-1), "WithReadTimeout"},
 		{"negative TLS timeout", WithTLSHandshakeTimeout(-1), "WithTLSHandshakeTimeout"},
-		{"nil proxy", WithProxy(nil), "WithProxy"},
+		{"nil proxy", WithProxy(nil), ""},
 		{"negative retries", WithMaxRetries(-1), "WithMaxRetries"},
 		{"status below 100", WithRetryStatuses(503, 99), "WithRetryStatuses"},
 		{"status above 599", WithRetryStatuses(600), "WithRetryStatuses"},
@@ -55,12 +55,12 @@ func TestOptionValidation(t *testing.T) {
 		{"an attempt transport that returns nil", WithAttemptTransport(nilWrap), "WithAttemptTransport"},
 
 		{"the default budget", WithRetryBudget(RetryBudget{}), ""},
-		{"the default budget spelled out", WithRetryBudget(RetryBudget{Ratio: DefaultRetryBudgetRatio, Window: DefaultRetryBudgetWindow, MinPerSecond: DefaultRetryBudgetMinPerSecond}), ""},
+		{"the default budget spelled out", WithRetryBudget(RetryBudget{Ratio: defaultRetryBudgetRatio, Window: defaultRetryBudgetWindow, MinPerSecond: defaultRetryBudgetMinPerSecond}), ""},
 		{"a budget without share or floor", WithRetryBudget(RetryBudget{Ratio: -1, Window: time.Second, MinPerSecond: -1}), ""},
 		{"a budget ratio above 10", WithRetryBudget(RetryBudget{Ratio: 11}), "WithRetryBudget"},
 		{"a negative budget window", WithRetryBudget(RetryBudget{Window: -time.Second}), "WithRetryBudget"},
 		{"a budget window in parts of seconds", WithRetryBudget(RetryBudget{Window: 1500 * time.Millisecond}), "WithRetryBudget"},
-		{"a budget window past the maximum", WithRetryBudget(RetryBudget{Window: MaxRetryBudgetWindow + time.Second}), "WithRetryBudget"},
+		{"a budget window past the maximum", WithRetryBudget(RetryBudget{Window: maxBudgetWindow + time.Second}), "WithRetryBudget"},
 		{"no budget", WithoutRetryBudget(), ""},
 
 		{"the default breaker", WithCircuitBreaker(CircuitBreaker{}), ""},
@@ -77,10 +77,10 @@ func TestOptionValidation(t *testing.T) {
 
 		{"hedging off", WithHedging(0, 0), ""},
 		{"zero hedges means the default", WithHedging(time.Millisecond, 0), ""},
-		{"the most hedges", WithHedging(time.Millisecond, MaxHedges), ""},
+		{"the most hedges", WithHedging(time.Millisecond, maxHedgesLimit), ""},
 		{"a negative hedge delay", WithHedging(-time.Millisecond, 1), "WithHedging"},
 		{"negative hedges", WithHedging(time.Millisecond, -1), "WithHedging"},
-		{"too many hedges", WithHedging(time.Millisecond, MaxHedges+1), "WithHedging"},
+		{"too many hedges", WithHedging(time.Millisecond, maxHedgesLimit+1), "WithHedging"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

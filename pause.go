@@ -29,11 +29,12 @@ import (
 var ErrHostPaused = errors.New("keepalive: host paused")
 
 // HostPausedError is the error of an attempt not sent because its host is
-// paused (see WithoutHostPause) until after the deadline of the request's
-// context: waiting could only end in the deadline. The host answered an
-// earlier request, maybe another goroutine's, with a Retry-After or with
-// rate-limit fields that said no quota was left. A request that received
-// such a response itself gets that response back instead, as ever.
+// paused (see the package documentation, Cooperating with servers) until
+// after the deadline of the request's context: waiting could only end in
+// the deadline. The host answered an earlier request, maybe another
+// goroutine's, with a Retry-After or with rate-limit fields that said no
+// quota was left. A request that received such a response itself gets
+// that response back instead.
 type HostPausedError struct {
 	Host string        // the host's key, "host:port" as in HostStats
 	Wait time.Duration // how much of the pause was left
@@ -58,7 +59,7 @@ const (
 	// with RateLimit-Reset (seconds).
 	PauseRateLimit
 	// PauseXRateLimit is X-RateLimit-Remaining: 0 with X-RateLimit-Reset,
-	// in seconds to wait or as a Unix time (see WithoutHostPause).
+	// read as seconds to wait below 10^9 and as a Unix time from there.
 	PauseXRateLimit
 )
 

@@ -116,7 +116,7 @@ func TestSecurityNoSecretInLogsOrErrors(t *testing.T) {
 				target = "http://user:" + url.QueryEscape(password) + "@upstream.invalid/path?token=" + queryToken
 				opts = append(opts, WithProxy(http.ProxyURL(proxyURL)))
 			} else {
-				opts = append(opts, WithProxy(NoProxy))
+				opts = append(opts, WithProxy(nil))
 			}
 			c, _ := newTestClient(t, opts...)
 			ctx := context.Background()
@@ -140,7 +140,7 @@ func TestSecurityNoSecretInLogsOrErrors(t *testing.T) {
 	t.Run("a refused connection", func(t *testing.T) {
 		srv := newFaultServer(t, faultServe(faultOK))
 		srv.stopListening()
-		c, _ := newTestClient(t, WithLogger(logger), WithMaxRetries(2), WithBackoff(time.Millisecond, 2*time.Millisecond), WithProxy(NoProxy))
+		c, _ := newTestClient(t, WithLogger(logger), WithMaxRetries(2), WithBackoff(time.Millisecond, 2*time.Millisecond), WithProxy(nil))
 		req, err := http.NewRequest(http.MethodPut, "http://user:"+url.QueryEscape(password)+"@"+srv.addr+"/", strings.NewReader("x"))
 		require.NoError(t, err)
 		req.Header.Set("Authorization", "Bearer "+authToken)
@@ -188,7 +188,7 @@ func TestSecurityRedirectToAnotherHostDropsCredentials(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			from := httptest.NewServer(http.RedirectHandler(tt.to, http.StatusFound))
 			t.Cleanup(from.Close)
-			c, _ := newTestClient(t, WithProxy(NoProxy))
+			c, _ := newTestClient(t, WithProxy(nil))
 			req, err := http.NewRequest(http.MethodGet, from.URL+"/start", nil)
 			require.NoError(t, err)
 			req.Header.Set("Authorization", "Bearer redirect-secret")
@@ -208,7 +208,7 @@ func TestSecurityRedirectToAnotherHostDropsCredentials(t *testing.T) {
 
 func TestSecurityServerCannotStretchWaitsOrMemory(t *testing.T) {
 	opts := func(extra ...Option) []Option {
-		return append([]Option{WithMaxRetries(1), WithBackoff(time.Millisecond, 2*time.Millisecond), WithProxy(NoProxy)}, extra...)
+		return append([]Option{WithMaxRetries(1), WithBackoff(time.Millisecond, 2*time.Millisecond), WithProxy(nil)}, extra...)
 	}
 
 	t.Run("a Retry-After under the cap but past the context deadline returns at once", func(t *testing.T) {

@@ -138,7 +138,7 @@ func TestSoakOnePercentFaults(t *testing.T) {
 	c, tr := newTestClient(t, WithMaxRetries(maxRetries), WithBackoff(10*time.Millisecond, 100*time.Millisecond),
 		// Long enough that no healthy answer times out on a loaded machine
 		// under -race; each injected stall costs one read timeout.
-		WithReadTimeout(2*time.Second), WithProxy(NoProxy))
+		WithReadTimeout(2*time.Second), WithProxy(nil))
 
 	// Refusals: at evenly spaced points the server stops listening until
 	// the client has had a connect refused, then listens again.

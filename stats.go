@@ -27,8 +27,8 @@ type Stats struct {
 	// IdleCloses are connections their server closed while they were
 	// idle in the pool; ConnsRetiredIdle are connections not reused
 	// because they had been idle for longer than their host's learned
-	// idle timeout allows (see WithoutIdleLearning): each is an idle
-	// close that no request ran into.
+	// idle timeout allows (see the package documentation, Cooperating
+	// with servers): each is an idle close that no request ran into.
 	IdleCloses       int64
 	ConnsRetiredIdle int64
 
@@ -37,9 +37,10 @@ type Stats struct {
 	// it shares (the dial gate keeps them few), or whose TLS handshake
 	// failed. They are not in Dials.
 	DiscardedDials int64
-	// Pauses counts the pauses a host asked for (see WithoutHostPause):
-	// responses that paused a host that was not paused. A response that
-	// moves the end of a running pause later is not counted.
+	// Pauses counts the pauses a host asked for (see the package
+	// documentation, Cooperating with servers): responses that paused a
+	// host that was not paused. A response that moves the end of a
+	// running pause later is not counted.
 	Pauses int64
 	// PauseWaits counts the attempts held back by a pause: they waited
 	// for its end, or failed at once with a HostPausedError.

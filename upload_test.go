@@ -50,7 +50,7 @@ func TestSlowSteadyUploadIsNotAWriteTimeout(t *testing.T) {
 			}
 			_, _ = io.WriteString(w, hex.EncodeToString(h.Sum(nil)))
 		}))
-		c, tr := newTestClient(t, tlsOpt, WithReadTimeout(readTimeout), WithProxy(NoProxy))
+		c, tr := newTestClient(t, tlsOpt, WithReadTimeout(readTimeout), WithProxy(nil))
 		want := sha256.New()
 		_, _ = io.Copy(want, &patternReader{left: size})
 		req, err := http.NewRequest(http.MethodPost, srv.URL, &patternReader{left: size})

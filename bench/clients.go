@@ -59,19 +59,19 @@ func newKeepaliveNoWait() instance {
 	return stdInstance(c)
 }
 
-// newBare is an http.Transport with keepalive's pool and timeout settings
-// and no retry layer: the difference between it and keepalive is what the
+// newBare is an http.Transport with keepalive's default pool and timeout
+// settings (the values its options' docs state) and no retry layer: the difference between it and keepalive is what the
 // retry layer and the body read timeout cost.
 func newBare() instance {
 	tr := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: keepalive.DefaultConnectTimeout}).DialContext,
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
 		ForceAttemptHTTP2:     true,
-		TLSHandshakeTimeout:   keepalive.DefaultTLSHandshakeTimeout,
-		MaxIdleConns:          keepalive.DefaultMaxIdleConns,
-		MaxIdleConnsPerHost:   keepalive.DefaultMaxIdleConnsPerHost,
-		IdleConnTimeout:       keepalive.DefaultIdleConnTimeout,
-		ResponseHeaderTimeout: keepalive.DefaultReadTimeout,
+		TLSHandshakeTimeout:   10 * time.Second,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   256,
+		IdleConnTimeout:       50 * time.Second,
+		ResponseHeaderTimeout: 10 * time.Second,
 		ExpectContinueTimeout: time.Second,
 	}
 	return stdInstance(&http.Client{Transport: tr})
