@@ -9,7 +9,6 @@ package keepalive
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -310,19 +309,6 @@ func (b *watchedRWBody) Write(p []byte) (int, error) { return b.rw.Write(p) }
 
 // Response bodies.
 
-// clockStart anchors monotonic: time.Since(clockStart) is a monotonic
-// reading that fits an atomic int64.
-var clockStart = time.Now()
-
-func monotonic() int64 { return max(int64(time.Since(clockStart)), 1) }
-
-// clockStartUnix is the wall clock at clockStart, in Unix nanoseconds.
-var clockStartUnix = clockStart.UnixNano()
-
-// unixSec is the Unix second of a monotonic() reading: the budget's
-// seconds, without a wall clock reading per request.
-func unixSec(mono int64) int64 { return (clockStartUnix + mono) / int64(time.Second) }
-
 // wrapBody gives resp the one wrapper of its attempt, which owns all that
 // ends with the body: the read timeout (readwatch.go), the dial gate's
 // release and the connection's return to idle (a), and the attempt's
@@ -485,21 +471,6 @@ func discard(resp *http.Response) {
 		defer stop.Stop()
 		_, _ = io.Copy(io.Discard, io.LimitReader(body, maxDrain+1))
 	}()
-}
-
-// sleep waits for d or until ctx ends, whichever is first.
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-timer.C:
-		return nil
-	}
 }
 
 // bufferBody reads the body of resp whole, if its length is known and at

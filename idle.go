@@ -44,12 +44,12 @@ import (
 	"io"
 	"math"
 	"net/http"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/keepalive-go/keepalive/internal/headers"
 )
 
 // Tuning of idle-timeout learning. They are not options: the margin covers
@@ -255,28 +255,9 @@ func (h *hostState) keepAliveAnnounced(resp *http.Response) {
 	if len(v) == 0 || h.overflow {
 		return
 	}
-	if d, ok := parseKeepAliveTimeout(v[0]); ok {
+	if d, ok := headers.KeepAliveTimeout(v[0]); ok {
 		h.idle.announce(d, monotonic())
 	}
-}
-
-// parseKeepAliveTimeout returns the timeout of a Keep-Alive header value,
-// "timeout=5, max=100": whole seconds, at least 1 and at most a day.
-func parseKeepAliveTimeout(v string) (time.Duration, bool) {
-	for len(v) > 0 {
-		var p string
-		p, v, _ = strings.Cut(v, ",")
-		name, val, ok := strings.Cut(strings.TrimSpace(p), "=")
-		if !ok || !strings.EqualFold(strings.TrimSpace(name), "timeout") {
-			continue
-		}
-		n, err := strconv.Atoi(strings.Trim(strings.TrimSpace(val), `"`))
-		if err != nil || n < 1 || n > 86400 {
-			return 0, false
-		}
-		return time.Duration(n) * time.Second, true
-	}
-	return 0, false
 }
 
 // errPeerClosed is the end of stream a check before a write found.

@@ -170,32 +170,6 @@ func TestIdleTimeoutKeepsFreshConnections(t *testing.T) {
 	assert.EqualValues(t, 1, srv.accepted.Load())
 }
 
-func TestParseKeepAliveTimeout(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want time.Duration
-		ok   bool
-	}{
-		{"timeout=5, max=100", 5 * time.Second, true},
-		{"max=100, timeout=15", 15 * time.Second, true},
-		{"Timeout = 3", 3 * time.Second, true},
-		{`timeout="7"`, 7 * time.Second, true},
-		{"timeout=0", 0, false},
-		{"timeout=-1", 0, false},
-		{"timeout=86401", 0, false},
-		{"timeout=1e3", 0, false},
-		{"timeout=99999999999999999999999", 0, false},
-		{"max=5", 0, false},
-		{"", 0, false},
-		{",,,", 0, false},
-		{"timeout", 0, false},
-	} {
-		got, ok := parseKeepAliveTimeout(tc.in)
-		assert.Equal(t, tc.ok, ok, tc.in)
-		assert.Equal(t, tc.want, got, tc.in)
-	}
-}
-
 // The learned timeout keeps the shortest value seen while it is fresh,
 // takes a longer one once stale, and doubles back after idleTTL.
 func TestHostIdleLearnsShortestAndDecays(t *testing.T) {

@@ -16,11 +16,11 @@ import (
 	"hash/maphash"
 	"math"
 	"net/http"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/keepalive-go/keepalive/internal/headers"
 )
 
 // ErrHostPaused is matched, with errors.Is, by the error of a request that
@@ -247,161 +247,26 @@ func (p *keyPauses) set(key uint64, until, now int64) bool {
 func pauseOf(resp *http.Response, now func() time.Time) (time.Duration, PauseSource) {
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 		if v := resp.Header["Retry-After"]; len(v) > 0 {
-			if d, ok := parseRetryAfter(v[0], now()); ok {
+			if d, ok := headers.RetryAfter(v[0], now()); ok {
 				return d, PauseRetryAfter
 			}
 		}
 	}
 	h := resp.Header
 	if v := h["Ratelimit"]; len(v) > 0 {
-		if d, ok := parseRateLimit(v); ok {
+		if d, ok := headers.RateLimit(v); ok {
 			return d, PauseRateLimit
 		}
 	}
-	if v := h["Ratelimit-Remaining"]; len(v) > 0 && isZero(v[0]) {
-		if d, ok := parseResetSeconds(h.Get("Ratelimit-Reset")); ok {
+	if v := h["Ratelimit-Remaining"]; len(v) > 0 && headers.NoneLeft(v[0]) {
+		if d, ok := headers.ResetSeconds(h.Get("Ratelimit-Reset")); ok {
 			return d, PauseRateLimit
 		}
 	}
-	if v := h["X-Ratelimit-Remaining"]; len(v) > 0 && isZero(v[0]) {
-		if d, ok := parseXReset(h.Get("X-Ratelimit-Reset"), now); ok {
+	if v := h["X-Ratelimit-Remaining"]; len(v) > 0 && headers.NoneLeft(v[0]) {
+		if d, ok := headers.XRateLimitReset(h.Get("X-Ratelimit-Reset"), now); ok {
 			return d, PauseXRateLimit
 		}
 	}
 	return 0, 0
-}
-
-// isZero reports whether a Remaining field says no quota is left.
-func isZero(v string) bool { return strings.TrimSpace(v) == "0" }
-
-// parseResetSeconds parses a reset given in seconds to wait: a positive
-// integer, as Retry-After's delay-seconds (and saturating as it does).
-func parseResetSeconds(v string) (time.Duration, bool) {
-	if !isDigits(strings.TrimSpace(v)) {
-		return 0, false
-	}
-	return parseRetryAfter(v, time.Time{})
-}
-
-// unixResetThreshold tells the two meanings of X-RateLimit-Reset apart:
-// a value at or above it (about 2001-09-09) is a Unix time in seconds, as
-// GitHub and Twitter send; a value below it is seconds to wait, as others
-// send. No rate-limit window lasts 31 years, and no reset time is before
-// 2001.
-const unixResetThreshold = 1_000_000_000
-
-// parseXReset parses X-RateLimit-Reset: seconds, with an optional
-// fraction ("1.5", "1470173023.123"), to wait or, from unixResetThreshold
-// up, the Unix time of the reset, compared with now(). It reports false
-// for anything else, or a reset not after now.
-func parseXReset(v string, now func() time.Time) (time.Duration, bool) {
-	v = strings.TrimSpace(v)
-	whole, frac, _ := strings.Cut(v, ".")
-	if !isDigits(whole) || frac != "" && !isDigits(frac) || strings.HasSuffix(v, ".") {
-		return 0, false
-	}
-	secs, err := strconv.ParseFloat(v, 64)
-	if err != nil { // only a value out of range fails here
-		return 0, false
-	}
-	if secs >= unixResetThreshold {
-		secs -= float64(now().UnixNano()) / float64(time.Second)
-	}
-	switch {
-	case secs <= 0:
-		return 0, false
-	case secs >= float64(maxRetryAfterSeconds):
-		return time.Duration(math.MaxInt64), true
-	}
-	d := time.Duration(secs * float64(time.Second))
-	return d, d > 0
-}
-
-// parseRateLimit parses the RateLimit field of the current
-// draft-ietf-httpapi-ratelimit-headers (since draft 08): a Structured
-// Fields list of policies, each a string or token with parameters, among
-// them r (remaining quota units) and t (seconds until the quota is
-// restored), as in
-//
-//	RateLimit: "default";r=0;t=5, "daily";r=100;t=3600
-//
-// and of draft 07, a dictionary, "limit=10, remaining=0, reset=5". It
-// returns the longest t of the policies whose r is 0 (draft 07: reset
-// when remaining is 0). It is lenient: what it cannot read it skips, and
-// it never fails on input.
-func parseRateLimit(lines []string) (time.Duration, bool) {
-	var (
-		longest          time.Duration
-		found            bool
-		remaining, reset string // draft 07's members
-	)
-	for _, line := range lines {
-		for member := range splitOutside(line, ',') {
-			item, params, _ := cutOutside(member, ';')
-			item = strings.TrimSpace(item)
-			if k, v, ok := strings.Cut(item, "="); ok && !strings.HasPrefix(item, `"`) { // draft 07
-				switch strings.TrimSpace(k) {
-				case "remaining":
-					remaining = strings.TrimSpace(v)
-				case "reset":
-					reset = strings.TrimSpace(v)
-				}
-				continue
-			}
-			var r, tv string
-			haveR := false
-			for p := range splitOutside(params, ';') {
-				k, v, _ := strings.Cut(p, "=")
-				switch strings.TrimSpace(k) {
-				case "r":
-					r, haveR = strings.TrimSpace(v), true
-				case "t":
-					tv = strings.TrimSpace(v)
-				}
-			}
-			if !haveR || r != "0" {
-				continue
-			}
-			if d, ok := parseResetSeconds(tv); ok && d > longest {
-				longest, found = d, true
-			}
-		}
-	}
-	if remaining == "0" {
-		if d, ok := parseResetSeconds(reset); ok && d > longest {
-			longest, found = d, true
-		}
-	}
-	return longest, found
-}
-
-// splitOutside yields the parts of s between seps that are outside double
-// quotes (a backslash escapes the next character inside them), as
-// Structured Fields quote strings.
-func splitOutside(s string, sep byte) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for s != "" {
-			part, rest, found := cutOutside(s, sep)
-			if !yield(part) || !found {
-				return
-			}
-			s = rest
-		}
-	}
-}
-
-// cutOutside is strings.Cut at the first sep outside double quotes.
-func cutOutside(s string, sep byte) (before, after string, found bool) {
-	quoted := false
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; {
-		case quoted && c == '\\':
-			i++
-		case c == '"':
-			quoted = !quoted
-		case !quoted && c == sep:
-			return s[:i], s[i+1:], true
-		}
-	}
-	return s, "", false
 }

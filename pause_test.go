@@ -423,60 +423,8 @@ func TestDecideFoldsPause(t *testing.T) {
 	assert.Equal(t, GiveUpDeadline, d.reason)
 }
 
-func TestPauseFieldParsers(t *testing.T) {
+func TestPauseOf(t *testing.T) {
 	now := func() time.Time { return fuzzNow }
-	rl := []struct {
-		in   []string
-		want time.Duration
-		ok   bool
-	}{
-		{[]string{`"default";r=0;t=5`}, 5 * time.Second, true},
-		{[]string{`"default";r=3;t=5`}, 0, false},
-		{[]string{`"a";r=0;t=5, "b";r=0;t=60`}, 60 * time.Second, true},
-		{[]string{`"a";r=1;t=5`, `"b";r=0;t=7`}, 7 * time.Second, true},
-		{[]string{`"a,b;r=9";r=0;t=2`}, 2 * time.Second, true},
-		{[]string{`"a\";r=1";r=0 ; t=3`}, 3 * time.Second, true},
-		{[]string{`"default";t=5`}, 0, false},
-		{[]string{`"default";r=0`}, 0, false},
-		{[]string{`"default";r=0;t=0`}, 0, false},
-		{[]string{`"default";r=0;t=-1`}, 0, false},
-		{[]string{`"default";r=0;t=1.5`}, 0, false},
-		{[]string{`limit=10, remaining=0, reset=4`}, 4 * time.Second, true},
-		{[]string{`limit=10, remaining=2, reset=4`}, 0, false},
-		{[]string{`"`}, 0, false},
-		{[]string{""}, 0, false},
-	}
-	for _, c := range rl {
-		d, ok := parseRateLimit(c.in)
-		assert.Equal(t, c.ok, ok, "%q", c.in)
-		assert.Equal(t, c.want, d, "%q", c.in)
-	}
-	xr := []struct {
-		in   string
-		want time.Duration
-		ok   bool
-	}{
-		{"5", 5 * time.Second, true},
-		{" 2.5 ", 2500 * time.Millisecond, true},
-		{"0", 0, false},
-		{"-3", 0, false},
-		{"1e3", 0, false},
-		{".5", 0, false},
-		{"5.", 0, false},
-		{"", 0, false},
-		{"999999999", 999999999 * time.Second, true}, // just below the threshold: seconds
-		{strconv.FormatInt(fuzzNow.Add(90*time.Second).Unix(), 10), 90 * time.Second, true},
-		{strconv.FormatInt(fuzzNow.Add(-time.Second).Unix(), 10), 0, false},
-		{"1000000000", 0, false}, // 2001: a Unix time in the past
-		{"99999999999999999999999", time.Duration(1<<63 - 1), true},
-	}
-	for _, c := range xr {
-		d, ok := parseXReset(c.in, now)
-		assert.Equal(t, c.ok, ok, "%q", c.in)
-		if c.ok {
-			assert.InDelta(t, float64(c.want), float64(d), float64(time.Millisecond), "%q", c.in)
-		}
-	}
 	// Retry-After first, then the quota fields; only on 429 and 503.
 	h := http.Header{"Retry-After": {"2"}, "X-Ratelimit-Remaining": {"0"}, "X-Ratelimit-Reset": {"9"}}
 	for _, c := range []struct {

@@ -21,12 +21,11 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/hashicorp/go-retryablehttp"
+	"github.com/keepalive-go/keepalive/internal/headers"
 )
 
 // policy is the retry configuration that decide applies.
@@ -238,44 +237,7 @@ func retryAfterOf(resp *http.Response, now time.Time) (time.Duration, bool) {
 	if resp == nil || resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusServiceUnavailable {
 		return 0, false
 	}
-	return parseRetryAfter(resp.Header.Get("Retry-After"), now)
-}
-
-// maxRetryAfterSeconds keeps delay-seconds * time.Second from overflowing.
-const maxRetryAfterSeconds = math.MaxInt64 / int64(time.Second)
-
-// parseRetryAfter returns the positive wait that a Retry-After value asks
-// for at now: delay-seconds, or an HTTP-date in any of the three formats of
-// RFC 9110 section 5.6.7. It reports false for an empty, malformed or
-// negative value, zero, or a date not after now: the backoff applies then.
-// A wait too long for a time.Duration is the longest one.
-func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0, false
-	}
-	if isDigits(v) {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n > maxRetryAfterSeconds { // only overflow fails here
-			return time.Duration(math.MaxInt64), true
-		}
-		return time.Duration(n) * time.Second, n > 0
-	}
-	at, err := http.ParseTime(v)
-	if err != nil {
-		return 0, false
-	}
-	d := at.Sub(now) // time.Time.Sub saturates
-	return d, d > 0
-}
-
-func isDigits(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return s != ""
+	return headers.RetryAfter(resp.Header.Get("Retry-After"), now)
 }
 
 // newBackoff returns the schedule of one request: cenkalti/backoff's

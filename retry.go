@@ -186,7 +186,7 @@ func checkRequest(req *http.Request) error {
 	if i := strings.LastIndexByte(host, ':'); i > strings.LastIndexByte(host, ']') {
 		if p := host[i+1:]; p != "" {
 			n, err := strconv.Atoi(p)
-			if err != nil || n < 1 || n > 65535 || !isDigits(p) {
+			if err != nil || n < 1 || n > 65535 || strings.Trim(p, "0123456789") != "" {
 				return &badRequestError{reason: "invalid port " + strconv.Quote(p) + " in request URL"}
 			}
 		}
