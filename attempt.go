@@ -52,13 +52,13 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 		t.count(h, hedgeCounter)
 	}
 	r, ctl, a := t.attemptContext(r, n, h, cancel)
-	t.observeAttemptStart(r, h, n) // events.go
+	t.opts.tel.attemptStart(r, h.key, n)
 
 	// 3. The round trip: through WithAttemptTransport's wraps, if any, to
 	// the tuned http.Transport. net/http tells a which connection carries
 	// the request (its GotConn), and a tells the connection.
 	var start time.Time
-	if t.opts.observer.OnAttemptEnd != nil { // the event's Duration: no clock read otherwise
+	if t.opts.tel.observer.OnAttemptEnd != nil { // the event's Duration: no clock read otherwise
 		start = time.Now()
 	}
 	var (
@@ -78,7 +78,7 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 		a.responded(resp)
 		t.setPause(h, r, resp) // pause.go
 	}
-	t.observeAttemptEnd(r, h, n, resp, err, start, a) // events.go
+	t.opts.tel.attemptEnd(r, h.key, n, resp, err, start, ConnReuse(a.reuse.Load()))
 
 	// 5. The response gets the attempt's one body wrapper (body.go); a
 	// failed attempt releases what it held now.

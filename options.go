@@ -384,7 +384,7 @@ func WithCheckRetry(check retryablehttp.CheckRetry) Option {
 // Observer event, never a credential, query value or header value (see the
 // package documentation, Logs). Default and nil: silent.
 func WithLogger(l *slog.Logger) Option {
-	return optionFunc(func(o *options) { o.logger = l })
+	return optionFunc(func(o *options) { o.tel.logger = l })
 }
 
 // WithObserver adds o to the observers of the Transport. Unlike other
@@ -392,7 +392,7 @@ func WithLogger(l *slog.Logger) Option {
 // order the options were given. Default: none; a zero Observer does
 // nothing.
 func WithObserver(o Observer) Option {
-	return optionFunc(func(opts *options) { opts.observer = opts.observer.merge(o) })
+	return optionFunc(func(opts *options) { opts.tel.observer = opts.tel.observer.merge(o) })
 }
 
 // WithAttemptTransport wraps the RoundTripper that each attempt is sent
@@ -550,7 +550,6 @@ type options struct {
 	bodyBuffer     int64
 	responseBuffer int64 // retry.go; zero: off
 	checkRetry     retryablehttp.CheckRetry
-	logger         *slog.Logger
 
 	budget          budgetConfig               // budget.go; zero: off
 	attemptTimeout  time.Duration              // attempt.go; zero: off
@@ -561,7 +560,7 @@ type options struct {
 	noHostPause     bool                       // pause.go; false: on
 	rateLimitKey    func(*http.Request) string // pause.go; nil: Authorization and Cookie
 
-	observer     Observer
+	tel          telemetry // WithObserver, WithLogger
 	attemptWraps []func(http.RoundTripper) http.RoundTripper
 
 	errs []error

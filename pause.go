@@ -108,7 +108,8 @@ func (t *Transport) setPause(h *hostState, r *http.Request, resp *http.Response)
 		started = extend(&h.pausedUntil, until, now)
 	}
 	if started {
-		t.observeHostPause(h, resp.StatusCode, wait, src, perKey)
+		t.count(h, pausesCounter)
+		t.opts.tel.hostPause(h.key, resp.StatusCode, wait, src, perKey)
 	}
 }
 

@@ -95,24 +95,25 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 			return t.giveUp(req, h, resp, err, n, d)
 		}
 		if !t.budget.withdraw(&h.budget, unixSec(mono)) {
-			t.observeBudgetRefused(req, h, n)
+			t.count(h, budgetRefusalsCounter)
+			t.opts.tel.budgetRefused(req, h.key, n)
 			return t.giveUp(req, h, resp, err, n, decision{verdict: verdictGiveUp, reason: GiveUpBudget, wait: d.wait, policyErr: d.policyErr})
 		}
 
-		t.observeRetry(req, h, resp, err, n, d.wait, d.retryAfter)
+		t.opts.tel.retry(req, h.key, resp, err, n, d.wait, d.retryAfter)
 		status := 0
 		if resp != nil {
 			status = resp.StatusCode
 			discard(resp) // body.go: drained off the caller's time
 		}
 		if serr := sleep(ctx, d.wait); serr != nil {
-			t.observeGiveUp(req, h, resp, err, n, GiveUpCanceled, d.wait)
+			t.reportGiveUp(req, h, resp, err, n, GiveUpCanceled, d.wait)
 			return nil, t.retryError(req, n, status, err, serr)
 		}
 		start = monotonic()
 		var berr error
 		if r, berr = rp.next(); berr != nil {
-			t.observeGiveUp(req, h, resp, berr, n, GiveUpBody, 0)
+			t.reportGiveUp(req, h, resp, berr, n, GiveUpBody, 0)
 			return nil, t.retryError(req, n, status, err, berr)
 		}
 		t.count(h, retriesCounter)
@@ -132,7 +133,7 @@ func (t *Transport) finish(req *http.Request, resp *http.Response) *http.Respons
 // a RetryError, and the response is closed.
 func (t *Transport) giveUp(req *http.Request, h *hostState, resp *http.Response, err error, attempts int, d decision) (*http.Response, error) {
 	if d.verdict == verdictGiveUp {
-		t.observeGiveUp(req, h, resp, err, attempts, d.reason, d.wait)
+		t.reportGiveUp(req, h, resp, err, attempts, d.reason, d.wait)
 	}
 	if d.policyErr != nil {
 		status := 0
@@ -149,6 +150,16 @@ func (t *Transport) giveUp(req *http.Request, h *hostState, resp *http.Response,
 		return nil, err
 	}
 	return nil, t.retryError(req, attempts, 0, nil, err)
+}
+
+// reportGiveUp counts and reports that the outcome (resp or err) of the
+// last of attempts is returned to the caller although it was worth a
+// retry; wait is the refused wait, if any.
+func (t *Transport) reportGiveUp(req *http.Request, h *hostState, resp *http.Response, err error, attempts int, reason GiveUpReason, wait time.Duration) {
+	if reason.counted() {
+		t.count(h, gaveUpCounter)
+	}
+	t.opts.tel.giveUp(req, h.key, resp, err, attempts, reason, wait)
 }
 
 // retryError builds the error of a request that ended with err after

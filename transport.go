@@ -8,6 +8,7 @@ package keepalive
 
 import (
 	"context"
+	"errors"
 	"hash/maphash"
 	"net"
 	"net/http"
@@ -72,7 +73,7 @@ func (t *Transport) newHostState(key string) *hostState {
 	}
 	t.budget.init(&h.budget)
 	if cfg := t.opts.breaker; cfg != nil {
-		h.breaker = newHostBreaker(*cfg, key, t.observeBreakerChange)
+		h.breaker = newHostBreaker(*cfg, key, t.opts.tel.breakerChange)
 	}
 	return h
 }
@@ -129,7 +130,7 @@ func (t *Transport) newBase() *http.Transport {
 				wc = newConn(c, gated, addr, h, t.hosts.forAddr, o.readTimeout, o.connMaxLifetime)
 				wc.dialHost = h
 			}
-			t.observeDial(h, addr, err, wc) // events.go
+			t.reportDial(h, addr, err, wc)
 			if err != nil {
 				return nil, &dialError{err: err}
 			}
@@ -150,4 +151,27 @@ func (t *Transport) newBase() *http.Transport {
 			PingTimeout:     http2PingTimeout,
 		},
 	}
+}
+
+// reportDial counts a TCP connect to the host h, at addr, that ended with
+// err, and tells the observers. A dial cancelled because no request needed
+// it any more (CloseIdleConnections cancels them) neither connected nor
+// failed to: it is neither counted nor told. A connection of the dial
+// gate's serial dial is counted once it carries a request instead.
+func (t *Transport) reportDial(h *hostState, addr string, err error, c *conn) {
+	switch {
+	case err == nil:
+		if !c.uncounted.Load() {
+			t.count(h, dialsCounter)
+		}
+	case errors.Is(err, context.Canceled):
+		return
+	default:
+		t.count(h, dialErrorsCounter)
+	}
+	host := h.key
+	if h.overflow {
+		host = addr
+	}
+	t.opts.tel.dial(host, err)
 }
