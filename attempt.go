@@ -37,7 +37,7 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 	if h.breaker != nil {
 		var err error
 		if report, err = h.breaker.Allow(); err != nil {
-			t.count(h, circuitOpenCounter)
+			h.count(circuitOpenCounter)
 			return nil, refuse(r, cancel, &CircuitOpenError{Host: h.key})
 		}
 	}
@@ -47,9 +47,9 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 	// limits (the attempt deadline, the upload watch) and its connection
 	// (a) need, and the dial gate counts it busy until its body is done
 	// (dialgate.go).
-	t.count(h, attemptsCounter)
+	h.count(attemptsCounter)
 	if hedge {
-		t.count(h, hedgeCounter)
+		h.count(hedgeCounter)
 	}
 	r, ctl, a := t.attemptContext(r, n, h, cancel)
 	t.opts.tel.attemptStart(r, h.key, n)
@@ -381,7 +381,7 @@ func (t *Transport) settle(h *hostState, ctl *attemptCtl, outer context.Context,
 		err = errNilNil
 	}
 	if err != nil && isWriteTimeout(err) { // a connection's write deadline (transport.go)
-		t.count(h, writeTimeoutCounter)
+		h.count(writeTimeoutCounter)
 	}
 	if ctl == nil {
 		return resp, err
@@ -402,12 +402,12 @@ func (t *Transport) settle(h *hostState, ctl *attemptCtl, outer context.Context,
 	}
 	switch ctl.state.Load() {
 	case attemptTimedOut:
-		t.count(h, attemptTimeoutCounter)
+		h.count(attemptTimeoutCounter)
 		// Not wrapped: the transport's error is context.Canceled, which
 		// would read as the caller's cancellation and end the retries.
 		return nil, &TimeoutError{Op: opAttempt, Limit: ctl.deadline}
 	default: // attemptUploadStalled
-		t.count(h, writeTimeoutCounter)
+		h.count(writeTimeoutCounter)
 		return nil, &TimeoutError{Op: opWrite, Limit: ctl.upload.d}
 	}
 }

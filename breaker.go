@@ -74,28 +74,6 @@ type CircuitBreaker struct {
 	HalfOpenProbes uint32
 }
 
-// BreakerState is the state of a host's circuit breaker.
-type BreakerState uint8
-
-const (
-	BreakerClosed   BreakerState = iota // attempts go through and are counted
-	BreakerOpen                         // attempts fail at once, with a *CircuitOpenError
-	BreakerHalfOpen                     // HalfOpenProbes attempts go through, to decide whether to close
-)
-
-// String returns "closed", "open" or "half-open", as logged.
-func (s BreakerState) String() string {
-	switch s {
-	case BreakerClosed:
-		return "closed"
-	case BreakerOpen:
-		return "open"
-	case BreakerHalfOpen:
-		return "half-open"
-	}
-	return "unknown"
-}
-
 // Private implementation past this point.
 
 func (c CircuitBreaker) withDefaults() CircuitBreaker {

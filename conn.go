@@ -278,7 +278,7 @@ func (c *conn) idleTooLong(now int64) bool {
 		}
 	}
 	if !c.refused.Swap(true) {
-		h.counters.connsRetiredIdle.Add(1)
+		h.count(connsRetiredIdleCounter)
 	}
 	return true
 }
@@ -340,7 +340,7 @@ func (c *conn) readFailed(err error, now int64) {
 // time it carries a request.
 func (c *conn) carry() {
 	if c.uncounted.CompareAndSwap(true, false) && c.dialHost != nil {
-		c.dialHost.counters.dials.Add(1)
+		c.dialHost.count(dialsCounter)
 	}
 }
 
@@ -361,7 +361,7 @@ func (c *conn) Close() error {
 			c.endSerial(errSerialClosed)
 		}
 		if c.uncounted.CompareAndSwap(true, false) && c.dialHost != nil {
-			c.dialHost.counters.discardedDials.Add(1)
+			c.dialHost.count(discardedDialsCounter)
 		}
 	}
 	return c.Conn.Close()

@@ -218,3 +218,27 @@ var (
 // errNilNil replaces the (nil, nil) of a RoundTripper given to
 // WithAttemptTransport that broke its contract.
 var errNilNil = errors.New("keepalive: RoundTripper returned a nil *Response with a nil error")
+
+// ErrHostPaused is matched, with errors.Is, by the error of a request that
+// was not sent because its host asked for a pause that the request's
+// context deadline ends before.
+var ErrHostPaused = errors.New("keepalive: host paused")
+
+// HostPausedError is the error of an attempt not sent because its host is
+// paused (see the package documentation, Cooperating with servers) until
+// after the deadline of the request's context: waiting could only end in
+// the deadline. The host answered an earlier request, maybe another
+// goroutine's, with a Retry-After or with rate-limit fields that said no
+// quota was left. A request that received such a response itself gets
+// that response back instead.
+type HostPausedError struct {
+	Host string        // the host's key, "host:port" as in HostStats
+	Wait time.Duration // how much of the pause was left
+}
+
+func (e *HostPausedError) Error() string {
+	return "keepalive: " + e.Host + " asked for a pause of " + e.Wait.String() + " more, past the context's deadline"
+}
+
+// Is reports whether target is ErrHostPaused.
+func (e *HostPausedError) Is(target error) bool { return target == ErrHostPaused }

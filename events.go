@@ -265,3 +265,53 @@ func chain[E any](a, b func(E)) func(E) {
 
 // attemptKey is the context key of AttemptFromContext.
 type attemptKey struct{}
+
+// PauseSource says which response fields set a host pause.
+type PauseSource uint8
+
+const (
+	// PauseRetryAfter is the Retry-After of a 429 or 503 response.
+	PauseRetryAfter PauseSource = iota + 1
+	// PauseRateLimit is draft-ietf-httpapi-ratelimit-headers: a RateLimit
+	// field with a policy whose r (remaining) is 0, waiting for its t
+	// (reset, seconds); or, in the older drafts, RateLimit-Remaining: 0
+	// with RateLimit-Reset (seconds).
+	PauseRateLimit
+	// PauseXRateLimit is X-RateLimit-Remaining: 0 with X-RateLimit-Reset,
+	// read as seconds to wait below 10^9 and as a Unix time from there.
+	PauseXRateLimit
+)
+
+func (s PauseSource) String() string {
+	switch s {
+	case PauseRetryAfter:
+		return "retry-after"
+	case PauseRateLimit:
+		return "ratelimit"
+	case PauseXRateLimit:
+		return "x-ratelimit"
+	}
+	return "unknown"
+}
+
+// BreakerState is the state of a host's circuit breaker.
+type BreakerState uint8
+
+const (
+	BreakerClosed   BreakerState = iota // attempts go through and are counted
+	BreakerOpen                         // attempts fail at once, with a *CircuitOpenError
+	BreakerHalfOpen                     // HalfOpenProbes attempts go through, to decide whether to close
+)
+
+// String returns "closed", "open" or "half-open", as logged.
+func (s BreakerState) String() string {
+	switch s {
+	case BreakerClosed:
+		return "closed"
+	case BreakerOpen:
+		return "open"
+	case BreakerHalfOpen:
+		return "half-open"
+	}
+	return "unknown"
+}

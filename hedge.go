@@ -60,7 +60,7 @@ func (t *Transport) hedged(req, first *http.Request, rp *replay, n int, h *hostS
 				continue
 			}
 			if !t.budget.withdraw(&h.budget, unixSec(monotonic())) {
-				t.count(h, budgetRefusalsCounter)
+				h.count(budgetRefusalsCounter)
 				t.opts.tel.budgetRefused(req, h.key, n)
 				stopHedging = true
 				continue

@@ -176,3 +176,18 @@ func canonAddr(addr string) string {
 	}
 	return net.JoinHostPort(strings.ToLower(host), port)
 }
+
+// HostStatsLimit is the most hosts a Transport keeps apart, in HostStats
+// and for its per-host retry budget, circuit breaker, dial gate, learned
+// idle timeout and pause; the hosts past it share one state under the key
+// OtherHosts, so a client that meets unboundedly many hosts (a crawler)
+// holds bounded memory. Since one such host's failures must not cost the
+// others anything, they have no retry budget (WithMaxRetries alone bounds
+// their retries), no circuit breaker, no idle timeout and no pause.
+const HostStatsLimit = 1024
+
+// OtherHosts is the HostStats key of the hosts past HostStatsLimit.
+const OtherHosts = "other"
+
+// count adds one to the counter c of h (Stats sums the hosts).
+func (h *hostState) count(c counter) { h.counters[c].Add(1) }

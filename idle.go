@@ -244,7 +244,7 @@ func (h *hostState) idleClosed(age time.Duration, err error, now int64) {
 	if !closedByPeer(err) || age < idleMinLearn {
 		return
 	}
-	h.counters.idleCloses.Add(1)
+	h.count(idleClosesCounter)
 	h.idle.closed(age, now)
 }
 

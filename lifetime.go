@@ -43,7 +43,7 @@ func (a *attemptConn) gotConnLifetime(c *conn, reused bool) {
 	case !time.Now().Before(c.expires):
 		a.hdr.Set("Connection", "close")
 		if !c.retired.Swap(true) {
-			a.host.counters.connsExpired.Add(1)
+			a.host.count(connExpiredCounter)
 		}
 		return
 	}

@@ -75,11 +75,6 @@ const (
 	// HTTP/2 connection keeps taking requests until the OS gives up.
 	http2PingInterval = 30 * time.Second
 	http2PingTimeout  = 15 * time.Second
-
-	// backoffJitter is the randomization factor of the backoff: each wait
-	// is drawn uniformly from [w*(1-j), w*(1+j)], capped at the maximum
-	// backoff.
-	backoffJitter = 0.5
 )
 
 // Retry defaults.
@@ -634,16 +629,6 @@ func durationOption(name string, d time.Duration, set func(*options)) Option {
 	})
 }
 
-// statusSet is a bitmap of the statuses 100-599: a lookup on every response
-// costs a shift, not a map access.
-type statusSet [10]uint64
-
-func (s *statusSet) add(code int) { s[code/64] |= 1 << (code % 64) }
-
-func (s *statusSet) has(code int) bool {
-	return code >= 0 && code < 640 && s[code/64]&(1<<(code%64)) != 0
-}
-
 // standardMethods are the methods of RFC 9110 and RFC 5789 (PATCH), which
 // senders write in upper case.
 var standardMethods = map[string]bool{
@@ -675,4 +660,16 @@ func isTokenPunct(c byte) bool {
 		return true
 	}
 	return false
+}
+
+func newPolicy(o options) policy {
+	return policy{
+		maxRetries:    o.maxRetries,
+		statuses:      o.retryStatuses,
+		methods:       o.retryMethods,
+		maxRetryAfter: o.maxRetryAfter,
+		check:         o.checkRetry,
+		initial:       o.backoffInitial,
+		max:           o.backoffMax,
+	}
 }

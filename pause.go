@@ -12,7 +12,6 @@
 package keepalive
 
 import (
-	"errors"
 	"hash/maphash"
 	"math"
 	"net/http"
@@ -22,58 +21,6 @@ import (
 
 	"github.com/keepalive-go/keepalive/internal/headers"
 )
-
-// ErrHostPaused is matched, with errors.Is, by the error of a request that
-// was not sent because its host asked for a pause that the request's
-// context deadline ends before.
-var ErrHostPaused = errors.New("keepalive: host paused")
-
-// HostPausedError is the error of an attempt not sent because its host is
-// paused (see the package documentation, Cooperating with servers) until
-// after the deadline of the request's context: waiting could only end in
-// the deadline. The host answered an earlier request, maybe another
-// goroutine's, with a Retry-After or with rate-limit fields that said no
-// quota was left. A request that received such a response itself gets
-// that response back instead.
-type HostPausedError struct {
-	Host string        // the host's key, "host:port" as in HostStats
-	Wait time.Duration // how much of the pause was left
-}
-
-func (e *HostPausedError) Error() string {
-	return "keepalive: " + e.Host + " asked for a pause of " + e.Wait.String() + " more, past the context's deadline"
-}
-
-// Is reports whether target is ErrHostPaused.
-func (e *HostPausedError) Is(target error) bool { return target == ErrHostPaused }
-
-// PauseSource says which response fields set a host pause.
-type PauseSource uint8
-
-const (
-	// PauseRetryAfter is the Retry-After of a 429 or 503 response.
-	PauseRetryAfter PauseSource = iota + 1
-	// PauseRateLimit is draft-ietf-httpapi-ratelimit-headers: a RateLimit
-	// field with a policy whose r (remaining) is 0, waiting for its t
-	// (reset, seconds); or, in the older drafts, RateLimit-Remaining: 0
-	// with RateLimit-Reset (seconds).
-	PauseRateLimit
-	// PauseXRateLimit is X-RateLimit-Remaining: 0 with X-RateLimit-Reset,
-	// read as seconds to wait below 10^9 and as a Unix time from there.
-	PauseXRateLimit
-)
-
-func (s PauseSource) String() string {
-	switch s {
-	case PauseRetryAfter:
-		return "retry-after"
-	case PauseRateLimit:
-		return "ratelimit"
-	case PauseXRateLimit:
-		return "x-ratelimit"
-	}
-	return "unknown"
-}
 
 // Private implementation past this point.
 
@@ -108,7 +55,7 @@ func (t *Transport) setPause(h *hostState, r *http.Request, resp *http.Response)
 		started = extend(&h.pausedUntil, until, now)
 	}
 	if started {
-		t.count(h, pausesCounter)
+		h.count(pausesCounter)
 		t.opts.tel.hostPause(h.key, resp.StatusCode, wait, src, perKey)
 	}
 }
@@ -177,7 +124,7 @@ func (t *Transport) awaitPause(r *http.Request, h *hostState, until int64) error
 			return nil
 		}
 		if !counted {
-			t.count(h, pauseWaitsCounter)
+			h.count(pauseWaitsCounter)
 			counted = true
 		}
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < left {

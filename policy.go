@@ -28,6 +28,10 @@ import (
 	"github.com/keepalive-go/keepalive/internal/headers"
 )
 
+// backoffJitter is the randomization factor of the backoff: each wait is
+// drawn uniformly from [w*(1-j), w*(1+j)], capped at the maximum backoff.
+const backoffJitter = 0.5
+
 // policy is the retry configuration that decide applies.
 type policy struct {
 	maxRetries    int
@@ -36,18 +40,6 @@ type policy struct {
 	maxRetryAfter time.Duration
 	check         retryablehttp.CheckRetry // nil: statuses + ErrorPropagatedRetryPolicy
 	initial, max  time.Duration
-}
-
-func newPolicy(o options) policy {
-	return policy{
-		maxRetries:    o.maxRetries,
-		statuses:      o.retryStatuses,
-		methods:       o.retryMethods,
-		maxRetryAfter: o.maxRetryAfter,
-		check:         o.checkRetry,
-		initial:       o.backoffInitial,
-		max:           o.backoffMax,
-	}
 }
 
 // verdict is what decide says to do with an outcome.
@@ -286,4 +278,14 @@ func satSub(a, b time.Duration) time.Duration {
 		return satAdd(satAdd(a, math.MaxInt64), 1)
 	}
 	return satAdd(a, -b)
+}
+
+// statusSet is a bitmap of the statuses 100-599: a lookup on every response
+// costs a shift, not a map access.
+type statusSet [10]uint64
+
+func (s *statusSet) add(code int) { s[code/64] |= 1 << (code % 64) }
+
+func (s *statusSet) has(code int) bool {
+	return code >= 0 && code < 640 && s[code/64]&(1<<(code%64)) != 0
 }

@@ -28,7 +28,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	h := t.hosts.forURL(req.URL) // host.go: the one lookup of the request
-	t.count(h, requestsCounter)
+	h.count(requestsCounter)
 	if t.policy.maxRetries == 0 {
 		resp, err := t.attempt(req, 1, h, false, nil)
 		if err != nil {
@@ -95,7 +95,7 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 			return t.giveUp(req, h, resp, err, n, d)
 		}
 		if !t.budget.withdraw(&h.budget, unixSec(mono)) {
-			t.count(h, budgetRefusalsCounter)
+			h.count(budgetRefusalsCounter)
 			t.opts.tel.budgetRefused(req, h.key, n)
 			return t.giveUp(req, h, resp, err, n, decision{verdict: verdictGiveUp, reason: GiveUpBudget, wait: d.wait, policyErr: d.policyErr})
 		}
@@ -116,7 +116,7 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 			t.reportGiveUp(req, h, resp, berr, n, GiveUpBody, 0)
 			return nil, t.retryError(req, n, status, err, berr)
 		}
-		t.count(h, retriesCounter)
+		h.count(retriesCounter)
 	}
 }
 
@@ -157,7 +157,7 @@ func (t *Transport) giveUp(req *http.Request, h *hostState, resp *http.Response,
 // retry; wait is the refused wait, if any.
 func (t *Transport) reportGiveUp(req *http.Request, h *hostState, resp *http.Response, err error, attempts int, reason GiveUpReason, wait time.Duration) {
 	if reason.counted() {
-		t.count(h, gaveUpCounter)
+		h.count(gaveUpCounter)
 	}
 	t.opts.tel.giveUp(req, h.key, resp, err, attempts, reason, wait)
 }

@@ -1,6 +1,5 @@
-// This file holds the counters of a Transport: Stats for all hosts,
-// HostStats for each, and the derived reuse figures. The per-host state
-// they live in is in host.go.
+// This file holds Stats, the counters of a Transport or of one of its
+// hosts, the derived reuse figures, and the atomics behind them.
 
 package keepalive
 
@@ -47,58 +46,6 @@ type Stats struct {
 	PauseWaits int64
 }
 
-// Stats returns the counters of all hosts so far: the sum of HostStats.
-// It is safe to call concurrently with requests; each counter is read
-// atomically, the set as a whole is not a snapshot. It costs a pass over
-// the hosts (at most HostStatsLimit+1): a request adds to its host's
-// counters only, so that concurrent requests to different hosts share no
-// counter.
-func (t *Transport) Stats() Stats {
-	m := t.hosts.maps.Load()
-	s := t.hosts.overflow.snapshot()
-	for _, h := range m.canon {
-		s = s.add(h.snapshot())
-	}
-	return s
-}
-
-// HostStatsLimit is the most hosts a Transport keeps apart, in HostStats
-// and for its per-host retry budget, circuit breaker, dial gate, learned
-// idle timeout and pause; the hosts past it share one state under the key
-// OtherHosts, so a client that meets unboundedly many hosts (a crawler)
-// holds bounded memory. Since one such host's failures must not cost the
-// others anything, they have no retry budget (WithMaxRetries alone bounds
-// their retries), no circuit breaker, no idle timeout and no pause.
-const HostStatsLimit = 1024
-
-// OtherHosts is the HostStats key of the hosts past HostStatsLimit.
-const OtherHosts = "other"
-
-// HostStats returns Stats per host, keyed by "host:port" with the
-// scheme's default port filled in and the name in lower case:
-// "example.com:443" for https://example.com/ and https://Example.com:443/
-// alike, "[::1]:8080" for http://[::1]:8080/. The same key names the host
-// of the retry budget, the circuit breaker and the events. Like Stats, it
-// is safe to call concurrently with requests, and each counter is read
-// atomically. A connection's dial is counted under the host of the
-// request it was dialed for, behind a proxy too (not under the proxy's
-// address), and a name in Unicode has one key, its own spelling in lower
-// case, though net/http dials it in punycode. Behind a plain HTTP proxy
-// (http:// URLs through WithProxy), whose connections carry the requests
-// of every host, IdleCloses and ConnsRetiredIdle are counted under the
-// proxy's address: its idle timeout judges them.
-func (t *Transport) HostStats() map[string]Stats {
-	m := t.hosts.maps.Load()
-	out := make(map[string]Stats, len(m.canon)+1)
-	for k, c := range m.canon {
-		out[k] = c.snapshot()
-	}
-	if s := t.hosts.overflow.snapshot(); s != (Stats{}) {
-		out[OtherHosts] = s
-	}
-	return out
-}
-
 // Reused returns the attempts that did not open a connection: Attempts -
 // Dials - DialErrors, never below zero. It is counted from the dialer, free
 // of any per-request cost. Once no request is in flight it is exact but
@@ -119,38 +66,32 @@ func (s Stats) ReuseRatio() float64 {
 
 // Private implementation past this point.
 
-// counters are the atomics behind Stats, kept per host.
-type counters struct {
-	requests, attempts, retries, gaveUp atomic.Int64
-	dials, dialErrors                   atomic.Int64
+// counter names one of the counters behind Stats.
+type counter uint8
 
-	budgetRefusals, attemptTimeouts, writeTimeouts, circuitOpen, hedges, connsExpired atomic.Int64
-	idleCloses, connsRetiredIdle, discardedDials                                      atomic.Int64
-	pauses, pauseWaits                                                                atomic.Int64
-}
+const (
+	requestsCounter counter = iota
+	attemptsCounter
+	retriesCounter
+	gaveUpCounter
+	dialsCounter
+	dialErrorsCounter
+	budgetRefusalsCounter
+	attemptTimeoutCounter
+	writeTimeoutCounter
+	circuitOpenCounter
+	hedgeCounter
+	connExpiredCounter
+	idleClosesCounter
+	connsRetiredIdleCounter
+	discardedDialsCounter
+	pausesCounter
+	pauseWaitsCounter
+	numCounters
+)
 
-// counter picks one counter of a counters.
-type counter func(*counters) *atomic.Int64
-
-func requestsCounter(c *counters) *atomic.Int64       { return &c.requests }
-func attemptsCounter(c *counters) *atomic.Int64       { return &c.attempts }
-func retriesCounter(c *counters) *atomic.Int64        { return &c.retries }
-func gaveUpCounter(c *counters) *atomic.Int64         { return &c.gaveUp }
-func dialsCounter(c *counters) *atomic.Int64          { return &c.dials }
-func dialErrorsCounter(c *counters) *atomic.Int64     { return &c.dialErrors }
-func budgetRefusalsCounter(c *counters) *atomic.Int64 { return &c.budgetRefusals }
-func attemptTimeoutCounter(c *counters) *atomic.Int64 { return &c.attemptTimeouts }
-func writeTimeoutCounter(c *counters) *atomic.Int64   { return &c.writeTimeouts }
-func circuitOpenCounter(c *counters) *atomic.Int64    { return &c.circuitOpen }
-func hedgeCounter(c *counters) *atomic.Int64          { return &c.hedges }
-func pausesCounter(c *counters) *atomic.Int64         { return &c.pauses }
-func pauseWaitsCounter(c *counters) *atomic.Int64     { return &c.pauseWaits }
-
-// count adds one to the counter pick selects, for host h (Stats sums the
-// hosts).
-func (t *Transport) count(h *hostState, pick counter) {
-	pick(&h.counters).Add(1)
-}
+// counters are the atomics behind Stats, kept per host, by counter.
+type counters [numCounters]atomic.Int64
 
 // add returns the field-wise sum of s and o.
 func (s Stats) add(o Stats) Stats {
@@ -177,24 +118,22 @@ func (s Stats) add(o Stats) Stats {
 // snapshot reads the counters into Stats.
 func (c *counters) snapshot() Stats {
 	return Stats{
-		Requests:       c.requests.Load(),
-		Attempts:       c.attempts.Load(),
-		Retries:        c.retries.Load(),
-		GaveUp:         c.gaveUp.Load(),
-		BudgetRefusals: c.budgetRefusals.Load(),
-		Dials:          c.dials.Load(),
-		DialErrors:     c.dialErrors.Load(),
-
-		AttemptTimeouts: c.attemptTimeouts.Load(),
-		WriteTimeouts:   c.writeTimeouts.Load(),
-		CircuitOpen:     c.circuitOpen.Load(),
-		Hedges:          c.hedges.Load(),
-		ConnsExpired:    c.connsExpired.Load(),
-
-		IdleCloses:       c.idleCloses.Load(),
-		ConnsRetiredIdle: c.connsRetiredIdle.Load(),
-		DiscardedDials:   c.discardedDials.Load(),
-		Pauses:           c.pauses.Load(),
-		PauseWaits:       c.pauseWaits.Load(),
+		Requests:         c[requestsCounter].Load(),
+		Attempts:         c[attemptsCounter].Load(),
+		Retries:          c[retriesCounter].Load(),
+		GaveUp:           c[gaveUpCounter].Load(),
+		Dials:            c[dialsCounter].Load(),
+		DialErrors:       c[dialErrorsCounter].Load(),
+		BudgetRefusals:   c[budgetRefusalsCounter].Load(),
+		AttemptTimeouts:  c[attemptTimeoutCounter].Load(),
+		WriteTimeouts:    c[writeTimeoutCounter].Load(),
+		CircuitOpen:      c[circuitOpenCounter].Load(),
+		Hedges:           c[hedgeCounter].Load(),
+		ConnsExpired:     c[connExpiredCounter].Load(),
+		IdleCloses:       c[idleClosesCounter].Load(),
+		ConnsRetiredIdle: c[connsRetiredIdleCounter].Load(),
+		DiscardedDials:   c[discardedDialsCounter].Load(),
+		Pauses:           c[pausesCounter].Load(),
+		PauseWaits:       c[pauseWaitsCounter].Load(),
 	}
 }

@@ -182,11 +182,11 @@ func mustURL(t *testing.T, s string) *url.URL {
 func TestHostStatsStopAtTheLimit(t *testing.T) {
 	h := newTestHostTable()
 	for i := range HostStatsLimit {
-		h.forURL(mustURL(t, "http://h"+strconv.Itoa(i)+".test/")).requests.Add(1)
+		h.forURL(mustURL(t, "http://h"+strconv.Itoa(i)+".test/")).count(requestsCounter)
 	}
 	over := h.forURL(mustURL(t, "http://one-too-many.test/"))
 	assert.Equal(t, OtherHosts, over.key)
-	over.requests.Add(1)
+	over.count(requestsCounter)
 	assert.Same(t, over, h.forAddr("another.test:80"))
 
 	m := h.maps.Load()

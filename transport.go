@@ -162,16 +162,56 @@ func (t *Transport) reportDial(h *hostState, addr string, err error, c *conn) {
 	switch {
 	case err == nil:
 		if !c.uncounted.Load() {
-			t.count(h, dialsCounter)
+			h.count(dialsCounter)
 		}
 	case errors.Is(err, context.Canceled):
 		return
 	default:
-		t.count(h, dialErrorsCounter)
+		h.count(dialErrorsCounter)
 	}
 	host := h.key
 	if h.overflow {
 		host = addr
 	}
 	t.opts.tel.dial(host, err)
+}
+
+// Stats returns the counters of all hosts so far: the sum of HostStats.
+// It is safe to call concurrently with requests; each counter is read
+// atomically, the set as a whole is not a snapshot. It costs a pass over
+// the hosts (at most HostStatsLimit+1): a request adds to its host's
+// counters only, so that concurrent requests to different hosts share no
+// counter.
+func (t *Transport) Stats() Stats {
+	m := t.hosts.maps.Load()
+	s := t.hosts.overflow.snapshot()
+	for _, h := range m.canon {
+		s = s.add(h.snapshot())
+	}
+	return s
+}
+
+// HostStats returns Stats per host, keyed by "host:port" with the
+// scheme's default port filled in and the name in lower case:
+// "example.com:443" for https://example.com/ and https://Example.com:443/
+// alike, "[::1]:8080" for http://[::1]:8080/. The same key names the host
+// of the retry budget, the circuit breaker and the events. Like Stats, it
+// is safe to call concurrently with requests, and each counter is read
+// atomically. A connection's dial is counted under the host of the
+// request it was dialed for, behind a proxy too (not under the proxy's
+// address), and a name in Unicode has one key, its own spelling in lower
+// case, though net/http dials it in punycode. Behind a plain HTTP proxy
+// (http:// URLs through WithProxy), whose connections carry the requests
+// of every host, IdleCloses and ConnsRetiredIdle are counted under the
+// proxy's address: its idle timeout judges them.
+func (t *Transport) HostStats() map[string]Stats {
+	m := t.hosts.maps.Load()
+	out := make(map[string]Stats, len(m.canon)+1)
+	for k, c := range m.canon {
+		out[k] = c.snapshot()
+	}
+	if s := t.hosts.overflow.snapshot(); s != (Stats{}) {
+		out[OtherHosts] = s
+	}
+	return out
 }
