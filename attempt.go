@@ -214,6 +214,7 @@ type attemptConn struct {
 
 	reuse atomic.Uint32 // Observer.TraceConns: a ConnReuse
 	body  respBody      // the response body wrapper, when the response gets one
+	ctl   *attemptCtl   // released with the body
 }
 
 // Value answers for the attempt's own keys: the dialer's,
@@ -316,55 +317,21 @@ func (a *attemptConn) responded(resp *http.Response) {
 	}
 }
 
+// bodyDone releases what the attempt held until its response body ended
+// (the dial gate's count, its context), and tells the connection if the
+// body was read whole.
+func (a *attemptConn) bodyDone(eof bool) {
+	if eof {
+		a.done()
+	}
+	a.gate.leave()
+	a.ctl.release()
+}
+
 // done tells the connection that the response was read whole.
 func (a *attemptConn) done() {
 	if c := a.conn.Load(); c != nil {
 		c.done(a.seq.Load())
-	}
-}
-
-// attemptCtl is the control of one attempt that something but its caller
-// may end. Whoever moves state from attemptRunning first decides the
-// outcome: the round trip returning (settle), or the attempt deadline or
-// the upload watch ending it. So headers that arrive as the deadline
-// passes are either returned intact or discarded for a timeout error,
-// never both and never neither.
-type attemptCtl struct {
-	cancel   context.CancelCauseFunc
-	state    atomic.Int32
-	deadline time.Duration // WithAttemptTimeout; 0: none
-	timer    *time.Timer   // of the deadline
-	upload   *uploadWatch  // nil: no body, or no read timeout
-}
-
-const (
-	attemptRunning       int32 = iota
-	attemptSettled             // the round trip returned first: its outcome stands
-	attemptTimedOut            // the attempt deadline passed first
-	attemptUploadStalled       // the upload watch saw the body not taken for the read timeout
-)
-
-// end ends a running attempt with state, unless it has settled.
-func (c *attemptCtl) end(state int32, cause error) {
-	if c.state.CompareAndSwap(attemptRunning, state) {
-		c.cancel(cause)
-	}
-}
-
-// release ends the attempt's context once nothing needs it: the attempt
-// failed, or its response body is done with. c may be nil.
-func (c *attemptCtl) release() {
-	if c != nil {
-		c.cancel(nil)
-	}
-}
-
-func (c *attemptCtl) stopTimers() {
-	if c.timer != nil {
-		c.timer.Stop()
-	}
-	if c.upload != nil {
-		c.upload.stop()
 	}
 }
 
@@ -428,4 +395,119 @@ func endedOutside(ctx context.Context) bool {
 func isWriteTimeout(err error) bool {
 	var te *TimeoutError
 	return errors.As(err, &te) && te.Op == opWrite
+}
+
+// The connection lifetime of WithConnMaxLifetime: the dialer stamps each
+// connection with its expiry (conn.go), and a request that is given an
+// expired HTTP/1 connection asks for it to be closed after its response,
+// with "Connection: close". That is how HTTP/1 ends a connection without
+// losing a request: the server and the client close it once the response
+// is read. A server that leaves it open anyway (it does not echo the
+// header) gets no further request on it: the next request given the
+// connection writes nothing on it and goes to a new one.
+//
+// lifetime gives r's attempt its own copy of r's header, where GotConn
+// asks an expired connection to close (gotConnLifetime). net/http copies a
+// request with a body before it picks a connection, and the copies share
+// the header map, not the Close field, so the header is the one place to
+// ask.
+func (a *attemptConn) lifetime(r *http.Request) {
+	a.connHdr = r.Header["Connection"]
+	a.hdr = r.Header.Clone()
+	if a.hdr == nil {
+		a.hdr = make(http.Header, 1)
+	}
+}
+
+// gotConnLifetime applies the lifetime to the HTTP/1 connection c given
+// the request: an expired one gets "Connection: close"; one retired by an
+// earlier request refuses the request's writes, so that net/http sends it
+// on another. GotConn runs before the request is written, in the
+// goroutine that hands it to the writer.
+func (a *attemptConn) gotConnLifetime(c *conn, reused bool) {
+	switch {
+	case c.expires.IsZero():
+	case c.retired.Load() && reused:
+		c.refused.Store(true)
+		return
+	case !time.Now().Before(c.expires):
+		a.hdr.Set("Connection", "close")
+		if !c.retired.Swap(true) {
+			a.host.count(connExpiredCounter)
+		}
+		return
+	}
+	if a.connHdr != nil { // net/http moved on to a live connection
+		a.hdr["Connection"] = a.connHdr
+	} else {
+		delete(a.hdr, "Connection")
+	}
+}
+
+// roundTripBase sends r on the tuned http.Transport. net/http sends a
+// request refused by a retired connection (by its lifetime, or by
+// idle-timeout learning in idle.go) again on another connection when it
+// can rewind the body (no body, or GetBody). A body it cannot rewind is
+// still unread when the write is refused (net/http flushes the headers of
+// such a body before reading it), so it is sent again from here.
+func (t *Transport) roundTripBase(r *http.Request) (*http.Response, error) {
+	if r.Body != nil && r.Body != http.NoBody && r.GetBody == nil {
+		return t.resendRefused(r)
+	}
+	return t.base.RoundTrip(r)
+}
+
+// resendRefused sends r, whose body net/http cannot rewind, and sends it
+// again while a retired connection refused it before a byte of the body
+// was read: each refusal closes a connection that came back from the
+// pool, and a new connection is never refused, so it ends, however many
+// stale connections the pool holds. A body recorder (body.go) that
+// records nothing: each write gets a view of the body, and a view after a
+// refusal that read no byte reads the body from its start; the body is
+// closed once the last view is.
+func (t *Transport) resendRefused(r *http.Request) (*http.Response, error) {
+	rec := &bodyRecorder{src: r.Body}
+	for {
+		r.Body = rec.view()
+		resp, err := t.base.RoundTrip(r)
+		if err == nil || !errors.Is(err, errConnRetired) || !rec.replayable() || r.Context().Err() != nil {
+			rec.finish()
+			return resp, err
+		}
+	}
+}
+
+// wrapBody gives resp the one wrapper of its attempt, which owns all that
+// ends with the body: the read timeout (readwatch.go), the dial gate's
+// release and the connection's return to idle (a), and the attempt's
+// context (ctl, nil if it has none). A body that is already over,
+// http.NoBody or none, is left as it is and its attempt released at once;
+// a 101's body stays an io.ReadWriteCloser.
+func (t *Transport) wrapBody(resp *http.Response, a *attemptConn, ctl *attemptCtl) *http.Response {
+	switch {
+	case resp.Body == nil || resp.Body == http.NoBody:
+		a.gate.leave()
+		ctl.release()
+		return resp
+	case resp.StatusCode == http.StatusSwitchingProtocols:
+		a.gate.leave() // the connection is no longer the pool's
+		if ctl != nil {
+			if rw, ok := resp.Body.(io.ReadWriteCloser); ok {
+				resp.Body = &switchedBody{ReadWriteCloser: rw, ctl: ctl}
+				return resp
+			}
+		}
+		ctl.release()
+		return resp
+	case t.reads == nil && a.gate == nil && ctl == nil:
+		return resp // a host past HostStatsLimit: nothing ends with its body
+	}
+	a.ctl = ctl
+	b := &a.body
+	b.rc, b.watch, b.owner, b.watchNode.body = resp.Body, t.reads, a, resp.Body
+	if b.watch != nil {
+		b.shard = b.watch.shard()
+	}
+	resp.Body = b
+	return resp
 }

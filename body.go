@@ -13,8 +13,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptrace"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,14 +31,14 @@ type replay struct {
 	rec   *bodyRecorder // nil unless the body is recorded
 }
 
-// newReplay prepares req's body for its first attempt.
-func (t *Transport) newReplay(req *http.Request) replay {
+// newReplay prepares req's body for its first attempt: recorded up to
+// limit bytes (WithBodyBuffer; 0: not recorded) if p lets it be repeated.
+func newReplay(req *http.Request, limit int64, p *policy) replay {
 	body := req.Body
 	if body == nil || body == http.NoBody || req.GetBody != nil {
 		return replay{first: req}
 	}
-	limit := t.opts.bodyBuffer
-	if limit <= 0 || req.ContentLength > limit || !t.policy.mayRepeat(req) {
+	if limit <= 0 || req.ContentLength > limit || !p.mayRepeat(req) {
 		return replay{first: req}
 	}
 	rec := &bodyRecorder{src: body, limit: limit}
@@ -227,121 +225,7 @@ func (v *bodyRecorderView) Close() error {
 	return nil
 }
 
-// uploadWatch fails an attempt whose request body is not taken from the
-// caller for d: net/http starts its header timeout only once the request
-// is written, so nothing else bounds a write to a server that stopped
-// reading. It is armed by the body's first Read (the connection is open
-// then), measures the time between Reads that is not spent inside the
-// caller's Read, and ends when net/http has written the whole request
-// (its header timeout takes over then) or with the attempt
-// (attemptCtl.settle). One timer per attempt with a body, re-armed only
-// when it fires.
-type uploadWatch struct {
-	ctl     *attemptCtl
-	d       time.Duration
-	wrote   atomic.Bool  // net/http wrote the whole request: the watch is over
-	last    atomic.Int64 // monotonic time the body last handed over data, or 0 before the first Read
-	reading atomic.Int32 // Reads in progress: the caller's time, not the server's
-	timer   atomic.Pointer[time.Timer]
-}
-
-func (w *uploadWatch) wrap(body io.ReadCloser) io.ReadCloser {
-	if rw, ok := body.(io.ReadWriteCloser); ok { // a request that upgrades keeps its writer
-		return &watchedRWBody{watchedBody: watchedBody{rc: rw, w: w}, rw: rw}
-	}
-	return &watchedBody{rc: body, w: w}
-}
-
-func (w *uploadWatch) wroteRequest(httptrace.WroteRequestInfo) { w.wrote.Store(true) }
-
-func (w *uploadWatch) fire() {
-	if w.wrote.Load() || w.ctl.state.Load() != attemptRunning {
-		return
-	}
-	wait := w.d
-	if w.reading.Load() == 0 {
-		stalled := time.Duration(monotonic() - w.last.Load())
-		if stalled >= w.d {
-			w.ctl.end(attemptUploadStalled, errUploadStalled)
-			return
-		}
-		wait = w.d - stalled
-	}
-	t := w.timer.Load()
-	for t == nil { // fired before the first Read stored it: only for tiny d
-		runtime.Gosched()
-		t = w.timer.Load()
-	}
-	t.Reset(wait)
-}
-
-func (w *uploadWatch) stop() {
-	if t := w.timer.Load(); t != nil {
-		t.Stop()
-	}
-}
-
-type watchedBody struct {
-	rc io.ReadCloser
-	w  *uploadWatch
-}
-
-func (b *watchedBody) Read(p []byte) (int, error) {
-	w := b.w
-	w.reading.Add(1)
-	n, err := b.rc.Read(p)
-	w.last.Store(monotonic())
-	w.reading.Add(-1)
-	if w.timer.Load() == nil && w.ctl.state.Load() == attemptRunning {
-		w.timer.CompareAndSwap(nil, time.AfterFunc(w.d, w.fire))
-	}
-	return n, err
-}
-
-func (b *watchedBody) Close() error { return b.rc.Close() }
-
-type watchedRWBody struct {
-	watchedBody
-	rw io.ReadWriteCloser
-}
-
-func (b *watchedRWBody) Write(p []byte) (int, error) { return b.rw.Write(p) }
-
 // Response bodies.
-
-// wrapBody gives resp the one wrapper of its attempt, which owns all that
-// ends with the body: the read timeout (readwatch.go), the dial gate's
-// release and the connection's return to idle (a), and the attempt's
-// context (ctl, nil if it has none). A body that is already over,
-// http.NoBody or none, is left as it is and its attempt released at once;
-// a 101's body stays an io.ReadWriteCloser.
-func (t *Transport) wrapBody(resp *http.Response, a *attemptConn, ctl *attemptCtl) *http.Response {
-	switch {
-	case resp.Body == nil || resp.Body == http.NoBody:
-		a.gate.leave()
-		ctl.release()
-		return resp
-	case resp.StatusCode == http.StatusSwitchingProtocols:
-		a.gate.leave() // the connection is no longer the pool's
-		if ctl != nil {
-			if rw, ok := resp.Body.(io.ReadWriteCloser); ok {
-				resp.Body = &switchedBody{ReadWriteCloser: rw, ctl: ctl}
-				return resp
-			}
-		}
-		ctl.release()
-		return resp
-	case t.reads == nil && a.gate == nil && ctl == nil:
-		return resp // a host past HostStatsLimit: nothing ends with its body
-	}
-	b := &a.body
-	b.rc, b.watch, b.att, b.ctl = resp.Body, t.reads, a, ctl
-	if b.watch != nil {
-		b.shard = b.watch.shard()
-	}
-	resp.Body = b
-	return resp
-}
 
 // respBody is a response body with the read timeout, and the release of
 // its attempt (the dial gate's count, the attempt's context) at its end:
@@ -356,21 +240,17 @@ func (t *Transport) wrapBody(resp *http.Response, a *attemptConn, ctl *attemptCt
 // A read deadline on the connection would do it for HTTP/1 only, and one
 // left on a pooled connection fails its next request.
 type respBody struct {
-	rc      io.ReadCloser
-	watch   *readWatch    // nil: no read timeout
-	reads   atomic.Uint64 // Read starts and ends: odd while a Read is in progress
-	fired   atomic.Bool   // the watch closed the body
-	done    atomic.Bool   // EOF, an error or Close: the watch lets go for good
-	att     *attemptConn
-	ctl     *attemptCtl
-	started bool // a Read has linked the body into the watch; only Read touches it
+	watchNode // the read watch's view of the body; its done is the body's end
+	rc        io.ReadCloser
+	watch     *readWatch // nil: no read timeout
+	owner     bodyOwner
+	started   bool // a Read has linked the body into the watch; only Read touches it
+}
 
-	// The watch's list and view of the body, under shard.mu.
-	shard      *readShard
-	prev, next *respBody
-	linked     bool
-	seenReads  uint64 // reads at the last tick
-	staleTicks int    // ticks for which the same Read was in progress
+// bodyOwner is told when a response body ends, and whether it was read
+// whole (EOF).
+type bodyOwner interface {
+	bodyDone(eof bool)
 }
 
 func (b *respBody) Read(p []byte) (int, error) {
@@ -388,7 +268,7 @@ func (b *respBody) Read(p []byte) (int, error) {
 	b.reads.Add(1)
 	if !b.started {
 		b.started = true
-		w.link(b)
+		w.link(&b.watchNode)
 	}
 	n, err := b.rc.Read(p)
 	b.reads.Add(1)
@@ -414,14 +294,10 @@ func (b *respBody) end(eof bool) {
 	if b.done.Swap(true) {
 		return
 	}
-	if eof {
-		b.att.done()
-	}
 	if b.watch != nil {
-		b.watch.unlink(b)
+		b.watch.unlink(&b.watchNode)
 	}
-	b.att.gate.leave()
-	b.ctl.release()
+	b.owner.bodyDone(eof)
 }
 
 // switchedBody is the body of a 101 Switching Protocols response: the

@@ -1,10 +1,10 @@
 // This file holds the read timeout of response bodies (WithReadTimeout):
-// one watch per Transport, not a timer per body. The body wrapper that
-// links into it is in body.go.
+// one watch per Transport, not a timer per body, over the bodies' nodes.
 
 package keepalive
 
 import (
+	"io"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,9 +38,25 @@ const readTicks = 4
 
 type readShard struct {
 	mu   sync.Mutex
-	head *respBody
+	head *watchNode
 	n    atomic.Int32 // bodies linked; read without mu by the timer's stop check
 	_    [64 - 8 - 8 - 4]byte
+}
+
+// watchNode is a body as the read watch sees it: the counts of its Reads,
+// and its place in a shard's list (under the shard's lock). The body
+// embeds it, and the watch closes body to end a Read that waits too long.
+type watchNode struct {
+	body  io.Closer
+	reads atomic.Uint64 // Read starts and ends: odd while a Read is in progress
+	fired atomic.Bool   // the watch closed the body
+	done  atomic.Bool   // the body ended: the watch lets go for good
+
+	shard      *readShard
+	prev, next *watchNode
+	linked     bool
+	seenReads  uint64 // reads at the last tick
+	staleTicks int    // ticks for which the same Read was in progress
 }
 
 func newReadWatch(d time.Duration) *readWatch {
@@ -59,7 +75,7 @@ func (w *readWatch) shard() *readShard {
 }
 
 // link watches b, unless it already ended.
-func (w *readWatch) link(b *respBody) {
+func (w *readWatch) link(b *watchNode) {
 	s := b.shard
 	s.mu.Lock()
 	if b.done.Load() || b.linked {
@@ -80,7 +96,7 @@ func (w *readWatch) link(b *respBody) {
 }
 
 // unlink stops watching b.
-func (w *readWatch) unlink(b *respBody) {
+func (w *readWatch) unlink(b *watchNode) {
 	s := b.shard
 	s.mu.Lock()
 	if b.linked {
@@ -102,7 +118,7 @@ func (w *readWatch) unlink(b *respBody) {
 // whose Read has been in progress since readTicks ticks ago, and stops
 // when no body is watched.
 func (w *readWatch) expire() {
-	var expired []*respBody
+	var expired []*watchNode
 	for i := range w.shards {
 		s := &w.shards[i]
 		if s.n.Load() == 0 {
@@ -125,7 +141,7 @@ func (w *readWatch) expire() {
 	}
 	for _, b := range expired {
 		b.fired.Store(true)
-		go b.rc.Close() // unblocks the Read, on HTTP/1 and HTTP/2, without holding up the others
+		go b.body.Close() // unblocks the Read, on HTTP/1 and HTTP/2, without holding up the others
 	}
 	if w.empty() {
 		w.running.Store(false)

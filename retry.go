@@ -44,7 +44,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 // retryLoop runs the attempts of req, whose host is h.
 func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, error) {
 	ctx := req.Context()
-	rp := t.newReplay(req) // body.go
+	rp := newReplay(req, t.opts.bodyBuffer, &t.policy)
 	defer rp.done()
 	r := rp.first
 	start := monotonic()   // of the current attempt
