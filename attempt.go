@@ -25,8 +25,8 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 	// one was asked for: wait for its end, or fail unsent when the
 	// context's deadline comes first (pause.go).
 	if h.pausedUntil.Load() != 0 || h.keyPauses.latest.Load() != 0 {
-		if until := t.pauseEnd(h, r, monotonic()); until != 0 {
-			if err := t.awaitPause(r, h, until); err != nil {
+		if until := h.pauseEnd(r, monotonic()); until != 0 {
+			if err := h.awaitPause(r, until); err != nil {
 				return nil, refuse(r, cancel, err)
 			}
 		}
@@ -76,7 +76,7 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 	// done) and of its host (a pause, a Keep-Alive timeout).
 	if err == nil {
 		a.responded(resp)
-		t.setPause(h, r, resp) // pause.go
+		h.setPause(r, resp)
 	}
 	t.opts.tel.attemptEnd(r, h.key, n, resp, err, start, ConnReuse(a.reuse.Load()))
 
@@ -136,7 +136,7 @@ func (t *Transport) attemptContext(r *http.Request, n int, h *hostState, cancel 
 	a.connect = r.Method == http.MethodConnect
 	a.upgrade = a.connect || r.Header["Upgrade"] != nil
 	a.trace.GotConn = a.gotConn
-	h.gateHost().enter(a, r) // dialgate.go
+	h.gateHost().enter(&a.gateWatch, &a.trace, r)
 	if o.connMaxLifetime > 0 && !a.upgrade {
 		a.lifetime(r)
 	}
@@ -185,13 +185,13 @@ type connKey struct{}
 // response body wrapper (body.go): one allocation for all of them.
 type attemptConn struct {
 	context.Context
-	trace    httptrace.ClientTrace
-	host     *hostState
-	n        int  // the attempt's number, for AttemptFromContext
-	wraps    bool // WithAttemptTransport: AttemptFromContext answers
-	ownTrace bool // no trace of the caller's: the context answers for trace itself
-	upgrade  bool // the request may take its connection out of HTTP: an Upgrade, or CONNECT
-	connect  bool // a CONNECT
+	gateWatch // the dial gate's watch of the attempt
+	trace     httptrace.ClientTrace
+	host      *hostState
+	n         int  // the attempt's number, for AttemptFromContext
+	wraps     bool // WithAttemptTransport: AttemptFromContext answers
+	ownTrace  bool // no trace of the caller's: the context answers for trace itself
+	connect   bool // a CONNECT
 
 	conn atomic.Pointer[conn] // the connection net/http gave the request last
 	seq  atomic.Uint64        // the request's number on it (conn.begin)
@@ -202,15 +202,6 @@ type attemptConn struct {
 	// caller's value of that header.
 	hdr     http.Header
 	connHdr []string
-
-	// The dial gate's watch of the attempt (dialgate.go); note is nil
-	// when unwatched.
-	gate     *gateHost
-	gots     atomic.Int64  // connections the request got: net/http may retry it on another
-	getConns atomic.Int64  // net/http's asks for a connection for the request (serial)
-	note     chan struct{} // a token sent each time it gets one
-	serial   bool
-	dialed   atomic.Pointer[conn] // the connection of the serial dial in progress for the request
 
 	reuse atomic.Uint32 // Observer.TraceConns: a ConnReuse
 	body  respBody      // the response body wrapper, when the response gets one
@@ -284,7 +275,10 @@ func (a *attemptConn) gotConn(info httptrace.GotConnInfo) {
 		p = c.learnProto(info.Conn)
 	}
 	if a.watched() {
-		a.gateGotConn(c, p)
+		a.gateWatch.gotConn(p)
+		if a.serial && c != nil {
+			c.carry()
+		}
 	}
 	if c == nil || p != protoHTTP1 {
 		return
@@ -309,8 +303,8 @@ func (a *attemptConn) responded(resp *http.Response) {
 		c.hijack()
 		return
 	}
-	if h := c.host.Load(); h != nil {
-		h.keepAliveAnnounced(resp) // idle.go: what the server at the far end announced
+	if h, ok := c.far().(*hostState); ok {
+		h.keepAliveAnnounced(resp) // what the server at the far end announced
 	}
 	if resp.Body == nil || resp.Body == http.NoBody {
 		a.done()

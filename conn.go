@@ -39,33 +39,37 @@ const (
 	phaseMask     = 1<<phaseBits - 1
 )
 
+// connHost is the host at the far end of a connection, as the connection
+// sees it: the idle age past which it must not carry another request, and
+// what the connection tells it.
+type connHost interface {
+	idleLimit(now int64) int64                          // in ns; 0: none
+	idleClosed(age time.Duration, err error, now int64) // its server closed it, idle for age
+	retiredIdle()                                       // it was not reused: idle too long, or closed underneath
+}
+
+// connGate is the dial gate's record of a connection: told when the
+// connection first carries a request, and when it closes.
+type connGate interface {
+	carried()
+	closed()
+}
+
 // conn is a connection the Transport dialed, with all that it attaches to
-// one: the dial gate's count (gate, serialGate, uncounted; dialgate.go),
-// the write deadline, the lifetime, and the idle check of idle-timeout
-// learning (idle.go).
+// one: the dial gate's record, the write deadline, the lifetime, and the
+// idle check of idle-timeout learning.
 type conn struct {
 	net.Conn
-	addr string // as dialed: a proxy's, behind one
+	addr string   // as dialed: a proxy's, behind one
+	gate connGate // nil: ungated
 
-	gate     *gateHost  // nil: ungated
-	dialHost *hostState // whose Stats count the dial; nil: none
-	closed   atomic.Bool
-
-	// The dial gate's serial dial of an https host: the connection ends it
-	// once its TLS handshake is done, or when closed; it is counted in
-	// Stats.Dials once it carries a request, and in Stats.DiscardedDials
-	// if it is closed before.
-	serialGate  atomic.Pointer[gateHost] // nil: none, or ended
-	uncounted   atomic.Bool
-	handshaking atomic.Bool // its TLS handshake is running: its outcome ends the serial dial
-
-	// host is the state of the server at the far end, whose idle timeout
-	// judges the connection: the requested host's, also through a CONNECT
-	// tunnel; a plain HTTP proxy's (proxyHost) when the connection sends
-	// it absolute URLs. nil: no idle check (the hosts past HostStatsLimit
-	// share a state, and their timeouts differ).
-	host      atomic.Pointer[hostState]
-	proxyHost func(addr string) *hostState
+	// host is the host at the far end, whose idle timeout judges the
+	// connection (a hostHolder): the requested host, also through a
+	// CONNECT tunnel; a plain HTTP proxy (proxyHost) when the connection
+	// sends it absolute URLs. None: no idle check (the hosts past
+	// HostStatsLimit share a state, and their timeouts differ).
+	host      atomic.Value
+	proxyHost func(addr string) connHost
 	sniffed   atomic.Bool // the first write was looked at
 
 	proto atomic.Int32  // protoUnknown until the first request given it
@@ -110,18 +114,20 @@ type conn struct {
 // after an outage) do not all expire together and redial in a burst.
 const connLifetimeJitter = 0.1
 
+// hostHolder holds a conn's host in an atomic.Value, nil or not.
+type hostHolder struct{ h connHost }
+
+// far returns the host at the far end of c, nil if none.
+func (c *conn) far() connHost {
+	v, _ := c.host.Load().(hostHolder)
+	return v.h
+}
+
 // newConn wraps nc, dialed at addr for a request to host (nil: no idle
-// check). c is the gate's wrapper, if the dial gate made one.
-func newConn(nc net.Conn, c *conn, addr string, host *hostState, proxyHost func(string) *hostState, writeTimeout, lifetime time.Duration) *conn {
-	if c == nil {
-		c = &conn{Conn: nc}
-	}
-	c.addr = addr
-	c.d = writeTimeout
-	c.proxyHost = proxyHost
-	if host != nil && !host.overflow {
-		c.host.Store(host)
-	}
+// check); gate is the dial gate's record of it (nil: ungated).
+func newConn(nc net.Conn, gate connGate, addr string, host connHost, proxyHost func(string) connHost, writeTimeout, lifetime time.Duration) *conn {
+	c := &conn{Conn: nc, gate: gate, addr: addr, d: writeTimeout, proxyHost: proxyHost}
+	c.host.Store(hostHolder{host})
 	if lifetime > 0 {
 		jitter := (rand.Float64()*2 - 1) * connLifetimeJitter
 		c.expires = time.Now().Add(lifetime + time.Duration(jitter*float64(lifetime)))
@@ -235,11 +241,7 @@ func (c *conn) sniff(p []byte) {
 		return
 	}
 	if sp := bytes.IndexByte(p, ' '); sp > 0 && bytes.HasPrefix(p[sp+1:], []byte("http://")) && c.proxyHost != nil {
-		if h := c.proxyHost(c.addr); h != nil && !h.overflow {
-			c.host.Store(h)
-		} else {
-			c.host.Store(nil)
-		}
+		c.host.Store(hostHolder{c.proxyHost(c.addr)})
 	}
 }
 
@@ -251,12 +253,12 @@ const tlsHandshakeRecord = 0x16
 // for longer than its host's learned idle timeout allows, or its server
 // has closed it already. It retires c if so.
 func (c *conn) idleTooLong(now int64) bool {
-	h := c.host.Load()
+	h := c.far()
 	if h == nil {
 		return false
 	}
 	age := now - c.idleFrom.Load()
-	limit := h.idle.limit(now)
+	limit := h.idleLimit(now)
 	if limit != 0 {
 		// The read that saw the response arrive may have run late, on a
 		// busy machine: the server has counted the idle time for longer.
@@ -278,7 +280,7 @@ func (c *conn) idleTooLong(now int64) bool {
 		}
 	}
 	if !c.refused.Swap(true) {
-		h.count(connsRetiredIdleCounter)
+		h.retiredIdle()
 	}
 	return true
 }
@@ -297,7 +299,7 @@ func (c *conn) Read(p []byte) (int, error) {
 	if err != nil && c.refused.Load() && errors.Is(err, net.ErrClosed) {
 		err = errConnRetired
 	}
-	if c.host.Load() == nil {
+	if c.far() == nil {
 		return n, err
 	}
 	now := monotonic()
@@ -331,38 +333,22 @@ func (c *conn) readFailed(err error, now int64) {
 	if r == 0 {
 		return
 	}
-	if h := c.host.Load(); h != nil {
+	if h := c.far(); h != nil {
 		h.idleClosed(time.Duration(now-r), err, now)
 	}
 }
 
-// carry counts a connection of a serial dial in Stats.Dials the first
-// time it carries a request.
+// carry tells the dial gate that c carries a request.
 func (c *conn) carry() {
-	if c.uncounted.CompareAndSwap(true, false) && c.dialHost != nil {
-		c.dialHost.count(dialsCounter)
+	if c.gate != nil {
+		c.gate.carried()
 	}
 }
 
-// endSerial ends the host's serial dial that made c, once, with the
-// outcome of c's TLS handshake.
-func (c *conn) endSerial(err error) {
-	if g := c.serialGate.Swap(nil); g != nil {
-		g.endSerial(c.addr, err)
-	}
-}
-
-// Close leaves the dial gate's count once; a connection of a serial dial
-// that never carried a request is counted as discarded.
+// Close tells the dial gate, once, that c is closed.
 func (c *conn) Close() error {
-	if c.gate != nil && c.closed.CompareAndSwap(false, true) {
-		c.gate.conns.Add(-1)
-		if !c.handshaking.Load() {
-			c.endSerial(errSerialClosed)
-		}
-		if c.uncounted.CompareAndSwap(true, false) && c.dialHost != nil {
-			c.dialHost.count(discardedDialsCounter)
-		}
+	if c.gate != nil {
+		c.gate.closed()
 	}
 	return c.Conn.Close()
 }

@@ -45,6 +45,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -79,8 +80,7 @@ const serialRetryHold = 50 * time.Millisecond
 // already served.
 var errDialNotNeeded = errors.New("keepalive: dial not needed: the request got another connection")
 
-// gateHost is the gate's view of one host (host:port), kept in its state
-// (host.go). Hosts past HostStatsLimit share a state, so they are dialed
+// gateHost is the gate's view of one host (host:port), kept in its state. Hosts past HostStatsLimit share a state, so they are dialed
 // without the gate, as net/http does.
 type gateHost struct {
 	busy    atomic.Int64 // attempts from their start until their response body is done
@@ -118,48 +118,55 @@ func (e *serialDialError) Unwrap() error { return e.err }
 // discarded).
 var errSerialClosed = errors.New("keepalive: connection closed before its TLS handshake")
 
-// watched reports whether the gate watches the attempt a for the
-// connection it gets (a.note).
-func (a *attemptConn) watched() bool { return a != nil && a.note != nil }
+// gateWatch is the gate's watch of one attempt: which host's gate counts
+// it busy, and, when watched (note not nil), the connections its request
+// gets, which a held dial of its waits for. The attempt embeds it.
+type gateWatch struct {
+	gate     *gateHost     // nil: ungated
+	upgrade  bool          // the request may upgrade: it speaks HTTP/1 whatever its host does
+	note     chan struct{} // a token sent each time the request gets a connection; nil: unwatched
+	ended    <-chan struct{}
+	serial   bool                      // its dials go one at a time
+	gots     atomic.Int64              // connections the request got: net/http may retry it on another
+	getConns atomic.Int64              // net/http's asks for a connection for the request (serial)
+	dialed   atomic.Pointer[gatedConn] // the connection of the serial dial in progress for the request
+}
 
-// gateGotConn is the gate's part of GotConn: it tells a held dial that its
-// request got a connection, c, which speaks p, and teaches a serial host
-// its protocol.
-func (a *attemptConn) gateGotConn(c *conn, p int32) {
-	a.gots.Add(1)
+// watched reports whether the gate watches w for the connection it gets.
+func (w *gateWatch) watched() bool { return w != nil && w.note != nil }
+
+// gotConn is the gate's part of GotConn: it tells a held dial that its
+// request got a connection, which speaks p, and teaches a serial host its
+// protocol.
+func (w *gateWatch) gotConn(p int32) {
+	w.gots.Add(1)
 	select {
-	case a.note <- struct{}{}:
+	case w.note <- struct{}{}:
 	default:
 	}
-	if !a.serial {
-		return
-	}
-	if p != protoUnknown && !a.upgrade {
-		a.gate.proto.Store(p)
-	}
-	if c != nil {
-		c.carry()
+	if w.serial && p != protoUnknown && !w.upgrade {
+		w.gate.proto.Store(p)
 	}
 }
 
 // getConn counts net/http's asks for a connection for the request: a
 // second means a connection it was handed turned it away (an HTTP/2
 // connection at its stream limit, or gone), so its dial is needed.
-func (a *attemptConn) getConn(string) { a.getConns.Add(1) }
+func (w *gateWatch) getConn(string) { w.getConns.Add(1) }
 
 // tlsStart marks the connection of the request's serial dial as in its
 // TLS handshake: the handshake's outcome, not a close, ends the serial
 // dial.
-func (a *attemptConn) tlsStart() {
-	if c := a.dialed.Load(); c != nil {
+func (w *gateWatch) tlsStart() {
+	if c := w.dialed.Load(); c != nil {
 		c.handshaking.Store(true)
 	}
 }
 
 // tlsDone ends the serial dial of the request (its TLS handshake done) and
 // learns the host's protocol from it.
-func (a *attemptConn) tlsDone(cs tls.ConnectionState, err error) {
-	c := a.dialed.Swap(nil)
+func (w *gateWatch) tlsDone(cs tls.ConnectionState, err error) {
+	c := w.dialed.Swap(nil)
 	if c == nil {
 		return
 	}
@@ -168,13 +175,57 @@ func (a *attemptConn) tlsDone(cs tls.ConnectionState, err error) {
 		if cs.NegotiatedProtocol == http2NextProto {
 			p = protoHTTP2
 		}
-		c.proto.Store(p)
-		a.gate.proto.Store(p)
+		w.gate.proto.Store(p)
 		if p == protoHTTP1 {
-			c.carry() // an HTTP/1 connection is dialed for its request
+			c.carried() // an HTTP/1 connection is dialed for its request
 		}
 	}
 	c.endSerial(err)
+}
+
+// gatedConn is the gate's record of a connection it let through: its
+// count in the host's connections, and, for the host's serial dial, the
+// end of that dial and the count of the dial in Stats once the connection
+// carries a request. The connection (conn.go) tells it.
+type gatedConn struct {
+	gate        *gateHost
+	addr        string
+	counts      *counters // the host's: Dials, DiscardedDials
+	closedOnce  atomic.Bool
+	serial      atomic.Bool // its dial is the host's serial dial to addr, not yet ended
+	handshaking atomic.Bool // its TLS handshake is running: its outcome ends the serial dial
+	uncounted   atomic.Bool // counted in Stats.Dials once it carries a request
+}
+
+// carried counts a connection of a serial dial in Stats.Dials the first
+// time it carries a request.
+func (c *gatedConn) carried() {
+	if c.uncounted.CompareAndSwap(true, false) {
+		c.counts[dialsCounter].Add(1)
+	}
+}
+
+// closed leaves the gate's count once; a connection of a serial dial that
+// never carried a request is counted as discarded.
+func (c *gatedConn) closed() {
+	if !c.closedOnce.CompareAndSwap(false, true) {
+		return
+	}
+	c.gate.conns.Add(-1)
+	if !c.handshaking.Load() {
+		c.endSerial(errSerialClosed)
+	}
+	if c.uncounted.CompareAndSwap(true, false) {
+		c.counts[discardedDialsCounter].Add(1)
+	}
+}
+
+// endSerial ends the host's serial dial that made c, once, with the
+// outcome of c's TLS handshake.
+func (c *gatedConn) endSerial(err error) {
+	if c.serial.CompareAndSwap(true, false) {
+		c.gate.endSerial(c.addr, err)
+	}
 }
 
 // enter counts the attempt a, of r, as busy on its host (h, nil if
@@ -183,7 +234,7 @@ func (a *attemptConn) tlsDone(cs tls.ConnectionState, err error) {
 // HTTP/1: then its dials go one at a time (serial). A request that
 // upgrades (a WebSocket) speaks HTTP/1 whatever its host does: it is
 // never serial, and does not teach the host its protocol.
-func (h *gateHost) enter(a *attemptConn, r *http.Request) {
+func (h *gateHost) enter(a *gateWatch, trace *httptrace.ClientTrace, r *http.Request) {
 	if h == nil {
 		return
 	}
@@ -201,11 +252,12 @@ func (h *gateHost) enter(a *attemptConn, r *http.Request) {
 		return
 	}
 	a.note = make(chan struct{}, 1)
+	a.ended = r.Context().Done()
 	a.serial = p != protoHTTP1
 	if a.serial {
-		a.trace.GetConn = a.getConn
-		a.trace.TLSHandshakeStart = a.tlsStart
-		a.trace.TLSHandshakeDone = a.tlsDone
+		trace.GetConn = a.getConn
+		trace.TLSHandshakeStart = a.tlsStart
+		trace.TLSHandshakeDone = a.tlsDone
 	}
 }
 
@@ -218,12 +270,15 @@ func (h *gateHost) leave() {
 }
 
 // dial runs the gate (h, nil if ungated) around connect, for the attempt
-// a (nil: unknown): it counts the dial and the connection it makes, and
-// drops the dial if its request got another connection while it waited,
-// at most holdMax. The connection it returns is a *conn when gated.
-func (h *gateHost) dial(ctx context.Context, a *attemptConn, addr string, holdMax time.Duration, connect func() (net.Conn, error)) (net.Conn, error) {
+// watched by a (nil: unknown): it counts the dial and the connection it
+// makes, and drops the dial if its request got another connection while
+// it waited, at most holdMax. It returns the gate's record of the
+// connection, which the connection tells when it carries a request and
+// when it closes (nil if ungated); counts are the host's.
+func (h *gateHost) dial(ctx context.Context, a *gateWatch, addr string, counts *counters, holdMax time.Duration, connect func() (net.Conn, error)) (net.Conn, *gatedConn, error) {
 	if h == nil {
-		return connect()
+		c, err := connect()
+		return c, nil, err
 	}
 	if !a.watched() {
 		a = nil
@@ -233,7 +288,7 @@ func (h *gateHost) dial(ctx context.Context, a *attemptConn, addr string, holdMa
 	if a != nil && a.serial && a.gate.proto.Load() != protoHTTP1 {
 		sg = a.gate
 		if err := sg.awaitSerial(ctx, a, addr); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if sg.proto.Load() == protoHTTP1 { // the dial before found HTTP/1
 			sg.endSerial(addr, nil)
@@ -251,7 +306,7 @@ func (h *gateHost) dial(ctx context.Context, a *attemptConn, addr string, holdMa
 	defer h.dialing.Add(-1)
 	if !serial && !needed && h.hold(ctx, a, holdMax) {
 		h.conns.Add(-1)
-		return nil, errDialNotNeeded
+		return nil, nil, errDialNotNeeded
 	}
 	c, err := connect()
 	if err != nil {
@@ -262,15 +317,15 @@ func (h *gateHost) dial(ctx context.Context, a *attemptConn, addr string, holdMa
 			}
 			sg.endSerial(addr, err)
 		}
-		return nil, err
+		return nil, nil, err
 	}
-	wc := &conn{Conn: c, gate: h, addr: addr} // its Close leaves the count
+	g := &gatedConn{gate: h, addr: addr, counts: counts} // its closed leaves the count
 	if serial {
-		wc.serialGate.Store(sg)  // its TLS handshake, or its Close, ends the serial dial
-		wc.uncounted.Store(true) // counted once it carries a request (carry)
-		a.dialed.Store(wc)
+		g.serial.Store(true)    // its TLS handshake, or its close, ends the serial dial
+		g.uncounted.Store(true) // counted once it carries a request (carried)
+		a.dialed.Store(g)
 	}
-	return wc, nil
+	return c, g, nil
 }
 
 // awaitSerial waits for the host's serial dial in progress, if any, to
@@ -281,7 +336,7 @@ func (h *gateHost) dial(ctx context.Context, a *attemptConn, addr string, holdMa
 // caller ends the serial dial it took). A connection the request got
 // before this dial does not count: net/http dials again for a request
 // whose stream a GOAWAY refused.
-func (h *gateHost) awaitSerial(ctx context.Context, a *attemptConn, addr string) error {
+func (h *gateHost) awaitSerial(ctx context.Context, a *gateWatch, addr string) error {
 	base := a.gots.Load()
 	for waited := false; ; {
 		h.mu.Lock()
@@ -335,7 +390,7 @@ func (h *gateHost) awaitSerial(ctx context.Context, a *attemptConn, addr string)
 // await waits until done is closed (nil: never) or d has passed (0:
 // never); it returns errDialNotNeeded if the request got a connection
 // after its base-th, or ended, first.
-func (a *attemptConn) await(ctx context.Context, base int64, done <-chan struct{}, d time.Duration) error {
+func (a *gateWatch) await(ctx context.Context, base int64, done <-chan struct{}, d time.Duration) error {
 	var expired <-chan time.Time
 	if d > 0 {
 		timer := time.NewTimer(d)
@@ -345,7 +400,7 @@ func (a *attemptConn) await(ctx context.Context, base int64, done <-chan struct{
 	for a.gots.Load() <= base {
 		select {
 		case <-a.note: // check the count again
-		case <-a.Done():
+		case <-a.ended:
 			return errDialNotNeeded
 		case <-ctx.Done():
 			return ctx.Err()
@@ -366,7 +421,7 @@ func (h *gateHost) endSerial(addr string, err error) {
 	delete(h.serial, addr)
 	if s != nil && err == nil && h.proto.Load() == protoHTTP2 {
 		now := monotonic()
-		if len(h.madeH2) >= maxHostAliases { // spellings of the host: keep the recent
+		if len(h.madeH2) >= 4 { // spellings of the host: keep the recent
 			for k, at := range h.madeH2 {
 				if now-at >= int64(serialGrace) {
 					delete(h.madeH2, k)
@@ -388,7 +443,7 @@ func (h *gateHost) endSerial(addr string, err error) {
 // hold waits, up to max, while a connection is likely to come free for the
 // watched attempt the dial is for (a); it reports whether the request got
 // one.
-func (h *gateHost) hold(ctx context.Context, a *attemptConn, max time.Duration) bool {
+func (h *gateHost) hold(ctx context.Context, a *gateWatch, max time.Duration) bool {
 	if h.conns.Load() <= h.busy.Load() {
 		return false
 	}

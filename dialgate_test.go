@@ -75,21 +75,26 @@ func TestGateHold(t *testing.T) {
 		h.conns.Store(open)
 		return h, addr, accepted
 	}
-	dial := func(h *gateHost, holdMax time.Duration, ctx context.Context, addr string) (net.Conn, error) {
-		a, _ := ctx.Value(connKey{}).(*attemptConn)
-		return h.dial(ctx, a, addr, holdMax, func() (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) })
+	dial := func(h *gateHost, holdMax time.Duration, w *gateWatch, addr string) (net.Conn, error) {
+		ctx := context.Background()
+		c, g, err := h.dial(ctx, w, addr, new(counters), holdMax, func() (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) })
+		if err != nil {
+			return nil, err
+		}
+		var gate connGate
+		if g != nil {
+			gate = g
+		}
+		return newConn(c, gate, addr, nil, nil, 0, 0), nil
 	}
-	marked := func() (context.Context, *attemptConn) {
-		a := &attemptConn{Context: context.Background(), note: make(chan struct{}, 1)}
-		return a, a
-	}
+	marked := func() *gateWatch { return &gateWatch{note: make(chan struct{}, 1)} }
 
 	t.Run("a dial whose request gets another connection never connects", func(t *testing.T) {
 		h, addr, accepted := setup(t, 1, 1) // one request, one connection about to come free
-		ctx, m := marked()
+		m := marked()
 		errc := make(chan error, 1)
 		go func() {
-			c, err := dial(h, time.Minute, ctx, addr) // the wait must not end before gotConn
+			c, err := dial(h, time.Minute, m, addr) // the wait must not end before gotConn
 			if c != nil {
 				c.Close()
 			}
@@ -98,15 +103,14 @@ func TestGateHold(t *testing.T) {
 		for i := 0; h.dialing.Load() == 0 && i < 1e6; i++ { // until the dial waits
 			runtime.Gosched()
 		}
-		m.gateGotConn(nil, protoUnknown)
+		m.gotConn(protoUnknown)
 		require.ErrorIs(t, <-errc, errDialNotNeeded)
 		assert.Zero(t, accepted.Load())
 		assert.EqualValues(t, 1, h.conns.Load(), "the dropped dial is not counted")
 	})
 	t.Run("a dial that waits in vain connects", func(t *testing.T) {
 		h, addr, accepted := setup(t, 1, 1)
-		ctx, _ := marked()
-		c, err := dial(h, dialHoldMax, ctx, addr)
+		c, err := dial(h, dialHoldMax, marked(), addr)
 		require.NoError(t, err)
 		assert.EqualValues(t, 2, h.conns.Load())
 		require.NoError(t, c.Close())
@@ -116,8 +120,8 @@ func TestGateHold(t *testing.T) {
 	})
 	t.Run("a dial when every connection is busy does not wait", func(t *testing.T) {
 		h, addr, _ := setup(t, 2, 1)
-		ctx, m := marked()
-		c, err := dial(h, time.Minute, ctx, addr)
+		m := marked()
+		c, err := dial(h, time.Minute, m, addr)
 		require.NoError(t, err)
 		c.Close()
 		assert.Zero(t, m.gots.Load())
@@ -125,16 +129,16 @@ func TestGateHold(t *testing.T) {
 	})
 	t.Run("an unwatched dial does not wait", func(t *testing.T) {
 		h, addr, accepted := setup(t, 0, 5)
-		c, err := dial(h, time.Minute, context.Background(), addr)
+		c, err := dial(h, time.Minute, nil, addr)
 		require.NoError(t, err)
 		c.Close()
 		assert.Eventually(t, func() bool { return accepted.Load() == 1 }, 10*time.Second, time.Millisecond)
 	})
 	t.Run("a request that already has a connection dials at once", func(t *testing.T) {
 		h, addr, _ := setup(t, 1, 1)
-		ctx, m := marked()
-		m.gateGotConn(nil, protoUnknown) // net/http retries it on a new connection
-		c, err := dial(h, time.Minute, ctx, addr)
+		m := marked()
+		m.gotConn(protoUnknown) // net/http retries it on a new connection
+		c, err := dial(h, time.Minute, m, addr)
 		require.NoError(t, err)
 		c.Close()
 	})

@@ -55,7 +55,7 @@ func (t *Transport) hedged(req, first *http.Request, rp *replay, n int, h *hostS
 			if stopHedging || len(cancels) > t.opts.maxHedges || ctx.Err() != nil {
 				continue
 			}
-			if p := t.pauseLeft(h, req, monotonic()); p > 0 { // pause.go: the attempts wait for it, so the hedge does not start yet
+			if p := h.pauseLeft(req, monotonic()); p > 0 { // the attempts wait for it, so the hedge does not start yet
 				timer.Reset(p + t.opts.hedgeDelay)
 				continue
 			}

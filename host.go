@@ -7,11 +7,17 @@
 package keepalive
 
 import (
+	"hash/maphash"
+	"math"
 	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
+
+	"github.com/keepalive-go/keepalive/internal/headers"
 )
 
 // hostState is all a Transport keeps about one host. Hosts past
@@ -21,6 +27,7 @@ import (
 // counts would mix hosts), no idle timeout (theirs differ), and is never
 // paused (one host's quota must not hold back another's requests).
 type hostState struct {
+	cfg      *hostConfig
 	key      string // "host:port", the HostStats key; OtherHosts for the overflow state
 	overflow bool
 	aliases  atomic.Int32 // spellings of the host the table finds it by
@@ -35,6 +42,16 @@ type hostState struct {
 	// keyPauses are the pauses of its rate-limit keys.
 	pausedUntil atomic.Int64
 	keyPauses   keyPauses
+}
+
+// hostConfig is what every host of a Transport shares: the settings of its
+// pause, and its telemetry.
+type hostConfig struct {
+	noPause       bool                       // WithoutHostPause
+	maxRetryAfter time.Duration              // a longer pause is not set
+	rateLimitKey  func(*http.Request) string // nil: Authorization and Cookie
+	seed          maphash.Seed               // hashes rate-limit keys
+	tel           *telemetry
 }
 
 // gateHost returns the host's dial gate, nil for the overflow state.
@@ -191,3 +208,141 @@ const OtherHosts = "other"
 
 // count adds one to the counter c of h (Stats sums the hosts).
 func (h *hostState) count(c counter) { h.counters[c].Add(1) }
+
+// idleClosed records that a connection of h, idle in the pool for age,
+// was closed by its server at now: its read failed with err.
+func (h *hostState) idleClosed(age time.Duration, err error, now int64) {
+	if !closedByPeer(err) || age < idleMinLearn {
+		return
+	}
+	h.count(idleClosesCounter)
+	h.idle.closed(age, now)
+}
+
+// keepAliveAnnounced records the idle timeout that resp announced with
+// "Keep-Alive: timeout=N", if any, for h.
+func (h *hostState) keepAliveAnnounced(resp *http.Response) {
+	v := resp.Header["Keep-Alive"]
+	if len(v) == 0 || h.overflow {
+		return
+	}
+	if d, ok := headers.KeepAliveTimeout(v[0]); ok {
+		h.idle.announce(d, monotonic())
+	}
+}
+
+// connHost returns h as the host at the far end of its connections; nil
+// for the overflow state, whose hosts' timeouts differ.
+func (h *hostState) connHost() connHost {
+	if h.overflow {
+		return nil
+	}
+	return h
+}
+
+// idleLimit is the idle age past which a connection of h is not reused.
+func (h *hostState) idleLimit(now int64) int64 { return h.idle.limit(now) }
+
+// retiredIdle counts a connection not reused for its idle age.
+func (h *hostState) retiredIdle() { h.count(connsRetiredIdleCounter) }
+
+// setPause records the pause that resp, the response to r, asks for, if
+// any, on its host h: the end of the pause moves to now+wait unless it is
+// already later. A 503's Retry-After (an overloaded server) pauses the
+// host; a 429's, or rate-limit fields that say no quota is left, pause
+// only the requests with r's rate-limit key (WithRateLimitKey: by default
+// its Authorization and Cookie), since quotas are kept per credential. A
+// pause longer than the Retry-After cap (WithMaxRetryAfter) is not set;
+// the hosts past HostStatsLimit share one state and are never paused, so
+// that one host's quota never holds back another's requests. With
+// WithoutHostPause it does nothing.
+func (h *hostState) setPause(r *http.Request, resp *http.Response) {
+	if h.overflow || h.cfg.noPause {
+		return
+	}
+	wait, src := pauseOf(resp, time.Now)
+	if src == 0 || wait > h.cfg.maxRetryAfter {
+		return
+	}
+	now := monotonic()
+	until := now + int64(wait) // wait is at most the cap, which may be any duration
+	if until < now {
+		until = math.MaxInt64
+	}
+	perKey := src != PauseRetryAfter || resp.StatusCode != http.StatusServiceUnavailable
+	var started bool
+	if perKey {
+		started = h.keyPauses.set(h.pauseKey(r), until, now)
+	} else {
+		started = extend(&h.pausedUntil, until, now)
+	}
+	if started {
+		h.count(pausesCounter)
+		h.cfg.tel.hostPause(h.key, resp.StatusCode, wait, src, perKey)
+	}
+}
+
+// pauseKey returns the hash of r's rate-limit key: its credentials are
+// never kept, only compared.
+func (h *hostState) pauseKey(r *http.Request) uint64 {
+	var k string
+	if h.cfg.rateLimitKey != nil {
+		k = h.cfg.rateLimitKey(r)
+	} else {
+		k = r.Header.Get("Authorization") + "\x00" + r.Header.Get("Cookie")
+	}
+	return maphash.String(h.cfg.seed, k)
+}
+
+// pauseEnd returns the monotonic() reading at which the pause that holds r
+// on h ends, the host's or r's key's, whichever is later; 0: none.
+func (h *hostState) pauseEnd(r *http.Request, now int64) int64 {
+	until := h.pausedUntil.Load()
+	if h.keyPauses.latest.Load() > now {
+		until = max(until, h.keyPauses.get(h.pauseKey(r)))
+	}
+	if until <= now {
+		return 0
+	}
+	return until
+}
+
+// pauseLeft returns how long the pause that holds r on h lasts after now
+// (a monotonic() reading), 0 if none does.
+func (h *hostState) pauseLeft(r *http.Request, now int64) time.Duration {
+	if u := h.pauseEnd(r, now); u > now {
+		return time.Duration(u - now)
+	}
+	return 0
+}
+
+// awaitPause waits for the pause that holds r on h, which lasts until
+// until (a monotonic() reading), to end before r is sent. It fails at
+// once with a HostPausedError when r's context has a deadline before the
+// pause ends, and with the context's error when the context ends during
+// the wait. A pause moved on during the wait is waited for too.
+func (h *hostState) awaitPause(r *http.Request, until int64) error {
+	ctx := r.Context()
+	counted := false
+	for {
+		now := monotonic()
+		left := time.Duration(until - now)
+		if left <= 0 {
+			h.pausedUntil.CompareAndSwap(until, 0) // over: the next request pays one load
+			return nil
+		}
+		if !counted {
+			h.count(pauseWaitsCounter)
+			counted = true
+		}
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < left {
+			return &HostPausedError{Host: h.key, Wait: left}
+		}
+		if err := sleep(ctx, left); err != nil {
+			return err
+		}
+		if until = h.pauseEnd(r, monotonic()); until == 0 {
+			return nil
+		}
+	}
+}

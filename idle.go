@@ -43,13 +43,10 @@ import (
 	"errors"
 	"io"
 	"math"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/keepalive-go/keepalive/internal/headers"
 )
 
 // Tuning of idle-timeout learning. They are not options: the margin covers
@@ -235,28 +232,6 @@ func (h *hostIdle) set(d, now int64) {
 			h.at.Store(now)
 			return
 		}
-	}
-}
-
-// idleClosed records that a connection of h, idle in the pool for age,
-// was closed by its server at now: its read failed with err.
-func (h *hostState) idleClosed(age time.Duration, err error, now int64) {
-	if !closedByPeer(err) || age < idleMinLearn {
-		return
-	}
-	h.count(idleClosesCounter)
-	h.idle.closed(age, now)
-}
-
-// keepAliveAnnounced records the idle timeout that resp announced with
-// "Keep-Alive: timeout=N", if any, for h.
-func (h *hostState) keepAliveAnnounced(resp *http.Response) {
-	v := resp.Header["Keep-Alive"]
-	if len(v) == 0 || h.overflow {
-		return
-	}
-	if d, ok := headers.KeepAliveTimeout(v[0]); ok {
-		h.idle.announce(d, monotonic())
 	}
 }
 

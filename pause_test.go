@@ -395,11 +395,11 @@ func TestHostPauseOverflowNeverPaused(t *testing.T) {
 	tr := newTestTransport(t)
 	req := httptest.NewRequest(http.MethodGet, "http://example.com/", nil)
 	resp := &http.Response{StatusCode: http.StatusServiceUnavailable, Header: http.Header{"Retry-After": {"5"}}}
-	tr.setPause(tr.hosts.overflow, req, resp)
+	tr.hosts.overflow.setPause(req, resp)
 	assert.Zero(t, tr.hosts.overflow.pausedUntil.Load())
 	h := tr.hosts.forAddr("example.com:80")
-	tr.setPause(h, req, resp)
-	assert.InDelta(t, 5*time.Second, tr.pauseLeft(h, req, monotonic()), float64(100*time.Millisecond))
+	h.setPause(req, resp)
+	assert.InDelta(t, 5*time.Second, h.pauseLeft(req, monotonic()), float64(100*time.Millisecond))
 }
 
 // TestDecideFoldsPause: the policy's wait is the longer of its own and

@@ -83,7 +83,7 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 		d := t.policy.decide(attemptOutcome{
 			ctx: ctx, req: req, resp: resp, err: err, attempt: n,
 			replayable: rp.replayable(), took: time.Duration(mono - start),
-			paused: t.pauseLeft(h, req, mono), // pause.go: its end is the earliest next attempt
+			paused: h.pauseLeft(req, mono), // its end is the earliest next attempt
 		}, now, bo)
 		if d.verdict != verdictRetry {
 			if d.verdict == verdictReturn && err == nil && ctx.Err() == nil {

@@ -26,12 +26,12 @@ type Transport struct {
 	base   *http.Transport
 	policy policy
 	opts   options
-	budget *retryBudget // budget.go; nil: off
-	hosts  *hostTable   // host.go: counters, budget, breaker and dial gate of each host
-	reads  *readWatch   // readwatch.go: the read timeout of response bodies; nil: none
+	budget *retryBudget // nil: off
+	hosts  *hostTable   // the state of each host: counters, budget, breaker, dial gate, idle timeout, pause
+	hostc  hostConfig   // what every host shares
+	reads  *readWatch   // the read timeout of response bodies; nil: none
 
-	inner     http.RoundTripper // what attempts are sent through when WithAttemptTransport wraps roundTripBase; nil: roundTripBase
-	pauseSeed maphash.Seed      // hashes rate-limit keys (pause.go)
+	inner http.RoundTripper // what attempts are sent through when WithAttemptTransport wraps roundTripBase; nil: roundTripBase
 }
 
 var _ http.RoundTripper = (*Transport)(nil)
@@ -43,11 +43,18 @@ func NewTransport(opts ...Option) (*Transport, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Transport{opts: o, policy: newPolicy(o), budget: newRetryBudget(o.budget), reads: newReadWatch(o.readTimeout), pauseSeed: maphash.MakeSeed()}
+	t := &Transport{opts: o, policy: newPolicy(o), budget: newRetryBudget(o.budget), reads: newReadWatch(o.readTimeout)}
+	t.hostc = hostConfig{
+		noPause:       o.noHostPause,
+		maxRetryAfter: o.maxRetryAfter,
+		rateLimitKey:  o.rateLimitKey,
+		seed:          maphash.MakeSeed(),
+		tel:           &t.opts.tel,
+	}
 	t.hosts = newHostTable(t.newHostState)
 	t.base = t.newBase()
 	if len(o.attemptWraps) > 0 {
-		var rt http.RoundTripper = roundTripperFunc(t.roundTripBase) // lifetime.go
+		var rt http.RoundTripper = roundTripperFunc(t.roundTripBase)
 		for _, wrap := range o.attemptWraps {
 			if rt = wrap(rt); rt == nil {
 				return nil, &OptionError{Option: "WithAttemptTransport", Reason: "wrap returned a nil RoundTripper"}
@@ -66,7 +73,7 @@ func (t *Transport) CloseIdleConnections() { t.base.CloseIdleConnections() }
 
 // newHostState makes the state of a host the first time it is met.
 func (t *Transport) newHostState(key string) *hostState {
-	h := &hostState{key: key}
+	h := &hostState{key: key, cfg: &t.hostc}
 	h.idle.learn = !t.opts.noIdleLearning
 	if t.opts.noHTTP2 {
 		h.gate.proto.Store(protoHTTP1)
@@ -109,7 +116,11 @@ func (t *Transport) newBase() *http.Transport {
 			} else {
 				h = t.hosts.forAddr(addr)
 			}
-			c, err := h.gateHost().dial(ctx, a, addr, dialHoldMax, func() (net.Conn, error) { // dialgate.go
+			var w *gateWatch
+			if a != nil {
+				w = &a.gateWatch
+			}
+			c, g, err := h.gateHost().dial(ctx, w, addr, &h.counters, dialHoldMax, func() (net.Conn, error) {
 				if o.dial == nil {
 					return dialer.DialContext(ctx, network, addr)
 				}
@@ -124,17 +135,15 @@ func (t *Transport) newBase() *http.Transport {
 			if err == errDialNotNeeded {
 				return nil, err
 			}
-			var wc *conn
-			if err == nil {
-				gated, _ := c.(*conn)
-				wc = newConn(c, gated, addr, h, t.hosts.forAddr, o.readTimeout, o.connMaxLifetime)
-				wc.dialHost = h
-			}
-			t.reportDial(h, addr, err, wc)
+			t.reportDial(h, addr, err, g)
 			if err != nil {
 				return nil, &dialError{err: err}
 			}
-			return wc, nil
+			var gate connGate
+			if g != nil {
+				gate = g
+			}
+			return newConn(c, gate, addr, h.connHost(), t.proxyHost, o.readTimeout, o.connMaxLifetime), nil
 		},
 		// A custom DialContext or TLS config turns HTTP/2 off unless forced.
 		ForceAttemptHTTP2:     true,
@@ -158,10 +167,10 @@ func (t *Transport) newBase() *http.Transport {
 // it any more (CloseIdleConnections cancels them) neither connected nor
 // failed to: it is neither counted nor told. A connection of the dial
 // gate's serial dial is counted once it carries a request instead.
-func (t *Transport) reportDial(h *hostState, addr string, err error, c *conn) {
+func (t *Transport) reportDial(h *hostState, addr string, err error, g *gatedConn) {
 	switch {
 	case err == nil:
-		if !c.uncounted.Load() {
+		if g == nil || !g.uncounted.Load() {
 			h.count(dialsCounter)
 		}
 	case errors.Is(err, context.Canceled):
@@ -215,3 +224,7 @@ func (t *Transport) HostStats() map[string]Stats {
 	}
 	return out
 }
+
+// proxyHost is the host of a plain HTTP proxy at addr, whose connections
+// carry the requests of every host: its idle timeout judges them.
+func (t *Transport) proxyHost(addr string) connHost { return t.hosts.forAddr(addr).connHost() }
