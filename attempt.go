@@ -23,7 +23,7 @@ import (
 func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, cancel context.CancelCauseFunc) (*http.Response, error) {
 	// 0. The host's pause, or that of the request's rate-limit key, if
 	// one was asked for: wait for its end, or fail unsent when the
-	// context's deadline comes first (pause.go).
+	// context's deadline comes first.
 	if h.pausedUntil.Load() != 0 || h.keyPauses.latest.Load() != 0 {
 		if until := h.pauseEnd(r, monotonic()); until != 0 {
 			if err := h.awaitPause(r, until); err != nil {
@@ -45,8 +45,7 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 
 	// 2. Count it; its own context carries what the hooks, the attempt's
 	// limits (the attempt deadline, the upload watch) and its connection
-	// (a) need, and the dial gate counts it busy until its body is done
-	// (dialgate.go).
+	// (a) need, and the dial gate counts it busy until its body is done.
 	h.count(attemptsCounter)
 	if hedge {
 		h.count(hedgeCounter)
@@ -80,7 +79,7 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 	}
 	t.opts.tel.attemptEnd(r, h.key, n, resp, err, start, ConnReuse(a.reuse.Load()))
 
-	// 5. The response gets the attempt's one body wrapper (body.go); a
+	// 5. The response gets the attempt's one body wrapper; a
 	// failed attempt releases what it held now.
 	if err != nil {
 		a.gate.leave()
@@ -89,7 +88,7 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 		resp = t.wrapBody(resp, a, ctl)
 	}
 
-	// 6. The breaker hears the outcome (breaker.go).
+	// 6. The breaker hears the outcome.
 	if report != nil {
 		report(breakerOutcome(&t.policy.statuses, endedOutside(outer), resp, err))
 	}
@@ -116,7 +115,7 @@ func refuse(r *http.Request, cancel context.CancelCauseFunc, err error) error {
 func (t *Transport) attemptContext(r *http.Request, n int, h *hostState, cancel context.CancelCauseFunc) (*http.Request, *attemptCtl, *attemptConn) {
 	o := &t.opts
 	hasBody := r.Body != nil && r.Body != http.NoBody
-	// HTTP/1 writes are bounded on the connection (conn.go); an HTTP/2
+	// HTTP/1 writes are bounded on the connection; an HTTP/2
 	// stream can stall on flow control with its connection idle, so a
 	// body that may go over HTTP/2 (https) is watched instead.
 	watch := hasBody && o.readTimeout > 0 && r.URL.Scheme == "https"
@@ -181,8 +180,8 @@ type connKey struct{}
 // whether it comes back from the pool; the end of the response body says
 // the connection is idle in the pool again; a 101 or a CONNECT hands it
 // to the caller. It is also the attempt's context (the request's, which
-// the dialer finds it in), its dial gate's watch (dialgate.go) and its
-// response body wrapper (body.go): one allocation for all of them.
+// the dialer finds it in), its dial gate's watch and its
+// response body wrapper: one allocation for all of them.
 type attemptConn struct {
 	context.Context
 	gateWatch // the dial gate's watch of the attempt
@@ -341,7 +340,7 @@ func (t *Transport) settle(h *hostState, ctl *attemptCtl, outer context.Context,
 	if err == nil && resp == nil {
 		err = errNilNil
 	}
-	if err != nil && isWriteTimeout(err) { // a connection's write deadline (transport.go)
+	if err != nil && isWriteTimeout(err) { // a connection's write deadline
 		h.count(writeTimeoutCounter)
 	}
 	if ctl == nil {
@@ -392,7 +391,7 @@ func isWriteTimeout(err error) bool {
 }
 
 // The connection lifetime of WithConnMaxLifetime: the dialer stamps each
-// connection with its expiry (conn.go), and a request that is given an
+// connection with its expiry, and a request that is given an
 // expired HTTP/1 connection asks for it to be closed after its response,
 // with "Connection: close". That is how HTTP/1 ends a connection without
 // losing a request: the server and the client close it once the response
@@ -455,7 +454,7 @@ func (t *Transport) roundTripBase(r *http.Request) (*http.Response, error) {
 // again while a retired connection refused it before a byte of the body
 // was read: each refusal closes a connection that came back from the
 // pool, and a new connection is never refused, so it ends, however many
-// stale connections the pool holds. A body recorder (body.go) that
+// stale connections the pool holds. A body recorder that
 // records nothing: each write gets a view of the body, and a view after a
 // refusal that read no byte reads the body from its start; the body is
 // closed once the last view is.
@@ -472,7 +471,7 @@ func (t *Transport) resendRefused(r *http.Request) (*http.Response, error) {
 }
 
 // wrapBody gives resp the one wrapper of its attempt, which owns all that
-// ends with the body: the read timeout (readwatch.go), the dial gate's
+// ends with the body: the read timeout, the dial gate's
 // release and the connection's return to idle (a), and the attempt's
 // context (ctl, nil if it has none). A body that is already over,
 // http.NoBody or none, is left as it is and its attempt released at once;

@@ -1,9 +1,9 @@
-// This file holds everything done to bodies. Request bodies: how a body is
+// This file holds what is done to bodies. Request bodies: how a body is
 // sent again (GetBody, or the bounded buffer of WithBodyBuffer, recorded
-// as it streams), and the watch that fails an upload that stalls. Response
-// bodies: the one wrapper each attempt's response gets (read timeout, dial
-// gate release, the attempt's context), the bounded drain of a discarded
-// response, and the read-ahead of WithResponseBuffer.
+// as it streams). Response bodies: the one wrapper each attempt's
+// response gets (the read timeout, and telling its owner, the attempt,
+// when it ends), the bounded drain of a discarded response, and the
+// read-ahead of WithResponseBuffer.
 
 package keepalive
 

@@ -103,7 +103,7 @@ var (
 	errBreakerExcluded = errors.New("not counted")
 )
 
-// newHostBreaker returns the breaker of the host key; onChange (events.go)
+// newHostBreaker returns the breaker of the host key; onChange
 // hears of every change of state.
 func newHostBreaker(cfg CircuitBreaker, key string, onChange func(host string, from, to BreakerState)) *hostBreaker {
 	return gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{

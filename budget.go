@@ -114,7 +114,7 @@ func (b RetryBudget) config() budgetConfig {
 }
 
 // retryBudget is the budget's configuration; each host keeps its window in
-// its hostBudget (host.go). A nil *retryBudget allows every retry and
+// its hostBudget. A nil *retryBudget allows every retry and
 // records no success.
 type retryBudget struct {
 	cfg     budgetConfig

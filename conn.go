@@ -193,11 +193,11 @@ func (c *conn) hijack() {
 }
 
 // Write refuses the first write of a request on a connection that must
-// not carry it: one retired by its lifetime (lifetime.go), or one idle for
+// not carry it: one retired by its lifetime, or one idle for
 // longer than its host's learned idle timeout allows, or found closed by
-// its server (idle.go). Nothing of the request is written, so net/http
+// its server. Nothing of the request is written, so net/http
 // sends it again on another connection (its nothingWrittenError path), or
-// roundTripBase or the retry loop does (neverSent in policy.go). No other
+// roundTripBase or the retry loop does (neverSent). No other
 // write is ever refused: the body of an Expect: 100-continue request, the
 // rest of an upload, a hijacked connection's.
 func (c *conn) Write(p []byte) (int, error) {
@@ -286,7 +286,7 @@ func (c *conn) idleTooLong(now int64) bool {
 }
 
 // Read notes when the connection read data, and learns its host's idle
-// timeout when its server closes it while idle (idle.go).
+// timeout when its server closes it while idle.
 //
 // A connection that refused a write (Write) has had nothing of its request
 // written. net/http closes it on the refusal, and its read loop, waiting

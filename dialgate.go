@@ -186,7 +186,7 @@ func (w *gateWatch) tlsDone(cs tls.ConnectionState, err error) {
 // gatedConn is the gate's record of a connection it let through: its
 // count in the host's connections, and, for the host's serial dial, the
 // end of that dial and the count of the dial in Stats once the connection
-// carries a request. The connection (conn.go) tells it.
+// carries a request. The connection tells it.
 type gatedConn struct {
 	gate        *gateHost
 	addr        string
@@ -262,7 +262,7 @@ func (h *gateHost) enter(a *gateWatch, trace *httptrace.ClientTrace, r *http.Req
 }
 
 // leave ends a busy attempt: when it failed, or when its response body is
-// done with (see respBody in body.go).
+// done with (respBody).
 func (h *gateHost) leave() {
 	if h != nil {
 		h.busy.Add(-1)

@@ -202,8 +202,8 @@ func (e *dialError) Timeout() bool {
 }
 
 // errConnRetired refuses to write a request on a connection that already
-// carried the request meant to be its last (lifetime.go), or that has been
-// idle for longer than its server keeps connections (idle.go): nothing was
+// carried the request meant to be its last, or that has been
+// idle for longer than its server keeps connections: nothing was
 // written, so net/http, or the retry loop, sends the request on another
 // connection.
 var errConnRetired = errors.New("keepalive: connection retired before use (lifetime or learned idle timeout)")

@@ -1,8 +1,7 @@
-// This file holds what a Transport tells about itself while it works: the
-// Observer hooks and their events (WithObserver), AttemptFromContext for
-// per-attempt middleware (WithAttemptTransport), and the private functions
-// that fire the events and log them (the logging itself is in log.go). The
-// counters are in stats.go.
+// This file holds the events a Transport tells about itself while it
+// works: the Observer hooks and their events (WithObserver), the states
+// and reasons they name, and AttemptFromContext for per-attempt middleware
+// (WithAttemptTransport). telemetry.go fires them and logs them.
 
 package keepalive
 

@@ -22,7 +22,7 @@ type hedgeResult struct {
 // hedged sends first, attempt number n of req to host h, and hedges of it
 // (each with a fresh body from rp) every hedgeDelay until an outcome not worth a retry arrives or every
 // attempt has ended; it returns that outcome, or the last one when all
-// were worth a retry. While the host is paused (pause.go), no hedge
+// were worth a retry. While the host is paused, no hedge
 // starts: the next may start hedgeDelay after the pause ends. A hedge
 // refused by the circuit breaker, the host's pause or the retry budget is
 // not an outcome: it ends the hedging and nothing else. Every
@@ -65,7 +65,7 @@ func (t *Transport) hedged(req, first *http.Request, rp *replay, n int, h *hostS
 				stopHedging = true
 				continue
 			}
-			r, err := rp.next() // body.go
+			r, err := rp.next()
 			if err != nil {
 				stopHedging = true
 				continue
@@ -105,7 +105,7 @@ func (t *Transport) hedged(req, first *http.Request, rp *replay, n int, h *hostS
 		res := <-results
 		t.discard(&res, cancels)
 	}
-	return win.resp, win.err // the winner's context ends with its body (attempt.go)
+	return win.resp, win.err // the winner's context ends with its body
 }
 
 // discard ends a hedged attempt that lost: its context first, then its

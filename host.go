@@ -32,13 +32,13 @@ type hostState struct {
 	overflow bool
 	aliases  atomic.Int32 // spellings of the host the table finds it by
 	counters
-	budget  hostBudget   // budget.go; unused when the budget is off
-	breaker *hostBreaker // breaker.go; nil when off, and for the overflow state
-	gate    gateHost     // dialgate.go; unused for the overflow state
-	idle    hostIdle     // idle.go: the learned idle timeout; unused for the overflow state
+	budget  hostBudget   // unused when the budget is off
+	breaker *hostBreaker // nil when off, and for the overflow state
+	gate    gateHost     // unused for the overflow state
+	idle    hostIdle     // the learned idle timeout; unused for the overflow state
 
 	// pausedUntil is the monotonic() reading at which the host's pause
-	// ends (pause.go); 0 when it is not paused or the pause is known over.
+	// ends; 0 when it is not paused or the pause is known over.
 	// keyPauses are the pauses of its rate-limit keys.
 	pausedUntil atomic.Int64
 	keyPauses   keyPauses

@@ -26,8 +26,8 @@
 // From then on, the first write of a request on an HTTP/1 connection of
 // that host idle for longer than the timeout less idleMargin is refused
 // before a byte is written: net/http closes the connection and sends the
-// request on another (its "nothing written" path, as for the lifetime of
-// lifetime.go), so the caller never sees it. HTTP/2 connections are left
+// request on another (its "nothing written" path, as for a connection past
+// its lifetime), so the caller never sees it. HTTP/2 connections are left
 // alone: their servers announce an idle close with GOAWAY, and net/http
 // resends what a GOAWAY left unprocessed.
 //

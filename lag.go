@@ -1,7 +1,7 @@
 // This file holds the scheduling lag: how late the goroutines of this
 // process have run lately. A read that returns data late by that much
 // makes a connection look younger than its server counts it, so the idle
-// check widens its margin by it (conn.go).
+// check of the connection wrapper widens its margin by it.
 
 package keepalive
 

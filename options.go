@@ -534,7 +534,7 @@ type options struct {
 	proxy               func(*http.Request) (*url.URL, error)
 	dial                func(ctx context.Context, network, addr string) (net.Conn, error) // nil: the tuned net.Dialer
 	noHTTP2             bool
-	noIdleLearning      bool // idle.go
+	noIdleLearning      bool
 
 	maxRetries     int
 	retryStatuses  statusSet
@@ -543,17 +543,17 @@ type options struct {
 	backoffMax     time.Duration
 	maxRetryAfter  time.Duration
 	bodyBuffer     int64
-	responseBuffer int64 // retry.go; zero: off
+	responseBuffer int64 // zero: off
 	checkRetry     retryablehttp.CheckRetry
 
-	budget          budgetConfig               // budget.go; zero: off
-	attemptTimeout  time.Duration              // attempt.go; zero: off
-	hedgeDelay      time.Duration              // hedge.go; zero: off
-	maxHedges       int                        // hedge.go
-	breaker         *CircuitBreaker            // breaker.go; nil: off
-	connMaxLifetime time.Duration              // lifetime.go; zero: off
-	noHostPause     bool                       // pause.go; false: on
-	rateLimitKey    func(*http.Request) string // pause.go; nil: Authorization and Cookie
+	budget          budgetConfig  // zero: off
+	attemptTimeout  time.Duration // zero: off
+	hedgeDelay      time.Duration // zero: off
+	maxHedges       int
+	breaker         *CircuitBreaker            // nil: off
+	connMaxLifetime time.Duration              // zero: off
+	noHostPause     bool                       // false: on
+	rateLimitKey    func(*http.Request) string // nil: Authorization and Cookie
 
 	tel          telemetry // WithObserver, WithLogger
 	attemptWraps []func(http.RoundTripper) http.RoundTripper

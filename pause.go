@@ -3,11 +3,11 @@
 // goroutine: for a 503's Retry-After, every attempt to the host; for a
 // 429's, or rate-limit fields that say no quota is left, the attempts with
 // the same rate-limit key (WithRateLimitKey), since quotas are kept per
-// credential. The host's pause is one atomic in its state (host.go), its
-// keys' pauses a small map behind another; both are set from the response
-// of an attempt (attempt.go) and waited for at the top of every attempt,
-// first attempts and hedges included; the retry loop (retry.go) folds them
-// into its own wait, so a request waits once.
+// credential. This file holds the mechanics: which fields ask for how long
+// (pauseOf), and the pauses of a host's keys. The host (host.go) sets and
+// waits for them: a response of an attempt sets one, every attempt waits
+// for it at its top, and the retry loop folds it into its own wait, so a
+// request waits once.
 
 package keepalive
 

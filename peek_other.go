@@ -4,5 +4,5 @@ package keepalive
 
 import "net"
 
-// closedUnderneath cannot tell on this platform (see peek_unix.go).
+// closedUnderneath cannot tell on this platform.
 func closedUnderneath(net.Conn) (bool, error) { return false, nil }

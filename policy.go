@@ -69,7 +69,7 @@ type attemptOutcome struct {
 	attempt    int           // 1 for the first
 	replayable bool          // the request's body can be sent again
 	took       time.Duration // from sending the attempt to its outcome
-	paused     time.Duration // what is left of the host's pause (pause.go); 0: none
+	paused     time.Duration // what is left of the host's pause; 0: none
 }
 
 // decide says what to do with an attempt's outcome at now. bo is the
@@ -80,7 +80,7 @@ type attemptOutcome struct {
 // (Retry-After within its cap, or the backoff, or what is left of the
 // host's pause if that is longer); and whether the caller's
 // deadline covers the wait and another attempt as long as this one. The
-// discarded response is drained off the caller's time (body.go), so it
+// discarded response is drained off the caller's time, so it
 // takes none of the deadline.
 func (p *policy) decide(o attemptOutcome, now time.Time, bo backoff.BackOff) decision {
 	if o.ctx.Err() != nil {
@@ -147,7 +147,7 @@ func (p *policy) worthRetry(ctx context.Context, req *http.Request, resp *http.R
 }
 
 // neverRetry reports errors no policy may retry: the caller's cancellation,
-// an open circuit (breaker.go), a host paused past the deadline (pause.go),
+// an open circuit, a host paused past the deadline,
 // a malformed request, a host name the resolver says does not exist (a
 // typo, which a retry only makes slower to report; a DNS timeout or a
 // server failure is still retried), and TLS failures that a new attempt
@@ -174,7 +174,7 @@ func neverRetry(err error) bool {
 // its method is idempotent (or allowed by WithRetryMethods), it carries an
 // idempotency key, or it provably never left: the dial failed, the server
 // had closed the pooled connection before the request was written, or the
-// connection was retired before it was written (lifetime.go).
+// connection was retired before it was written.
 func (p *policy) mayResend(req *http.Request, err error) bool {
 	if p.methods[methodOf(req)] || hasIdempotencyKey(req.Header) {
 		return true

@@ -1,9 +1,8 @@
 // This file holds Transport.RoundTrip: the retry loop. Each turn sends one
 // attempt (attempt.go), or a hedged set of them (hedge.go), asks the pure
 // policy (policy.go) whether and when to send the next, and does what only
-// the loop can: the retry budget (budget.go), the events (events.go), the
-// discarded response and the wait. Request bodies are replayed, and
-// responses buffered (WithResponseBuffer), by body.go.
+// the loop can: the retry budget, the report of each outcome, the
+// discarded response and the wait.
 
 package keepalive
 
@@ -27,7 +26,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, err
 	}
-	h := t.hosts.forURL(req.URL) // host.go: the one lookup of the request
+	h := t.hosts.forURL(req.URL) // the one lookup of the request
 	h.count(requestsCounter)
 	if t.policy.maxRetries == 0 {
 		resp, err := t.attempt(req, 1, h, false, nil)
@@ -70,7 +69,7 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 		}
 		if err == nil && t.policy.check == nil && !t.policy.statuses.has(resp.StatusCode) {
 			// The success path: nothing more to decide. A success earns the
-			// host retries (budget.go), dated when its attempt was sent,
+			// host retries, dated when its attempt was sent,
 			// which saves a clock reading.
 			t.budget.deposit(&h.budget, unixSec(start))
 			return t.finish(req, resp), nil
@@ -104,7 +103,7 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 		status := 0
 		if resp != nil {
 			status = resp.StatusCode
-			discard(resp) // body.go: drained off the caller's time
+			discard(resp) // drained off the caller's time
 		}
 		if serr := sleep(ctx, d.wait); serr != nil {
 			t.reportGiveUp(req, h, resp, err, n, GiveUpCanceled, d.wait)

@@ -1,8 +1,8 @@
 // This file holds Transport and its construction: the tuned http.Transport
-// underneath (pool, dialer, timeouts, HTTP/2 health checks) and the dialer
+// underneath (pool, dialer, timeouts, HTTP/2 health checks), the dialer
 // that counts connections, runs the dial gate and wraps each connection
-// (conn.go).
-// A request's path through the Transport starts at RoundTrip, in retry.go.
+// (conn.go), and the Transport's Stats. A request's path through the
+// Transport starts at RoundTrip, in retry.go.
 
 package keepalive
 
