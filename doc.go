@@ -237,3 +237,13 @@
 // wraps each attempt for middleware that must see attempts rather than
 // requests, such as otelhttp.NewTransport for a client span per attempt.
 package keepalive
+
+// The package stands on three floors, to which TestLayering holds it. On
+// top, the composers: the Transport and its options, RoundTrip's retry
+// loop, hedging, and the attempt. In the middle, the host: everything kept
+// per host, reached through its methods. On the ground, the mechanisms,
+// which never see the Transport or a host's state and tell them what they
+// must through interfaces of their own: the connection wrapper, the dial
+// gate, bodies and their watches, idle learning, the policy, the budget,
+// the breaker, telemetry, errors and the clock. The header parsers, pure
+// leaves, are in internal/headers, where the compiler keeps them below.
