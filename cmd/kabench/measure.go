@@ -222,6 +222,7 @@ func measureRun(ctx context.Context, cfg *config, name string, t target, done *a
 	parent := ctx
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	start := time.Now() // before the -z timer starts: a run lasts at least -z
 	if cfg.duration > 0 {
 		var stop context.CancelFunc
 		ctx, stop = context.WithTimeoutCause(ctx, cfg.duration, errRunTime)
@@ -246,7 +247,6 @@ func measureRun(ctx context.Context, cfg *config, name string, t target, done *a
 		}
 	}
 	server0 := serverConns(t)
-	start := time.Now()
 	for i := range workers {
 		w := &workers[i]
 		if cfg.duration == 0 {
