@@ -312,10 +312,11 @@ func (h *gateHost) dial(ctx context.Context, a *gateWatch, addr string, counts *
 	if err != nil {
 		h.conns.Add(-1)
 		if serial {
+			failed := err
 			if ctx.Err() != nil {
-				err = nil // cancelled, not failed: the next waiter dials
+				failed = nil // cancelled, not failed: the next waiter dials
 			}
-			sg.endSerial(addr, err)
+			sg.endSerial(addr, failed)
 		}
 		return nil, nil, err
 	}

@@ -219,3 +219,20 @@ func TestGateCountsReturnToZero(t *testing.T) {
 	assert.Eventually(t, func() bool { return h.conns.Load() == 0 }, 10*time.Second, time.Millisecond,
 		"every connection closed: %d", h.conns.Load())
 }
+
+// A serial dial cancelled (CloseIdleConnections cancels dials in
+// progress) fails with its error, and lets the next waiter dial: it never
+// returns no connection and no error.
+func TestGateSerialDialCancelled(t *testing.T) {
+	h := &gateHost{}
+	w := &gateWatch{gate: h, note: make(chan struct{}, 1), serial: true}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	c, g, err := h.dial(ctx, w, "127.0.0.1:1", new(counters), dialHoldMax, func() (net.Conn, error) { return nil, ctx.Err() })
+	require.ErrorIs(t, err, context.Canceled)
+	assert.Nil(t, c)
+	assert.Nil(t, g)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	assert.Empty(t, h.serial, "the serial dial ended")
+}
