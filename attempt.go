@@ -271,7 +271,13 @@ func (a *attemptConn) gotConn(info httptrace.GotConnInfo) {
 	c := asConn(info.Conn)
 	p := protoUnknown
 	if c != nil {
-		p = c.learnProto(info.Conn)
+		var first, handshake, resumed bool
+		if p, first, handshake, resumed = c.learnProto(info.Conn); first && handshake {
+			a.host.count(tlsHandshakesCounter)
+			if resumed {
+				a.host.count(tlsResumedCounter)
+			}
+		}
 	}
 	if a.watched() {
 		a.gateWatch.gotConn(p)

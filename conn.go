@@ -136,17 +136,25 @@ func newConn(nc net.Conn, gate connGate, addr string, host connHost, proxyHost f
 }
 
 // learnProto sets the protocol of c from nc, the connection net/http
-// handed a request (c itself, or TLS over it), once, and returns it.
-func (c *conn) learnProto(nc net.Conn) int32 {
+// handed a request (c itself, or TLS over it), once, and returns it; the
+// first time, it also says how nc's TLS handshake went (handshake: there
+// was one; resumed: it resumed a session).
+func (c *conn) learnProto(nc net.Conn) (p int32, first, handshake, resumed bool) {
 	if p := c.proto.Load(); p != protoUnknown {
-		return p
+		return p, false, false, false
 	}
-	p := protoHTTP1 // the Transport speaks no HTTP/2 in clear text
-	if tc, ok := nc.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol == http2NextProto {
-		p = protoHTTP2
+	p = protoHTTP1 // the Transport speaks no HTTP/2 in clear text
+	if tc, ok := nc.(*tls.Conn); ok {
+		cs := tc.ConnectionState()
+		if cs.NegotiatedProtocol == http2NextProto {
+			p = protoHTTP2
+		}
+		handshake, resumed = cs.HandshakeComplete, cs.DidResume
 	}
-	c.proto.Store(p)
-	return p
+	if !c.proto.CompareAndSwap(protoUnknown, p) {
+		return c.proto.Load(), false, false, false
+	}
+	return p, true, handshake, resumed
 }
 
 // http2NextProto is HTTP/2's ALPN name.

@@ -969,3 +969,26 @@ func TestSchedLagSeesOversubscription(t *testing.T) {
 	assert.Greater(t, lag, time.Duration(0))
 	assert.Equal(t, lag, s.get(int64(time.Hour)+int64(schedLagEvery)+1), "read once per schedLagEvery")
 }
+
+// TLS sessions are resumed: connections that end after each response
+// (the server closes them) are redialed with a resumed handshake, counted
+// in Stats.
+func TestTLSSessionsResumed(t *testing.T) {
+	srv, conns, tlsOpt := tlsCountingServer(t, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close") // every request on a new connection
+		io.WriteString(w, "ok")
+	}))
+	c, tr := newTestClient(t, tlsOpt)
+	const n = 10
+	for range n {
+		resp, err := c.Get(srv.URL)
+		require.NoError(t, err)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	st := tr.Stats()
+	t.Logf("%d connections, %d TLS handshakes, %d resumed", conns.Load(), st.TLSHandshakes, st.TLSResumed)
+	assert.EqualValues(t, n, conns.Load())
+	assert.EqualValues(t, n, st.TLSHandshakes)
+	assert.GreaterOrEqual(t, st.TLSResumed, int64(n-1)*9/10, "at least 90% of the redials resumed")
+}

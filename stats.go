@@ -44,6 +44,10 @@ type Stats struct {
 	// PauseWaits counts the attempts held back by a pause: they waited
 	// for its end, or failed at once with a HostPausedError.
 	PauseWaits int64
+	// TLSHandshakes counts the TLS connections that carried a request;
+	// TLSResumed, those of them whose handshake resumed a session (a
+	// fraction of a full handshake's cost: see WithTLSConfig).
+	TLSHandshakes, TLSResumed int64
 }
 
 // Reused returns the attempts that did not open a connection: Attempts -
@@ -87,6 +91,8 @@ const (
 	discardedDialsCounter
 	pausesCounter
 	pauseWaitsCounter
+	tlsHandshakesCounter
+	tlsResumedCounter
 	numCounters
 )
 
@@ -112,6 +118,8 @@ func (s Stats) add(o Stats) Stats {
 	s.DiscardedDials += o.DiscardedDials
 	s.Pauses += o.Pauses
 	s.PauseWaits += o.PauseWaits
+	s.TLSHandshakes += o.TLSHandshakes
+	s.TLSResumed += o.TLSResumed
 	return s
 }
 
@@ -135,5 +143,7 @@ func (c *counters) snapshot() Stats {
 		DiscardedDials:   c[discardedDialsCounter].Load(),
 		Pauses:           c[pausesCounter].Load(),
 		PauseWaits:       c[pauseWaitsCounter].Load(),
+		TLSHandshakes:    c[tlsHandshakesCounter].Load(),
+		TLSResumed:       c[tlsResumedCounter].Load(),
 	}
 }

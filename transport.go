@@ -8,6 +8,7 @@ package keepalive
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"hash/maphash"
 	"net"
@@ -147,7 +148,7 @@ func (t *Transport) newBase() *http.Transport {
 		},
 		// A custom DialContext or TLS config turns HTTP/2 off unless forced.
 		ForceAttemptHTTP2:     true,
-		TLSClientConfig:       o.tlsConfig,
+		TLSClientConfig:       withSessionCache(o.tlsConfig),
 		TLSHandshakeTimeout:   o.tlsHandshakeTimeout,
 		MaxIdleConns:          o.maxIdleConns,
 		MaxIdleConnsPerHost:   o.maxIdleConnsPerHost,
@@ -228,3 +229,23 @@ func (t *Transport) HostStats() map[string]Stats {
 // proxyHost is the host of a plain HTTP proxy at addr, whose connections
 // carry the requests of every host: its idle timeout judges them.
 func (t *Transport) proxyHost(addr string) connHost { return t.hosts.forAddr(addr).connHost() }
+
+// tlsSessionCacheSize is how many TLS sessions a Transport keeps to resume,
+// as undici does: a resumed handshake costs a fraction of a full one, and
+// a pool redials for lifetimes, idle closes and failures.
+const tlsSessionCacheSize = 100
+
+// withSessionCache returns c, or a new configuration, with a session cache
+// of the Transport's own when c brings none.
+func withSessionCache(c *tls.Config) *tls.Config {
+	if c != nil && c.ClientSessionCache != nil {
+		return c
+	}
+	if c == nil {
+		c = new(tls.Config)
+	} else {
+		c = c.Clone()
+	}
+	c.ClientSessionCache = tls.NewLRUClientSessionCache(tlsSessionCacheSize)
+	return c
+}
