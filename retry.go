@@ -30,10 +30,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	h.count(requestsCounter)
 	if t.policy.maxRetries == 0 {
 		resp, err := t.attempt(req, 1, h, false, nil)
-		if err != nil {
-			return nil, err
-		}
-		return t.finish(req, resp), nil
+		return t.end(req, h, ending{resp: resp, err: err, attempts: 1})
 	}
 	return t.retryLoop(req, h)
 }
@@ -68,11 +65,8 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 			resp, err = bufferBody(resp, t.opts.responseBuffer)
 		}
 		if err == nil && t.policy.check == nil && !t.policy.statuses.has(resp.StatusCode) {
-			// The success path: nothing more to decide. A success earns the
-			// host retries, dated when its attempt was sent,
-			// which saves a clock reading.
-			t.budget.deposit(&h.budget, unixSec(start))
-			return t.finish(req, resp), nil
+			// The success path: nothing more to decide.
+			return t.end(req, h, ending{resp: resp, attempts: n, success: true, sent: start})
 		}
 
 		if bo == nil {
@@ -85,80 +79,87 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 			paused: h.pauseLeft(req, mono), // its end is the earliest next attempt
 		}, now, bo)
 		if d.verdict != verdictRetry {
-			if d.verdict == verdictReturn && err == nil && ctx.Err() == nil {
-				// A response the CheckRetry policy does not retry: a
-				// success, as on the success path. (verdictReturn on a
-				// live context is an outcome not worth a retry.)
-				t.budget.deposit(&h.budget, unixSec(start))
-			}
-			return t.giveUp(req, h, resp, err, n, d)
+			// verdictReturn on a live context is an outcome not worth a
+			// retry: a response is a success then, as on the success path.
+			success := d.verdict == verdictReturn && err == nil && ctx.Err() == nil
+			return t.end(req, h, ending{resp: resp, err: err, attempts: n, d: d, success: success, sent: start})
 		}
 		if !t.budget.withdraw(&h.budget, unixSec(mono)) {
 			h.count(budgetRefusalsCounter)
 			t.opts.tel.budgetRefused(req, h.key, n)
-			return t.giveUp(req, h, resp, err, n, decision{verdict: verdictGiveUp, reason: GiveUpBudget, wait: d.wait, policyErr: d.policyErr})
+			d = decision{verdict: verdictGiveUp, reason: GiveUpBudget, wait: d.wait, policyErr: d.policyErr}
+			return t.end(req, h, ending{resp: resp, err: err, attempts: n, d: d})
 		}
 
 		t.opts.tel.retry(req, h.key, resp, err, n, d.wait, d.retryAfter)
-		status := 0
 		if resp != nil {
-			status = resp.StatusCode
 			discard(resp) // drained off the caller's time
 		}
 		if serr := sleep(ctx, d.wait); serr != nil {
-			t.reportGiveUp(req, h, resp, err, n, GiveUpCanceled, d.wait)
-			return nil, t.retryError(req, n, status, err, serr)
+			d = decision{verdict: verdictGiveUp, reason: GiveUpCanceled, wait: d.wait}
+			return t.end(req, h, ending{resp: resp, err: err, attempts: n, d: d, cause: serr})
 		}
 		start = monotonic()
 		var berr error
 		if r, berr = rp.next(); berr != nil {
-			t.reportGiveUp(req, h, resp, berr, n, GiveUpBody, 0)
-			return nil, t.retryError(req, n, status, err, berr)
+			d = decision{verdict: verdictGiveUp, reason: GiveUpBody}
+			return t.end(req, h, ending{resp: resp, err: err, attempts: n, d: d, cause: berr})
 		}
 		h.count(retriesCounter)
 	}
 }
 
-// finish returns the response of the last attempt to the caller.
-func (t *Transport) finish(req *http.Request, resp *http.Response) *http.Response {
-	resp.Request = req
-	return resp
+// ending is how a request ends: the outcome of its last attempt, and what
+// ended it.
+type ending struct {
+	resp     *http.Response // the last attempt's response; discarded already when cause is set
+	err      error          // the last attempt's error
+	attempts int
+	d        decision // verdictGiveUp: the outcome was worth a retry, and d.reason says why none was sent
+	cause    error    // what ended the request between attempts (the context, GetBody); nil: the outcome
+	success  bool     // the request succeeded: it earns its host retries
+	sent     int64    // when the last attempt was sent, a monotonic() reading: the success's second
 }
 
-// giveUp ends a request with the outcome of its last attempt, as d says,
-// and reports it when it was worth a retry. A response is returned intact,
-// an error as it is after one attempt and in a RetryError after more; when
-// the CheckRetry policy gave an error, that error is returned instead, in
-// a RetryError, and the response is closed.
-func (t *Transport) giveUp(req *http.Request, h *hostState, resp *http.Response, err error, attempts int, d decision) (*http.Response, error) {
-	if d.verdict == verdictGiveUp {
-		t.reportGiveUp(req, h, resp, err, attempts, d.reason, d.wait)
+// end is the one way out of a request: it deposits a success in the
+// host's retry budget, counts and reports a give-up, and returns the
+// response, or builds the error. A response is returned intact; an error
+// as it is after one attempt and in a RetryError after more; the CheckRetry
+// policy's error, or what ended the request between attempts, in a
+// RetryError, the response closed.
+func (t *Transport) end(req *http.Request, h *hostState, e ending) (*http.Response, error) {
+	if e.success {
+		t.budget.deposit(&h.budget, unixSec(e.sent)) // dated when its attempt was sent: no clock reading
 	}
-	if d.policyErr != nil {
-		status := 0
-		if resp != nil {
-			status = resp.StatusCode
-			resp.Body.Close()
+	if e.d.verdict == verdictGiveUp {
+		if e.d.reason.counted() {
+			h.count(gaveUpCounter)
 		}
-		return nil, t.retryError(req, attempts, status, err, d.policyErr)
+		reported := e.err
+		if e.d.reason == GiveUpBody {
+			reported = e.cause
+		}
+		t.opts.tel.giveUp(req, h.key, e.resp, reported, e.attempts, e.d.reason, e.d.wait)
 	}
-	if err == nil {
-		return t.finish(req, resp), nil
+	status := 0
+	if e.resp != nil {
+		status = e.resp.StatusCode
 	}
-	if attempts == 1 {
-		return nil, err
+	switch {
+	case e.cause != nil:
+		return nil, t.retryError(req, e.attempts, status, e.err, e.cause)
+	case e.d.policyErr != nil:
+		if e.resp != nil {
+			e.resp.Body.Close()
+		}
+		return nil, t.retryError(req, e.attempts, status, e.err, e.d.policyErr)
+	case e.err == nil:
+		e.resp.Request = req
+		return e.resp, nil
+	case e.attempts == 1:
+		return nil, e.err
 	}
-	return nil, t.retryError(req, attempts, 0, nil, err)
-}
-
-// reportGiveUp counts and reports that the outcome (resp or err) of the
-// last of attempts is returned to the caller although it was worth a
-// retry; wait is the refused wait, if any.
-func (t *Transport) reportGiveUp(req *http.Request, h *hostState, resp *http.Response, err error, attempts int, reason GiveUpReason, wait time.Duration) {
-	if reason.counted() {
-		h.count(gaveUpCounter)
-	}
-	t.opts.tel.giveUp(req, h.key, resp, err, attempts, reason, wait)
+	return nil, t.retryError(req, e.attempts, 0, nil, e.err)
 }
 
 // retryError builds the error of a request that ended with err after
