@@ -115,8 +115,9 @@ func TestDialGateHTTP1OverTLSDialsInParallel(t *testing.T) {
 
 // An HTTP/2 server that allows 4 streams per connection, and a burst of 8
 // requests that it holds until all 8 have arrived: the first connection
-// turns 4 of them away, and the dial gate lets their dial through at once,
-// not after its grace for requests that a new connection will take.
+// turns 4 of them away, and the dial gate lets their dial through after a
+// short hold, not after its grace for requests that a new connection will
+// take.
 func TestDialGateHTTP2StreamLimit(t *testing.T) {
 	const n = 8
 	var arrived atomic.Int64
@@ -149,6 +150,10 @@ func TestDialGateHTTP2StreamLimit(t *testing.T) {
 	burst(t, c, srv.URL, n)
 	took := time.Since(start)
 	t.Logf("%d requests over %d connections in %v", n, conns.Load(), took.Round(time.Millisecond))
-	assert.EqualValues(t, 2, conns.Load(), "TLS connections: two of 4 streams each")
+	// Two connections of 4 streams each; a third when a request turned
+	// away from the second, before net/http had set it up, waited out the
+	// gate's short hold (a bare http.Transport dials 8).
+	assert.LessOrEqual(t, conns.Load(), int64(3), "TLS connections")
+	assert.GreaterOrEqual(t, conns.Load(), int64(2), "TLS connections")
 	assert.Less(t, took, serialGrace/2, "the second connection waited for the gate's grace")
 }
