@@ -104,7 +104,7 @@ func Reset() Step { return Step{fault: reset} }
 // Handle returns a step that h answers: for an answer the other steps do
 // not script, such as one computed from the request. Header, Delay,
 // IdleClose and IdleDrop apply to it; the status and the body are h's to
-// write. The body h reads is what Bodies returns.
+// write, and the request body is h's to read: Bodies has nil for it.
 func Handle(h http.HandlerFunc) Step { return Step{handler: h} }
 
 // Header returns s with the response header key set to value.
@@ -334,8 +334,8 @@ func (s *Server) Headers() []http.Header {
 
 // Bodies returns the bodies of the requests received so far, in the order
 // the requests arrived, as far as the server has read them: whole once a
-// step has answered, dropped or reset, and what its handler read for a
-// Handle step. They are kept in memory.
+// step has answered, dropped or reset; nil for a Handle step's request. They
+// are kept in memory.
 func (s *Server) Bodies() [][]byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -355,7 +355,6 @@ func (s *Server) Connections() int { return int(s.connections.Load()) }
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		close(s.closing)
-		s.srv.CloseClientConnections()
 		s.srv.Close()
 	})
 }
@@ -368,10 +367,12 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.bodies = append(s.bodies, nil)
 	n := s.requests.Add(1) // under mu, so that n matches the order of headers
 	s.mu.Unlock()
-	r.Body = &recordedBody{ReadCloser: r.Body, s: s, i: int(n) - 1}
 	step := Step{}
 	if len(s.script) > 0 {
 		step = s.script[min(int(n), len(s.script))-1]
+	}
+	if step.handler == nil {
+		r.Body = &recordedBody{ReadCloser: r.Body, s: s, i: int(n) - 1}
 	}
 	c, _ := r.Context().Value(connKey{}).(*connState)
 	if r.ProtoMajor == 1 && c != nil {

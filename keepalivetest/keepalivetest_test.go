@@ -244,7 +244,7 @@ func TestHandleAnswersWithTheHandler(t *testing.T) {
 	assert.Equal(t, http.StatusAccepted, resp.StatusCode)
 	assert.Equal(t, "POST hello", string(b))
 	assert.Equal(t, "handled", resp.Header.Get("X-Step"))
-	assert.Equal(t, [][]byte{[]byte("hello")}, s.Bodies(), "what the handler read")
+	assert.Equal(t, [][]byte{nil}, s.Bodies(), "the handler's to read")
 }
 
 func TestCutEndsTheBodyEarly(t *testing.T) {
