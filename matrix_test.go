@@ -530,7 +530,7 @@ func (c *mxCell) run() {
 	mxLabel(c.label, "server")
 	c.srv = newMxServer(c.t, c.spec.h2, c.spec.fault)
 	if c.has("proxy") {
-		proxy, _ := connectProxy(c.t) // harm_test.go
+		proxy, _ := connectProxy(c.t)
 		c.proxy, _ = url.Parse(proxy.URL)
 	}
 	mxLabel(c.label, "client")
@@ -1316,15 +1316,11 @@ func (c *mxCell) observer() Observer {
 	}
 }
 
-type mxRoundTripFunc func(*http.Request) (*http.Response, error)
-
-func (f mxRoundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
-
 // wrapAttempts is the WithAttemptTransport wrap: it checks that each
 // attempt carries its number, and what the RoundTripper under it returns.
 func (c *mxCell) wrapAttempts(rt http.RoundTripper) http.RoundTripper {
 	c.art.wraps.Add(1)
-	return mxRoundTripFunc(func(r *http.Request) (*http.Response, error) {
+	return roundTripFunc(func(r *http.Request) (*http.Response, error) {
 		c.art.calls.Add(1)
 		if n, ok := AttemptFromContext(r.Context()); !ok || n < 1 || n > mxMaxRetries+1 {
 			c.fail(invAttemptRT, "%s %s: AttemptFromContext = %d, %v", r.Method, r.Header.Get(mxHeaderID), n, ok)
@@ -1556,7 +1552,15 @@ func (l *mxHoldListener) Close() error {
 
 // wait waits d, and reports false if the request or the server ended first.
 func (s *mxServer) wait(r *http.Request, d time.Duration) bool {
-	return defectStall(r, s.done, d) // defects_test.go
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return true
+	case <-r.Context().Done():
+	case <-s.done:
+	}
+	return false
 }
 
 // ok answers 200 with the body of id. With quirk, an HTTP/1 request that

@@ -207,22 +207,6 @@ func (u *ngxUpstream) arrived(key string) int {
 	return u.arrivals[key]
 }
 
-// ngxPoll checks cond every millisecond until it holds or limit passes: a
-// watch on counters that other goroutines advance, from a goroutine that
-// may not call require.
-func ngxPoll(limit time.Duration, cond func() bool) bool {
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		<-tick.C
-	}
-	return true
-}
-
 // ngxRaceConn counts, on one client connection, the race this suite is
 // about: a request written onto a connection the server had already
 // closed. It shows in three ways: the server's FIN is read first and a
@@ -505,7 +489,7 @@ func TestNginxUpstreamKilledAndRestarted(t *testing.T) {
 		up.stop() // nginx now answers 502 to everything
 		// Stay down until the client has retried 502s at least 32 times,
 		// counted, not timed; give up waiting after 10 s.
-		ngxPoll(10*time.Second, func() bool { return tr.Stats().Retries-before >= 32 })
+		poll(10*time.Second, func() bool { return tr.Stats().Retries-before >= 32 })
 		retriesWhileDown = tr.Stats().Retries - before
 		restartErr = up.listen()
 	}()
@@ -552,7 +536,7 @@ func TestNginxReloadMidRun(t *testing.T) {
 			// Next reload once this one has taken effect (the master logs
 			// it) and the client has moved on by 500 requests.
 			mark := up.total.Load() + 500
-			ngxPoll(20*time.Second, func() bool {
+			poll(20*time.Second, func() bool {
 				return ngx.logCount("(SIGHUP) received") > before && up.total.Load() >= mark
 			})
 		}
