@@ -137,26 +137,6 @@ func TestHarmStreamedUploadAfterQuiet(t *testing.T) {
 	})
 }
 
-// slowBody is a request body whose first Read waits for delay: an upload
-// whose first bytes come late (read from disk, produced by a pipeline).
-type slowBody struct {
-	delay time.Duration
-	r     io.Reader
-	timer <-chan time.Time
-}
-
-func newSlowBody(delay time.Duration, s string) *slowBody {
-	return &slowBody{delay: delay, r: strings.NewReader(s)}
-}
-
-func (b *slowBody) Read(p []byte) (int, error) {
-	if b.timer == nil {
-		b.timer = time.After(b.delay)
-		<-b.timer
-	}
-	return b.r.Read(p)
-}
-
 // B (issue 15): an Expect: 100-continue POST whose body comes after the
 // learned idle timeout: net/http writes the head, reads the 100 Continue,
 // then writes the body. Only a request's first write on a connection back
@@ -168,9 +148,11 @@ func TestHarmExpectContinueSlowBody(t *testing.T) {
 		srv := newAnnouncingServer(t, 1)
 		srv.warm(t, c, 1) // a connection in the pool; keepalive learns the 1 s timeout
 		const payload = "a body that comes late"
-		req, err := http.NewRequest(http.MethodPost, srv.URL+"/upload", newSlowBody(time.Second, payload))
+		req, err := http.NewRequest(http.MethodPost, srv.URL+"/upload", newSlowBody(time.Second, strings.NewReader(payload)))
 		require.NoError(t, err)
-		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(newSlowBody(time.Second, payload)), nil }
+		req.GetBody = func() (io.ReadCloser, error) {
+			return io.NopCloser(newSlowBody(time.Second, strings.NewReader(payload))), nil
+		}
 		req.ContentLength = int64(len(payload))
 		req.Header.Set("Expect", "100-continue")
 		before := srv.Requests()

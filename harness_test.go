@@ -503,3 +503,23 @@ func echoOverUpgrade(t *testing.T, c *http.Client, url string) {
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// slowBody is a request body whose first Read waits for delay: an upload
+// whose first bytes come late (read from disk, produced by a pipeline).
+type slowBody struct {
+	delay   time.Duration
+	r       io.Reader
+	started bool
+}
+
+func newSlowBody(delay time.Duration, r io.Reader) *slowBody {
+	return &slowBody{delay: delay, r: r}
+}
+
+func (b *slowBody) Read(p []byte) (int, error) {
+	if !b.started {
+		b.started = true
+		waitOut(b.delay)
+	}
+	return b.r.Read(p)
+}
