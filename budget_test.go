@@ -6,7 +6,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -397,8 +396,7 @@ func BenchmarkRetryBudgetDepositParallel(b *testing.B) {
 // BenchmarkRoundTripBudget compares a whole request with the budget on and
 // off: the allocations must be the same.
 func BenchmarkRoundTripBudget(b *testing.B) {
-	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
-	b.Cleanup(srv.Close)
+	srv := cbServer(b)
 	for _, bc := range []struct {
 		name string
 		opts []Option

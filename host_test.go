@@ -3,7 +3,6 @@ package keepalive
 import (
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"strconv"
 	"testing"
@@ -99,8 +98,7 @@ func TestHostSpellingsAreBounded(t *testing.T) {
 //
 //	go test -run '^$' -bench CrawlerNewHosts -benchmem
 func BenchmarkCrawlerNewHosts(b *testing.B) {
-	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
-	b.Cleanup(srv.Close)
+	srv := cbServer(b)
 	proxy := mustParseURL(b, srv.URL)
 	for _, warm := range []int{2 * HostStatsLimit, 8 * HostStatsLimit} {
 		b.Run("hosts="+strconv.Itoa(warm), func(b *testing.B) {

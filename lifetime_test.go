@@ -263,8 +263,7 @@ func TestConnMaxLifetimeExpectContinue(t *testing.T) {
 // BenchmarkRoundTripLifetime is what WithConnMaxLifetime costs a request:
 // a header copy and a trace.
 func BenchmarkRoundTripLifetime(b *testing.B) {
-	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
-	b.Cleanup(srv.Close)
+	srv := cbServer(b)
 	for _, bc := range []struct {
 		name string
 		opts []Option
