@@ -93,7 +93,7 @@ func TestBodies(t *testing.T) {
 func TestDiscardedResponses(t *testing.T) {
 	t.Run("a small body is drained so the connection is reused", func(t *testing.T) {
 		srv := keepalivetest.NewServer(t, keepalivetest.Status(503).Body(strings.Repeat("x", 8<<10)))
-		c, tr := newTestClient(t, fastRetries, WithMaxRetries(3))
+		c, tr := newTestClient(t, fastRetries, WithMaxRetries(3), drainedFirst())
 		resp, err := c.Get(srv.URL)
 		require.NoError(t, err)
 		resp.Body.Close()

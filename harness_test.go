@@ -13,6 +13,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -522,4 +523,51 @@ func (b *slowBody) Read(p []byte) (int, error) {
 		waitOut(b.delay)
 	}
 	return b.r.Read(p)
+}
+
+// drainedFirst is WithAttemptTransport holding each attempt until the
+// response body of the attempt before it was closed. keepalive drains a
+// discarded body on a goroutine of its own, and a retry that outran the
+// drain would dial a new connection; held, it finds the drained
+// connection back in the pool, whatever the scheduler does. For requests
+// sent one at a time.
+func drainedFirst() Option {
+	return WithAttemptTransport(func(next http.RoundTripper) http.RoundTripper {
+		var mu sync.Mutex
+		var closed chan struct{} // of the last attempt's body
+		return roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			mu.Lock()
+			prev := closed
+			mu.Unlock()
+			if prev != nil {
+				timer := time.NewTimer(10 * time.Second) // a bound on a hang, not a timing
+				defer timer.Stop()
+				select {
+				case <-prev:
+				case <-timer.C:
+					return nil, errors.New("the body of the attempt before was never closed")
+				}
+			}
+			resp, err := next.RoundTrip(r)
+			if resp != nil && resp.Body != http.NoBody {
+				done := make(chan struct{})
+				resp.Body = &closeNotifier{ReadCloser: resp.Body, close: sync.OnceFunc(func() { close(done) })}
+				mu.Lock()
+				closed = done
+				mu.Unlock()
+			}
+			return resp, err
+		})
+	})
+}
+
+// closeNotifier calls close when its body is closed.
+type closeNotifier struct {
+	io.ReadCloser
+	close func()
+}
+
+func (b *closeNotifier) Close() error {
+	defer b.close()
+	return b.ReadCloser.Close()
 }

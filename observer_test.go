@@ -458,7 +458,7 @@ func TestObserverAndHostStatsOverBothProtocols(t *testing.T) {
 	forEachProto(t, func(t *testing.T, p proto) {
 		s, tlsOpt := newServer(t, p, script(503, 200)...)
 		var rec recorder
-		c, tr := newTestClient(t, tlsOpt, fastRetries, WithObserver(rec.observer(true)))
+		c, tr := newTestClient(t, tlsOpt, fastRetries, WithObserver(rec.observer(true)), drainedFirst())
 		resp, err := c.Get(s.URL)
 		require.NoError(t, err)
 		assert.Equal(t, "attempt 2: 200", readBody(t, resp))

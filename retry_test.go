@@ -29,7 +29,7 @@ func TestStatusRetries(t *testing.T) {
 	forEachProto(t, func(t *testing.T, p proto) {
 		t.Run("retried statuses end in the success", func(t *testing.T) {
 			srv, tlsOpt := newServer(t, p, script(503, 502, 200)...)
-			c, tr := newTestClient(t, tlsOpt, fastRetries)
+			c, tr := newTestClient(t, tlsOpt, fastRetries, drainedFirst())
 			resp, err := c.Get(srv.URL)
 			require.NoError(t, err)
 			assert.Equal(t, 200, resp.StatusCode)
