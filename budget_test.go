@@ -215,6 +215,7 @@ func fleetHammer(t *testing.T, c *http.Client, url string, n, workers int) int64
 // succeeds, so the floor alone pays for retries: 100 per 10 s window.
 // Backoff is off so that the budget alone limits the retries.
 func TestRetryBudgetCapsLoadOnFailingHost(t *testing.T) {
+	t.Parallel() // a host of its own; counts, not times
 	const requests, workers = 10_000, 16
 	srv := keepalivetest.NewServer(t, keepalivetest.Status(http.StatusServiceUnavailable))
 	c, tr := newTestClient(t, WithBackoff(0, 0), WithMaxIdleConnsPerHost(workers))
@@ -231,6 +232,7 @@ func TestRetryBudgetCapsLoadOnFailingHost(t *testing.T) {
 }
 
 func TestRetryBudgetOffRetriesEverything(t *testing.T) {
+	t.Parallel() // a host of its own; counts, not times
 	const requests, workers = 500, 4
 	srv := keepalivetest.NewServer(t, keepalivetest.Status(http.StatusServiceUnavailable))
 	c, tr := newTestClient(t, WithBackoff(0, 0), WithoutRetryBudget())
@@ -248,6 +250,7 @@ func TestRetryBudgetOffRetriesEverything(t *testing.T) {
 // in every run. A CheckRetry policy takes another path to the same
 // deposit.
 func TestRetryBudgetKeepsRetriesOnFlakyHost(t *testing.T) {
+	t.Parallel() // hosts of their own; counts, not times
 	for _, tc := range []struct {
 		name string
 		opts []Option

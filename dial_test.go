@@ -116,6 +116,7 @@ func TestDefaultsReuseConnectionsAt64Concurrent(t *testing.T) {
 	if testing.Short() {
 		t.Skip("40,000 requests; skipped with -short")
 	}
+	t.Parallel() // a server of its own; counts connections, not times
 	if raceEnabled {
 		perWorker = 160 // 10,240 requests find the races; the count is the normal run's
 	}

@@ -187,6 +187,7 @@ func TestFaultStallBeforeHeaders(t *testing.T) {
 	const readTimeout = 200 * time.Millisecond
 
 	t.Run("a GET whose first attempt stalls succeeds on the second", func(t *testing.T) {
+		t.Parallel()
 		srv := newFaultServer(t, faultServe(func(fc *faultConn, r *faultRequest) bool {
 			if r.n == 1 {
 				fc.waitClosed() // hold the connection until the client gives up on it
@@ -203,6 +204,7 @@ func TestFaultStallBeforeHeaders(t *testing.T) {
 	})
 
 	t.Run("a server that always stalls ends in a timeout error after the retries", func(t *testing.T) {
+		t.Parallel()
 		srv := newFaultServer(t, faultServe(func(fc *faultConn, r *faultRequest) bool {
 			fc.waitClosed()
 			return false
@@ -220,6 +222,7 @@ func TestFaultStallBeforeHeaders(t *testing.T) {
 	})
 
 	t.Run("a POST without a key that stalls is not resent", func(t *testing.T) {
+		t.Parallel()
 		srv := newFaultServer(t, faultServe(func(fc *faultConn, r *faultRequest) bool {
 			fc.waitClosed()
 			return false
@@ -240,6 +243,7 @@ func TestFaultTrickledBody(t *testing.T) {
 	const readTimeout = 300 * time.Millisecond
 
 	t.Run("a body trickled a byte at a time under the read timeout arrives whole", func(t *testing.T) {
+		t.Parallel()
 		srv := newFaultServer(t, faultServe(func(fc *faultConn, r *faultRequest) bool {
 			if fc.writeString("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n") != nil {
 				return false
@@ -264,6 +268,7 @@ func TestFaultTrickledBody(t *testing.T) {
 	})
 
 	t.Run("a body that stops mid-way fails with ErrReadTimeout", func(t *testing.T) {
+		t.Parallel()
 		srv := newFaultServer(t, faultServe(func(fc *faultConn, r *faultRequest) bool {
 			if fc.writeString("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234") != nil {
 				return false
@@ -346,6 +351,7 @@ func TestFaultHuge503BodyIsNotDrained(t *testing.T) {
 }
 
 func TestFaultRetryAfter(t *testing.T) {
+	t.Parallel() // waits out Retry-After
 	future := time.Now().Add(time.Hour).UTC()
 	past := time.Now().Add(-time.Hour).UTC()
 	tests := []struct {
@@ -368,6 +374,7 @@ func TestFaultRetryAfter(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
 			srv := newFaultServer(t, faultServe(func(fc *faultConn, r *faultRequest) bool {
 				if r.n == 1 {
 					return fc.reply(http.StatusServiceUnavailable, "busy", "Retry-After: "+tt.retryAfter) == nil

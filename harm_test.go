@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,24 +31,34 @@ import (
 )
 
 // harmClients runs f with keepalive's client (default options plus opts)
-// and with a bare http.Transport tuned the same way, and logs what each
-// returned, side by side.
+// and with a bare http.Transport tuned the same way, as parallel subtests,
+// and logs what each returned, side by side. f must not share a server
+// between the two: each meets its own.
 func harmClients(t *testing.T, scenario string, f func(t *testing.T, c *http.Client, keep bool) string, opts ...Option) {
 	t.Helper()
-	var lines []string
+	var mu sync.Mutex
+	lines := map[bool]string{}
+	t.Cleanup(func() { // once both subtests are done
+		mu.Lock()
+		defer mu.Unlock()
+		t.Logf("%s\n\t%s\n\t%s", scenario, lines[true], lines[false])
+	})
 	for _, keep := range []bool{true, false} {
 		name := map[bool]string{true: "keepalive", false: "bare http.Transport"}[keep]
 		t.Run(name, func(t *testing.T) {
+			t.Parallel()
 			var c *http.Client
 			if keep {
 				c, _ = newTestClient(t, opts...)
 			} else {
 				c = &http.Client{Transport: cbBare(t, defaultReadTimeout)}
 			}
-			lines = append(lines, fmt.Sprintf("%s: %s", name, f(t, c, keep)))
+			line := fmt.Sprintf("%s: %s", name, f(t, c, keep))
+			mu.Lock()
+			lines[keep] = line
+			mu.Unlock()
 		})
 	}
-	t.Logf("%s\n\t%s", scenario, strings.Join(lines, "\n\t"))
 }
 
 // transportOf returns the *Transport of c, or nil for the bare one.
@@ -175,6 +186,7 @@ func TestHarmExpectContinueSlowBody(t *testing.T) {
 func TestHarmUpgradedConnection(t *testing.T) {
 	t.Parallel() // sleeps through a quiet period; no server here closes on its own
 	t.Run("quiet past the learned timeout", func(t *testing.T) {
+		t.Parallel()
 		harmClients(t, "C. a 101 upgrade, quiet for 1 s on a host with a learned 1 s timeout", func(t *testing.T, c *http.Client, keep bool) string {
 			srv := upgradeServer(t, nil, nil)
 			resp, err := c.Get(srv.URL) // keepalive learns the 1 s timeout; the connection goes to the pool
@@ -194,6 +206,7 @@ func TestHarmUpgradedConnection(t *testing.T) {
 	})
 	for _, learn := range []bool{true, false} {
 		t.Run(fmt.Sprintf("unread data from the peer, learning %v", learn), func(t *testing.T) {
+			t.Parallel()
 			var opts []Option
 			if !learn {
 				opts = append(opts, WithoutIdleLearning())
@@ -252,59 +265,74 @@ func TestHarmProxyAndIDN(t *testing.T) {
 	t.Parallel() // sleeps through quiet periods; no server here closes on its own
 	const posts = 6
 	t.Run("CONNECT proxy", func(t *testing.T) {
-		// An HTTPS server, HTTP/1.1 alone, that drops what arrives on a
-		// connection idle for 800 ms and announces a 1 s timeout, but
-		// never closes an idle connection itself.
-		srv := newIdleServer(t, https1, 800*time.Millisecond, 0, "timeout=1")
-		proxy, tunnels := connectProxy(t)
-		proxyURL, _ := url.Parse(proxy.URL)
-		tlsConf := srv.TLSConfig()
+		t.Parallel()
+		// For each client an HTTPS server, HTTP/1.1 alone, that drops what
+		// arrives on a connection idle for 800 ms and announces a 1 s
+		// timeout, but never closes an idle connection itself, and a proxy.
+		type target struct {
+			srv     *idleServer
+			proxy   *url.URL
+			tunnels *atomic.Int64
+		}
+		targets := map[bool]target{}
+		for _, keep := range []bool{true, false} {
+			proxy, tunnels := connectProxy(t)
+			targets[keep] = target{newIdleServer(t, https1, 800*time.Millisecond, 0, "timeout=1"), mustParseURL(t, proxy.URL), tunnels}
+		}
+		ka := targets[true]
 		harmClients(t, "D. 6 unkeyed POSTs through a CONNECT proxy, each after 850 ms quiet, to a server that drops what arrives after 800 ms idle", func(t *testing.T, c *http.Client, keep bool) string {
+			tg := targets[keep]
 			if !keep {
 				bare := c.Transport.(*http.Transport)
-				bare.Proxy = http.ProxyURL(proxyURL)
-				bare.TLSClientConfig = tlsConf
+				bare.Proxy = http.ProxyURL(tg.proxy)
+				bare.TLSClientConfig = tg.srv.TLSConfig()
 			}
-			before := srv.dropped()
-			failed := postsAfterQuiet(t, c, srv.URL, posts, 850*time.Millisecond)
-			dropped := srv.dropped() - before
+			failed := postsAfterQuiet(t, c, tg.srv.URL, posts, 850*time.Millisecond)
 			if keep {
 				assert.Zero(t, failed, "POSTs lost")
-				assert.Zero(t, dropped)
+				assert.Zero(t, tg.srv.dropped())
 				tr := transportOf(c)
 				assert.Positive(t, tr.Stats().ConnsRetiredIdle)
 				assert.Len(t, tr.HostStats(), 1, "the target's key alone")
 			}
-			return fmt.Sprintf("%d of %d POSTs lost (%d tunnels so far)", failed, posts, tunnels.Load())
-		}, WithProxy(http.ProxyURL(proxyURL)), WithTLSConfig(tlsConf))
+			return fmt.Sprintf("%d of %d POSTs lost (%d tunnels)", failed, posts, tg.tunnels.Load())
+		}, WithProxy(http.ProxyURL(ka.proxy)), WithTLSConfig(ka.srv.TLSConfig()))
 	})
 	t.Run("a name in Unicode", func(t *testing.T) {
-		srv := newIdleServer(t, https1, 800*time.Millisecond, 0, "timeout=1")
-		addr := hostOf(t, srv.URL)
-		_, port, _ := net.SplitHostPort(addr)
-		dial := func(ctx context.Context, network, _ string) (net.Conn, error) { // every name is this server
-			var d net.Dialer
-			return d.DialContext(ctx, network, addr)
+		t.Parallel()
+		// For each client a server as above, which every name dials.
+		type target struct {
+			port string
+			dial func(ctx context.Context, network, addr string) (net.Conn, error)
+		}
+		targets := map[bool]target{}
+		for _, keep := range []bool{true, false} {
+			addr := hostOf(t, newIdleServer(t, https1, 800*time.Millisecond, 0, "timeout=1").URL)
+			_, port, _ := net.SplitHostPort(addr)
+			targets[keep] = target{port, func(ctx context.Context, network, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, network, addr)
+			}}
 		}
 		tlsConf := &tls.Config{InsecureSkipVerify: true} // the test certificate names no Unicode host
-		u := "https://bücher.test:" + port + "/"
 		harmClients(t, "D. 6 unkeyed POSTs to https://bücher.test, each after 850 ms quiet, to a server that drops what arrives after 800 ms idle", func(t *testing.T, c *http.Client, keep bool) string {
+			tg := targets[keep]
 			if !keep {
 				bare := c.Transport.(*http.Transport)
-				bare.DialContext = dial
+				bare.DialContext = tg.dial
 				bare.TLSClientConfig = tlsConf
 			}
-			failed := postsAfterQuiet(t, c, u, posts, 850*time.Millisecond)
+			failed := postsAfterQuiet(t, c, "https://bücher.test:"+tg.port+"/", posts, 850*time.Millisecond)
 			if keep {
 				assert.Zero(t, failed, "POSTs lost")
 				tr := transportOf(c)
-				assert.Equal(t, []string{"bücher.test:" + port}, keysOf(tr.HostStats()), "one key for the host")
+				assert.Equal(t, []string{"bücher.test:" + tg.port}, keysOf(tr.HostStats()), "one key for the host")
 				st := tr.Stats()
 				assert.Positive(t, st.ConnsRetiredIdle)
-				assert.EqualValues(t, st.Dials, tr.HostStats()["bücher.test:"+port].Dials, "its dials counted under its key")
+				assert.EqualValues(t, st.Dials, tr.HostStats()["bücher.test:"+tg.port].Dials, "its dials counted under its key")
 			}
 			return fmt.Sprintf("%d of %d POSTs lost", failed, posts)
-		}, WithDialContext(dial), WithTLSConfig(tlsConf))
+		}, WithDialContext(targets[true].dial), WithTLSConfig(tlsConf))
 	})
 }
 
@@ -323,10 +351,9 @@ func keysOf[V any](m map[string]V) []string {
 func TestHarmLateBodyRead(t *testing.T) {
 	t.Parallel() // sleeps through quiet periods; no server here closes on its own
 	const rounds = 5
-	srv := newIdleServer(t, http1, 900*time.Millisecond, 0, "timeout=1")
-	srv.getBody = 64 << 10 // arrives whole in the socket's buffer before the caller reads it
 	harmClients(t, "E. a GET body read 600 ms late, then an unkeyed POST 350 ms later, against a server that drops what arrives after 900 ms idle", func(t *testing.T, c *http.Client, keep bool) string {
-		before := srv.dropped()
+		srv := newIdleServer(t, http1, 900*time.Millisecond, 0, "timeout=1")
+		srv.getBody = 64 << 10 // arrives whole in the socket's buffer before the caller reads it
 		failed := 0
 		for i := range rounds {
 			resp, err := c.Get(srv.URL)
@@ -343,7 +370,7 @@ func TestHarmLateBodyRead(t *testing.T) {
 		}
 		if keep {
 			assert.Zero(t, failed, "POSTs lost")
-			assert.Zero(t, srv.dropped()-before)
+			assert.Zero(t, srv.dropped())
 		}
 		return fmt.Sprintf("%d of %d POSTs lost", failed, rounds)
 	})
@@ -564,6 +591,7 @@ func TestHarmOverflowHostsKeepTheirRetries(t *testing.T) {
 func TestHarmRestartAndCutStreamsNotLearned(t *testing.T) {
 	t.Parallel() // sleeps through quiet periods; the servers close only when told
 	t.Run("a graceful restart", func(t *testing.T) {
+		t.Parallel()
 		const conns = 8
 		var (
 			mu      sync.Mutex
@@ -622,6 +650,7 @@ func TestHarmRestartAndCutStreamsNotLearned(t *testing.T) {
 		assert.Zero(t, tr.Stats().ConnsRetiredIdle)
 	})
 	t.Run("responses cut off mid-body", func(t *testing.T) {
+		t.Parallel()
 		srv := newFaultServer(t, faultServe(func(fc *faultConn, r *faultRequest) bool {
 			if r.URL.Path == "/cut" { // half the body, a pause, then the close
 				fc.writeString("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf ")

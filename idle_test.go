@@ -40,6 +40,7 @@ func idlePost(t *testing.T, c *http.Client, url, id string) error {
 // again: the unkeyed POST that would have crossed the close goes to a new
 // connection. Without learning, it is lost.
 func TestIdleTimeoutLearnedFromClose(t *testing.T) {
+	t.Parallel() // sleeps through idle periods; each server closes only its own connections
 	forLearning(t, func(t *testing.T, learn bool) {
 		srv := newIdleServer(t, http1, 760*time.Millisecond, time.Second, "")
 		c, tr := idleClient(t, learn)
@@ -170,6 +171,7 @@ func TestIdleTimeoutOverTLS(t *testing.T) {
 	t.Parallel() // sleeps through idle periods; no server here closes on its own
 	for _, p := range []proto{https1, http2} {
 		t.Run(p.String(), func(t *testing.T) {
+			t.Parallel()
 			srv, tlsOpt := newServer(t, p, keepalivetest.Handle(func(w http.ResponseWriter, r *http.Request) {
 				io.WriteString(w, r.Proto)
 			}))
@@ -249,10 +251,15 @@ func TestClosedUnderneath(t *testing.T) {
 	assert.Error(t, err)
 }
 
-// forLearning runs f with idle-timeout learning on and off.
+// forLearning runs f with idle-timeout learning on and off, as parallel
+// subtests.
 func forLearning(t *testing.T, f func(t *testing.T, learn bool)) {
-	t.Run("learning", func(t *testing.T) { f(t, true) })
-	t.Run("WithoutIdleLearning", func(t *testing.T) { f(t, false) })
+	for _, learn := range []bool{true, false} {
+		t.Run(map[bool]string{true: "learning", false: "WithoutIdleLearning"}[learn], func(t *testing.T) {
+			t.Parallel() // each has its own server and client
+			f(t, learn)
+		})
+	}
 }
 
 // idleClient is a client with idle-timeout learning on or off.

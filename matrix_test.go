@@ -66,8 +66,13 @@ const (
 	mxRecoveryTries  = 25                     // requests for a breaker to close once the server is healthy
 	mxTimeoutTries   = 6                      // timeouts tolerated per request of the healthy phase
 	mxOutageRequests = 6                      // requests at most while the server fails every one (breaker cells)
-	mxConcurrency    = 16                     // cells run at once
 )
+
+// mxConcurrency is how many cells run at once (a cell that waits counts
+// half): under the race detector 20 keep both CPUs of a 2-core machine
+// busy, and 28 starved cells past their deadlines; without it the cells
+// wait on their servers' timers, and more run at once.
+var mxConcurrency = map[bool]int{true: 20, false: 48}[raceEnabled]
 
 // The server's misbehaviour.
 const (
@@ -167,7 +172,10 @@ type mxFault struct {
 	restart bool
 	// hang: in the fault phase the server accepts connections and never
 	// serves them: a TLS handshake with it hangs.
-	hang  bool
+	hang bool
+	// waits: a cell spends most of its time waiting out the server's
+	// timers, and takes half a place in the pool of cells that run at once.
+	waits bool
 	http1 func(s *mxServer, w http.ResponseWriter, r *http.Request, id string)
 	http2 func(s *mxServer, w http.ResponseWriter, r *http.Request, id string)
 }
@@ -202,7 +210,7 @@ var mxFaults = []mxFault{
 	// the client pauses around it: past it between the fault rounds (the
 	// client learns the timeout), just short of it before each request of
 	// the healthy phase (it must not write into a closing connection).
-	{name: "idleclose", hit: func(int64) bool { return false }, idle: mxIdleClose},
+	{name: "idleclose", hit: func(int64) bool { return false }, idle: mxIdleClose, waits: true},
 	// Every request is answered, and after each round of the fault phase
 	// the server closes every connection at once, whatever its idle age,
 	// as a graceful restart does: closes that teach no idle timeout.
@@ -211,7 +219,7 @@ var mxFaults = []mxFault{
 	// on them: over HTTP/2 (TLS) every handshake hangs until the client's
 	// handshake timeout (mxHangTimeout in these cells), over HTTP/1 every
 	// request until the read timeout.
-	{name: "hangdial", hit: func(int64) bool { return false }, fails: true, hang: true},
+	{name: "hangdial", hit: func(int64) bool { return false }, fails: true, hang: true, waits: true},
 }
 
 // mxKind is a kind of request of the mix each cell sends.
@@ -337,25 +345,43 @@ func gcd(a, b int) int {
 }
 
 // TestMatrix runs the cells of mxSpecs (under -short, each option alone),
-// mxConcurrency at a time. A cell waits mostly on the stalls and timeouts
+// mxConcurrency at a time. Under the race detector it runs alone, as its
+// cells keep the CPUs busy; without it, beside the other parallel tests,
+// as its cells mostly wait. A cell waits mostly on the stalls and timeouts
 // of its server, so cells run concurrently: from a pool of goroutines that call
 // t.Run, which -parallel (GOMAXPROCS by default) does not limit as it does
 // t.Parallel; a cell whose requests are done and which only waits for its
 // goroutines to end leaves its place to the next. The goroutines of each
 // cell carry pprof labels, which tell its own apart from those of the
-// cells running beside it.
+// cells running beside it. A cell of a fault that waits (mxFault.waits)
+// takes half a place.
 func TestMatrix(t *testing.T) {
+	if !raceEnabled {
+		t.Parallel()
+	}
 	specs := mxSpecs(testing.Short())
 	sum := &mxSummary{cells: map[string][]string{}}
-	sem := make(chan struct{}, mxConcurrency)
+	sem := make(chan struct{}, 2*mxConcurrency) // half places
 	var wg sync.WaitGroup
 	for i, spec := range specs {
-		sem <- struct{}{}
+		places := 2
+		if spec.fault.waits {
+			places = 1
+		}
+		for range places {
+			sem <- struct{}{}
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			var once sync.Once
-			release := func() { once.Do(func() { <-sem }) }
+			release := func() {
+				once.Do(func() {
+					for range places {
+						<-sem
+					}
+				})
+			}
 			defer release()
 			t.Run(spec.name, func(t *testing.T) {
 				sum.ran.Add(1)

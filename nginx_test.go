@@ -434,6 +434,7 @@ func TestNginxIdleTimeoutRace(t *testing.T) {
 	if testing.Short() {
 		t.Skip("20,000 requests through nginx: skipped with -short")
 	}
+	t.Parallel() // an nginx of its own; the time goes to its idle timeouts
 	up := ngxStartUpstream(t)
 	ngx := ngxStart(t, up.addr, "keepalive_timeout 1s; keepalive_requests 10;")
 	// The client keeps idle connections far longer than nginx (the
@@ -471,6 +472,7 @@ func TestNginxUpstreamKilledAndRestarted(t *testing.T) {
 	if testing.Short() {
 		t.Skip("nginx scenario: skipped with -short")
 	}
+	t.Parallel() // an nginx and an upstream of its own
 	up := ngxStartUpstream(t)
 	ngx := ngxStart(t, up.addr, "keepalive_timeout 75s;")
 	// Enough retries to outlast a restart that takes a few tens of
@@ -514,6 +516,7 @@ func TestNginxReloadMidRun(t *testing.T) {
 	if testing.Short() {
 		t.Skip("nginx scenario: skipped with -short")
 	}
+	t.Parallel() // an nginx and an upstream of its own
 	up := ngxStartUpstream(t)
 	ngx := ngxStart(t, up.addr, "keepalive_timeout 75s;")
 	c, tr := newTestClient(t, WithProxy(nil), WithBackoff(5*time.Millisecond, 50*time.Millisecond))

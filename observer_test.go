@@ -90,6 +90,7 @@ func TestObserverSeesEveryAttemptOfARetriedRequest(t *testing.T) {
 }
 
 func TestObserverRetryCarriesRetryAfterAndErrors(t *testing.T) {
+	t.Parallel() // waits out a Retry-After
 	// The reset comes first: on a reused connection net/http would resend
 	// the GET by itself, within the attempt.
 	s := keepalivetest.NewServer(t, keepalivetest.Reset(), keepalivetest.Status(503).RetryAfter("1"), keepalivetest.Status(200))

@@ -138,6 +138,7 @@ func TestHostPauseHoldsEveryGoroutine(t *testing.T) {
 	const pause = time.Second
 	for _, on := range []bool{true, false} {
 		t.Run(fmt.Sprintf("pause=%v", on), func(t *testing.T) {
+			t.Parallel() // a server and a client of its own
 			srv := newPauseServer(t, http.StatusTooManyRequests, fixed(http.Header{"Retry-After": {"1"}}), pause)
 			var (
 				mu     sync.Mutex
@@ -267,6 +268,7 @@ func TestHostPauseRetryAfterPastCap(t *testing.T) {
 // say no quota is left pauses the host for the reset it names; the next
 // request, with retries or without, arrives no earlier.
 func TestHostPauseQuotaFields(t *testing.T) {
+	t.Parallel() // waits out the pauses
 	cases := []struct {
 		name   string
 		header func(arrived time.Time) http.Header
@@ -299,6 +301,7 @@ func TestHostPauseQuotaFields(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			srv := newPauseServer(t, http.StatusOK, c.header, c.pause)
 			var events []HostPauseEvent
 			client, tr := newTestClient(t, append(c.opts, WithObserver(Observer{OnHostPause: func(e HostPauseEvent) { events = append(events, e) }}))...)

@@ -52,7 +52,9 @@ func TestAttemptTimeoutRetriesAStalledAttempt(t *testing.T) {
 // cut off its body. The server sends headers at once and the body only
 // after several attempt timeouts have passed.
 func TestAttemptTimeoutNeverCutsOffTheBody(t *testing.T) {
+	t.Parallel() // waits out attempt timeouts
 	forEachProto(t, func(t *testing.T, p proto) {
+		t.Parallel()
 		const d = 200 * time.Millisecond
 		release := make(chan struct{})
 		srv, tlsOpt := newServer(t, p, keepalivetest.Handle(func(w http.ResponseWriter, r *http.Request) {
@@ -155,6 +157,7 @@ func TestReadTimeout(t *testing.T) {
 	const timeout = 300 * time.Millisecond
 	forEachProto(t, func(t *testing.T, p proto) {
 		t.Run("a stall before headers fails the attempt and is retried", func(t *testing.T) {
+			t.Parallel()
 			srv, tlsOpt := newServer(t, p, keepalivetest.Status(200).Delay(time.Hour))
 			c, tr := newTestClient(t, tlsOpt, WithReadTimeout(timeout), WithMaxRetries(1), fastRetries)
 			_, err := c.Get(srv.URL)
@@ -166,6 +169,7 @@ func TestReadTimeout(t *testing.T) {
 			assert.EqualValues(t, 2, tr.Stats().Attempts)
 		})
 		t.Run("a body that keeps trickling is not cut off", func(t *testing.T) {
+			t.Parallel()
 			// Bytes spaced by timeout/3: the whole body takes over twice
 			// the read timeout, no gap comes near it.
 			srv, tlsOpt := newServer(t, p, keepalivetest.Status(200).Body("01234567").Trickle(timeout/3))
@@ -175,6 +179,7 @@ func TestReadTimeout(t *testing.T) {
 			assert.Equal(t, "01234567", readBody(t, resp))
 		})
 		t.Run("a stall in the body fails the read and says so", func(t *testing.T) {
+			t.Parallel()
 			srv, tlsOpt := newServer(t, p, keepalivetest.Status(200).Body("partial, and the rest").Stall(len("partial")))
 			c, _ := newTestClient(t, tlsOpt, WithReadTimeout(timeout))
 			resp, err := c.Get(srv.URL)
@@ -223,6 +228,7 @@ func TestAttemptTimeoutNeverNilNil(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel() // a server and a Transport of its own
 			srv := handlerServer(t, func(w http.ResponseWriter, r *http.Request) {
 				// Latency drawn from [timeout/2, 3*timeout/2): many answers
 				// arrive just as the attempt timer fires.
@@ -313,12 +319,14 @@ func TestStalledUploadTimesOut(t *testing.T) {
 	}
 
 	t.Run("an HTTP/1 upload the server stops reading fails with a timeout", func(t *testing.T) {
+		t.Parallel()
 		srv := keepalivetest.NewServer(t, keepalivetest.Status(200).Delay(time.Hour)) // reads no body and never answers
 		c, _ := newTestClient(t, WithProxy(nil), WithReadTimeout(readTimeout))
 		check(t, c, srv.URL+"/upload")
 	})
 
 	t.Run("an HTTP/2 upload the server stops reading fails with a timeout", func(t *testing.T) {
+		t.Parallel()
 		// /ready is answered, then the upload meets a server that reads
 		// no body and never answers.
 		srv, tlsOpt := newServer(t, http2, keepalivetest.Status(200), keepalivetest.Status(200).Delay(time.Hour))

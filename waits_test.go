@@ -72,9 +72,11 @@ func TestParseRetryAfter(t *testing.T) {
 }
 
 func TestRetryAfter(t *testing.T) {
+	t.Parallel() // waits out Retry-After
 	retryAfter := func(v string) keepalivetest.Step { return keepalivetest.Status(503).RetryAfter(v) }
 	ok := keepalivetest.Status(200).Body("ok")
 	t.Run("the client waits as asked", func(t *testing.T) {
+		t.Parallel()
 		srv := keepalivetest.NewServer(t, retryAfter("1"), ok)
 		c, _ := newTestClient(t, fastRetries)
 		start := time.Now()
@@ -84,6 +86,7 @@ func TestRetryAfter(t *testing.T) {
 		assert.GreaterOrEqual(t, time.Since(start), time.Second)
 	})
 	t.Run("an HTTP-date is honoured", func(t *testing.T) {
+		t.Parallel()
 		srv := keepalivetest.NewServer(t, retryAfter(time.Now().Add(2*time.Second).UTC().Format(http.TimeFormat)), ok)
 		c, _ := newTestClient(t, fastRetries)
 		start := time.Now()
