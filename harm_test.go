@@ -314,13 +314,15 @@ func TestHarmProxyAndIDN(t *testing.T) {
 				return d.DialContext(ctx, network, addr)
 			}}
 		}
-		tlsConf := &tls.Config{InsecureSkipVerify: true} // the test certificate names no Unicode host
+		// The test certificate names no Unicode host. Each client gets a
+		// configuration of its own: net/http writes to the one it is given.
+		tlsConf := func() *tls.Config { return &tls.Config{InsecureSkipVerify: true} }
 		harmClients(t, "D. 6 unkeyed POSTs to https://bücher.test, each after 850 ms quiet, to a server that drops what arrives after 800 ms idle", func(t *testing.T, c *http.Client, keep bool) string {
 			tg := targets[keep]
 			if !keep {
 				bare := c.Transport.(*http.Transport)
 				bare.DialContext = tg.dial
-				bare.TLSClientConfig = tlsConf
+				bare.TLSClientConfig = tlsConf()
 			}
 			failed := postsAfterQuiet(t, c, "https://bücher.test:"+tg.port+"/", posts, 850*time.Millisecond)
 			if keep {
@@ -332,7 +334,7 @@ func TestHarmProxyAndIDN(t *testing.T) {
 				assert.EqualValues(t, st.Dials, tr.HostStats()["bücher.test:"+tg.port].Dials, "its dials counted under its key")
 			}
 			return fmt.Sprintf("%d of %d POSTs lost", failed, posts)
-		}, WithDialContext(targets[true].dial), WithTLSConfig(tlsConf))
+		}, WithDialContext(targets[true].dial), WithTLSConfig(tlsConf()))
 	})
 }
 
@@ -381,7 +383,9 @@ func TestHarmLateBodyRead(t *testing.T) {
 // HTTP/2 connection, HTTP/1: a burst still shares one HTTP/2 connection,
 // and a stream on it survives a quiet period past an HTTP/1 idle timeout.
 func TestHarmUpgradeOnHTTP2Host(t *testing.T) {
-	t.Parallel() // sleeps through a quiet period; no server here closes on its own
+	// Not parallel: that the burst shares one connection rests on the dial
+	// gate's wait for the first connection, which a loaded machine can
+	// outlast.
 	srv, tlsOpt := newServer(t, http2, keepalivetest.Handle(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.Header.Get("Upgrade") == "websocket":
