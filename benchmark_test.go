@@ -1,23 +1,20 @@
-package keepalive_test
+package keepalive
 
 import (
 	"bytes"
 	"io"
-	"net"
 	"net/http"
-	"net/http/httptest"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/keepalive-go/keepalive"
 )
 
 // The benchmarks compare a default *keepalive.Transport with a bare
-// http.Transport tuned the same way, on the success path over loopback. The
-// difference between the two is the cost of the retry layer and of the
-// read-timeout body wrapper. Compare with
+// http.Transport tuned the same way (cbKeepalive and cbBare), on the
+// success path over loopback. The difference between the two is the cost
+// of the retry layer and of the read-timeout body wrapper. Compare with
 //
 //	go test -run '^$' -bench 'BenchmarkTransport$' -benchmem -count 10 | tee new.txt
 //	benchstat -col /impl new.txt
@@ -25,36 +22,47 @@ import (
 //	benchstat paired.txt
 //
 // The peers (go-retryablehttp, resty, failsafe-go) are measured by the
-// separate module in bench/, so that they stay out of this go.mod.
+// separate module in bench/, so that they stay out of this go.mod. The
+// scaffold they share with the whole-request comparison (servers,
+// transports, requests, CPU time, medians) is in clientbench_test.go.
 
 // benchBody is the request body of the POST benchmarks.
 var benchBody = bytes.Repeat([]byte("k"), 1<<10)
 
-// benchResponse is what the server answers: small, so that the client's
-// own costs are not hidden behind copying.
-var benchResponse = []byte("ok\n")
+// benchImpls are the transports the benchmarks compare.
+var benchImpls = []struct {
+	name string
+	new  func(tb testing.TB) http.RoundTripper
+}{
+	{"bare", func(tb testing.TB) http.RoundTripper { return cbBare(tb, defaultReadTimeout) }},
+	{"keepalive", func(tb testing.TB) http.RoundTripper { return cbKeepalive(tb) }},
+}
+
+// benchModes are the concurrencies of the benchmarks: one request at a
+// time, and 4 goroutines per CPU, enough to keep several pooled
+// connections busy at once on a small machine.
+var benchModes = []struct {
+	name string
+	g    func() int
+}{
+	{"seq", func() int { return 1 }},
+	{"par", func() int { return 4 * runtime.GOMAXPROCS(0) }},
+}
 
 // BenchmarkTransport runs each case once per transport, as sub-benchmarks
 // impl=bare and impl=keepalive, and reports allocations and the process
 // CPU time per request (cpu-ns/op, client and server together).
 func BenchmarkTransport(b *testing.B) {
-	impls := []struct {
-		name string
-		new  func(b *testing.B) http.RoundTripper
-	}{
-		{"bare", newBareTransport},
-		{"keepalive", newKeepaliveTransport},
-	}
 	for _, op := range []string{http.MethodGet, http.MethodPost} {
-		for _, mode := range []string{"seq", "par"} {
-			for _, impl := range impls {
-				b.Run("op="+op+"/mode="+mode+"/impl="+impl.name, func(b *testing.B) {
-					srv := newBenchServer(b)
+		for _, mode := range benchModes {
+			for _, impl := range benchImpls {
+				b.Run("op="+op+"/mode="+mode.name+"/impl="+impl.name, func(b *testing.B) {
+					srv := cbServer(b)
 					client := &http.Client{Transport: impl.new(b)}
-					if mode == "seq" {
-						benchSequential(b, client, op, srv.URL)
-					} else {
-						benchParallel(b, client, op, srv.URL)
+					cpu0, cpuOK := cbCPU()
+					cbLoop(b, mode.g(), func() error { return benchRequest(client, op, srv.URL) })
+					if cpu1, _ := cbCPU(); cpuOK && b.N > 0 {
+						b.ReportMetric(float64(cpu1-cpu0)/float64(b.N), "cpu-ns/op")
 					}
 				})
 			}
@@ -71,54 +79,40 @@ func BenchmarkTransport(b *testing.B) {
 // where the separate benchmarks above vary by tens of percent.
 func BenchmarkTransportPaired(b *testing.B) {
 	for _, op := range []string{http.MethodGet, http.MethodPost} {
-		for _, mode := range []string{"seq", "par"} {
-			b.Run("op="+op+"/mode="+mode, func(b *testing.B) {
-				srv := newBenchServer(b)
-				clients := [2]*http.Client{
-					{Transport: newBareTransport(b)},
-					{Transport: newKeepaliveTransport(b)},
+		for _, mode := range benchModes {
+			b.Run("op="+op+"/mode="+mode.name, func(b *testing.B) {
+				srv := cbServer(b)
+				var clients [2]*http.Client
+				for i, impl := range benchImpls {
+					clients[i] = &http.Client{Transport: impl.new(b)}
 				}
 				var (
 					mu    sync.Mutex
 					times [2][]time.Duration // per transport, one per request
+					n     int
 				)
-				// run sends n pairs, alternating which transport goes first,
-				// and keeps the times.
-				run := func(next func() bool) error {
-					var local [2][]time.Duration
-					defer func() {
-						mu.Lock()
-						defer mu.Unlock()
-						for i := range local {
-							times[i] = append(times[i], local[i]...)
+				// Each call sends a pair, alternating which transport goes
+				// first, and keeps the times.
+				cbLoop(b, mode.g(), func() error {
+					mu.Lock()
+					n++
+					first := n % 2
+					mu.Unlock()
+					var took [2]time.Duration
+					for k := range 2 {
+						i := (first + k) % 2
+						start := time.Now()
+						if err := benchRequest(clients[i], op, srv.URL); err != nil {
+							return err
 						}
-					}()
-					for n := 0; next(); n++ {
-						for k := range 2 {
-							i := (n + k) % 2
-							start := time.Now()
-							if err := benchRequest(clients[i], op, srv.URL); err != nil {
-								return err
-							}
-							local[i] = append(local[i], time.Since(start))
-						}
+						took[i] = time.Since(start)
 					}
+					mu.Lock()
+					times[0], times[1] = append(times[0], took[0]), append(times[1], took[1])
+					mu.Unlock()
 					return nil
-				}
-				b.ReportAllocs()
-				if mode == "seq" {
-					if err := run(b.Loop); err != nil {
-						b.Fatal(err)
-					}
-				} else {
-					b.SetParallelism(4)
-					b.RunParallel(func(pb *testing.PB) {
-						if err := run(pb.Next); err != nil {
-							b.Error(err)
-						}
-					})
-				}
-				bare, ka := medianDuration(times[0]), medianDuration(times[1])
+				})
+				bare, ka := median(times[0]), median(times[1])
 				if bare == 0 {
 					return
 				}
@@ -130,69 +124,13 @@ func BenchmarkTransportPaired(b *testing.B) {
 	}
 }
 
-func medianDuration(ds []time.Duration) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	slices.Sort(ds)
-	return ds[len(ds)/2]
-}
-
-func benchSequential(b *testing.B, client *http.Client, method, url string) {
-	b.ReportAllocs()
-	cpu := startCPU()
-	for b.Loop() {
-		if err := benchRequest(client, method, url); err != nil {
-			b.Fatal(err)
-		}
-	}
-	cpu.report(b)
-}
-
-func benchParallel(b *testing.B, client *http.Client, method, url string) {
-	b.ReportAllocs()
-	// 4 goroutines per CPU: enough to keep several pooled connections busy
-	// at once on a small machine.
-	b.SetParallelism(4)
-	cpu := startCPU()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			if err := benchRequest(client, method, url); err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
-	cpu.report(b)
-}
-
-// cpuMeter reports the process CPU time per operation, client and server
-// together, as the metric cpu-ns/op.
-type cpuMeter struct {
-	start time.Duration
-	ok    bool
-}
-
-func startCPU() cpuMeter {
-	d, ok := processCPU()
-	return cpuMeter{start: d, ok: ok}
-}
-
-func (m cpuMeter) report(b *testing.B) {
-	end, ok := processCPU()
-	if !m.ok || !ok || b.N == 0 {
-		return
-	}
-	b.ReportMetric(float64(end-m.start)/float64(b.N), "cpu-ns/op")
-}
-
 // benchRequest sends one request and reads and closes the whole response,
-// so that its connection goes back to the pool.
+// so that its connection goes back to the pool. A POST carries benchBody,
+// from a bytes.Reader: it has a GetBody, so it is replayable and the
+// retry layer needs no buffer.
 func benchRequest(client *http.Client, method, url string) error {
 	var body io.Reader
 	if method == http.MethodPost {
-		// A bytes.Reader gives the request a GetBody, so it is replayable
-		// and the retry layer needs no buffer.
 		body = bytes.NewReader(benchBody)
 	}
 	req, err := http.NewRequest(method, url, body)
@@ -217,54 +155,18 @@ type statusError struct{ code int }
 
 func (e *statusError) Error() string { return "unexpected status " + http.StatusText(e.code) }
 
-func newBenchServer(b *testing.B) *httptest.Server {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
-		w.Header().Set("Content-Type", "text/plain")
-		_, _ = w.Write(benchResponse)
-	}))
-	b.Cleanup(srv.Close)
-	return srv
-}
-
-func newKeepaliveTransport(b *testing.B) http.RoundTripper {
-	tr, err := keepalive.NewTransport()
-	if err != nil {
-		b.Fatal(err)
+// median returns the middle of xs, the mean of the two middle values for
+// an even count, and zero for none; xs is not modified.
+func median[T ~int64 | ~float64](xs []T) T {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	var zero T
+	switch n := len(s); {
+	case n == 0:
+		return zero
+	case n%2 == 1:
+		return s[n/2]
+	default:
+		return s[n/2-1] + (s[n/2]-s[n/2-1])/2
 	}
-	b.Cleanup(tr.CloseIdleConnections)
-	return tr
-}
-
-// newBareTransport is an http.Transport with the settings of a default
-// keepalive.Transport (the values its options' docs state), and nothing on
-// top.
-func newBareTransport(b *testing.B) http.RoundTripper {
-	dialer := &net.Dialer{
-		Timeout: 5 * time.Second,
-		KeepAliveConfig: net.KeepAliveConfig{
-			Enable:   true,
-			Idle:     30 * time.Second, // keepalive's fixed TCP keep-alive tuning
-			Interval: 15 * time.Second,
-			Count:    3,
-		},
-	}
-	tr := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           dialer.DialContext,
-		ForceAttemptHTTP2:     true,
-		TLSHandshakeTimeout:   10 * time.Second,
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   256,
-		MaxConnsPerHost:       0,
-		IdleConnTimeout:       50 * time.Second,
-		ResponseHeaderTimeout: 10 * time.Second,
-		ExpectContinueTimeout: time.Second, // as keepalive sets it
-		HTTP2: &http.HTTP2Config{
-			SendPingTimeout: 30 * time.Second, // keepalive's fixed HTTP/2 health checks
-			PingTimeout:     15 * time.Second,
-		},
-	}
-	b.Cleanup(tr.CloseIdleConnections)
-	return tr
 }

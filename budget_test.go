@@ -6,13 +6,13 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-retryablehttp"
+	"github.com/keepalive-go/keepalive/keepalivetest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -183,18 +183,6 @@ func TestRetryBudgetZeroFieldsTakeDefaults(t *testing.T) {
 		RetryBudget{Ratio: -1, Window: 3 * time.Second, MinPerSecond: -1}.config())
 }
 
-// fleetFailingServer answers 503 to every request and counts them.
-func fleetFailingServer(t *testing.T) (*httptest.Server, *atomic.Int64) {
-	t.Helper()
-	var hits atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		hits.Add(1)
-		w.WriteHeader(http.StatusServiceUnavailable)
-	}))
-	t.Cleanup(srv.Close)
-	return srv, &hits
-}
-
 // fleetHammer sends n GETs to url from workers goroutines and returns how many
 // got a 200.
 func fleetHammer(t *testing.T, c *http.Client, url string, n, workers int) int64 {
@@ -227,28 +215,30 @@ func fleetHammer(t *testing.T, c *http.Client, url string, n, workers int) int64
 // succeeds, so the floor alone pays for retries: 100 per 10 s window.
 // Backoff is off so that the budget alone limits the retries.
 func TestRetryBudgetCapsLoadOnFailingHost(t *testing.T) {
+	t.Parallel() // a host of its own; counts, not times
 	const requests, workers = 10_000, 16
-	srv, hits := fleetFailingServer(t)
+	srv := keepalivetest.NewServer(t, keepalivetest.Status(http.StatusServiceUnavailable))
 	c, tr := newTestClient(t, WithBackoff(0, 0), WithMaxIdleConnsPerHost(workers))
 
 	assert.Zero(t, fleetHammer(t, c, srv.URL, requests, workers))
 
-	st := tr.Stats()
+	st, hits := tr.Stats(), int64(srv.Requests())
 	t.Logf("%d requests reached the server %d times (%.3f attempts per request); %d retries, %d refused by the budget",
-		requests, hits.Load(), float64(hits.Load())/requests, st.Retries, st.BudgetRefusals)
-	assert.LessOrEqual(t, hits.Load(), int64(requests*105/100))
-	assert.Equal(t, hits.Load(), st.Attempts, "every attempt reached the server")
+		requests, hits, float64(hits)/requests, st.Retries, st.BudgetRefusals)
+	assert.LessOrEqual(t, hits, int64(requests*105/100))
+	assert.Equal(t, hits, st.Attempts, "every attempt reached the server")
 	assert.Positive(t, st.BudgetRefusals)
 	assert.Equal(t, int64(requests), st.GaveUp, "every request ended on a 503")
 }
 
 func TestRetryBudgetOffRetriesEverything(t *testing.T) {
+	t.Parallel() // a host of its own; counts, not times
 	const requests, workers = 500, 4
-	srv, hits := fleetFailingServer(t)
+	srv := keepalivetest.NewServer(t, keepalivetest.Status(http.StatusServiceUnavailable))
 	c, tr := newTestClient(t, WithBackoff(0, 0), WithoutRetryBudget())
 
 	assert.Zero(t, fleetHammer(t, c, srv.URL, requests, workers))
-	assert.Equal(t, int64(requests*(1+defaultMaxRetries)), hits.Load())
+	assert.Equal(t, requests*(1+defaultMaxRetries), srv.Requests())
 	assert.Zero(t, tr.Stats().BudgetRefusals)
 }
 
@@ -260,6 +250,7 @@ func TestRetryBudgetOffRetriesEverything(t *testing.T) {
 // in every run. A CheckRetry policy takes another path to the same
 // deposit.
 func TestRetryBudgetKeepsRetriesOnFlakyHost(t *testing.T) {
+	t.Parallel() // hosts of their own; counts, not times
 	for _, tc := range []struct {
 		name string
 		opts []Option
@@ -270,31 +261,28 @@ func TestRetryBudgetKeepsRetriesOnFlakyHost(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			const requests, workers = 10_000, 16
 			var (
-				mu   sync.Mutex
-				rng  = rand.New(rand.NewPCG(1, 2))
-				hits atomic.Int64
+				mu  sync.Mutex
+				rng = rand.New(rand.NewPCG(1, 2))
 			)
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				hits.Add(1)
+			srv := handlerServer(t, func(w http.ResponseWriter, r *http.Request) {
 				mu.Lock()
 				fail := rng.Float64() < 0.05
 				mu.Unlock()
 				if fail {
 					w.WriteHeader(http.StatusServiceUnavailable)
 				}
-			}))
-			t.Cleanup(srv.Close)
+			})
 			opts := append([]Option{WithBackoff(0, 0), WithMaxIdleConnsPerHost(workers)}, tc.opts...)
 			c, tr := newTestClient(t, opts...)
 
 			ok := fleetHammer(t, c, srv.URL, requests, workers)
 
-			st := tr.Stats()
+			st, hits := tr.Stats(), int64(srv.Requests())
 			t.Logf("%d of %d requests succeeded (%.2f%%); %d attempts (%.4f per request), %d retries, %d budget refusals",
-				ok, requests, 100*float64(ok)/requests, hits.Load(), float64(hits.Load())/requests, st.Retries, st.BudgetRefusals)
+				ok, requests, 100*float64(ok)/requests, hits, float64(hits)/requests, st.Retries, st.BudgetRefusals)
 			assert.GreaterOrEqual(t, ok, int64(requests*999/1000))
 			assert.Zero(t, st.BudgetRefusals)
-			assert.Equal(t, int64(requests)+st.Retries, hits.Load(), "every attempt reached the server")
+			assert.Equal(t, int64(requests)+st.Retries, hits, "every attempt reached the server")
 		})
 	}
 }
@@ -312,7 +300,7 @@ func TestRetryBudgetIsEarnedBySuccesses(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var fails, notFounds atomic.Int64
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			srv := handlerServer(t, func(w http.ResponseWriter, r *http.Request) {
 				if r.URL.Path == "/fail" {
 					fails.Add(1)
 					w.WriteHeader(http.StatusServiceUnavailable)
@@ -320,8 +308,7 @@ func TestRetryBudgetIsEarnedBySuccesses(t *testing.T) {
 				}
 				notFounds.Add(1)
 				w.WriteHeader(http.StatusNotFound)
-			}))
-			t.Cleanup(srv.Close)
+			})
 			// One retry per success, no floor, a window the test cannot outlast.
 			opts := append([]Option{WithBackoff(0, 0),
 				WithRetryBudget(RetryBudget{Ratio: 1, Window: time.Minute, MinPerSecond: -1})}, tc.opts...)
@@ -352,7 +339,7 @@ func TestRetryBudgetIsEarnedBySuccesses(t *testing.T) {
 }
 
 func TestRetryBudgetRefusalReturnsLastResponseAtOnce(t *testing.T) {
-	srv, hits := fleetFailingServer(t)
+	srv := keepalivetest.NewServer(t, keepalivetest.Status(http.StatusServiceUnavailable))
 	// No floor, no share: no retry is ever affordable.
 	// A retry that slipped past the budget would wait 10 s or more, and the
 	// third one would run past the context and fail the request.
@@ -367,14 +354,14 @@ func TestRetryBudgetRefusalReturnsLastResponseAtOnce(t *testing.T) {
 	resp.Body.Close()
 
 	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
-	assert.Equal(t, int64(1), hits.Load())
+	assert.Equal(t, 1, srv.Requests())
 	st := tr.Stats()
 	assert.Equal(t, int64(1), st.BudgetRefusals)
 	assert.Zero(t, st.Retries)
 }
 
 func TestRetryBudgetRefusalReturnsLastError(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	srv := keepalivetest.NewServer(t)
 	url := srv.URL
 	srv.Close() // connections are refused from now on
 	c, tr := newTestClient(t, WithRetryBudget(noRetryBudget))
@@ -412,8 +399,7 @@ func BenchmarkRetryBudgetDepositParallel(b *testing.B) {
 // BenchmarkRoundTripBudget compares a whole request with the budget on and
 // off: the allocations must be the same.
 func BenchmarkRoundTripBudget(b *testing.B) {
-	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
-	b.Cleanup(srv.Close)
+	srv := cbServer(b)
 	for _, bc := range []struct {
 		name string
 		opts []Option

@@ -175,8 +175,11 @@ func cbBare(tb testing.TB, headerTimeout time.Duration) *http.Transport {
 	return tr
 }
 
+// cbServer is the server of every benchmark: it reads the request body
+// and answers cbResponse.
 func cbServer(tb testing.TB) *httptest.Server {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write(cbResponse)
 	}))
@@ -185,20 +188,7 @@ func cbServer(tb testing.TB) *httptest.Server {
 }
 
 // cbGet is one request as a user sends it.
-func cbGet(c *http.Client, url string) error {
-	resp, err := c.Get(url)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(io.Discard, resp.Body)
-	if cerr := resp.Body.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil && resp.StatusCode != http.StatusOK {
-		err = fmt.Errorf("status %d", resp.StatusCode)
-	}
-	return err
-}
+func cbGet(c *http.Client, url string) error { return benchRequest(c, http.MethodGet, url) }
 
 // cbRun sends n GETs from g goroutines (each takes the next request from a
 // shared counter) and returns the time it took.
@@ -274,19 +264,6 @@ func cbEnvList(name string, def ...string) []string {
 		}
 	}
 	return out
-}
-
-func cbMedian(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	n := len(s)
-	if n == 0 {
-		return 0
-	}
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
 }
 
 // TestClientBench is the round-based side-by-side comparison; see the top
@@ -419,27 +396,27 @@ func (res *cbResults) table() string {
 	}
 	fmt.Fprintf(&b, "%-5s", "med")
 	for i := range names {
-		fmt.Fprintf(&b, " %17.0f", cbMedian(res.rps[i]))
+		fmt.Fprintf(&b, " %17.0f", median(res.rps[i]))
 	}
 	for _, i := range others {
-		fmt.Fprintf(&b, " %17.4f", cbMedian(ratios[i]))
+		fmt.Fprintf(&b, " %17.4f", median(ratios[i]))
 	}
 	b.WriteString("\n")
 	if hasCPU {
 		fmt.Fprintf(&b, "CPU µs/request (process: client+server), median:")
 		for i, nm := range names {
-			fmt.Fprintf(&b, " %s %.2f;", nm, cbMedian(res.cpu[i]))
+			fmt.Fprintf(&b, " %s %.2f;", nm, median(res.cpu[i]))
 		}
 		fmt.Fprintf(&b, "\nCPU ratio bare/client per round (>1: client cheaper than bare):\n")
 		for _, i := range others {
-			fmt.Fprintf(&b, "  %-18s median %.4f  rounds %s\n", names[i], cbMedian(cpuRatios[i]), cbFmt(cpuRatios[i]))
+			fmt.Fprintf(&b, "  %-18s median %.4f  rounds %s\n", names[i], median(cpuRatios[i]), cbFmt(cpuRatios[i]))
 		}
 	}
 	fmt.Fprintf(&b, "allocs/request (process: client+server, MemStats), median:")
 	for i, nm := range names {
-		fmt.Fprintf(&b, " %s %.2f", nm, cbMedian(res.allocs[i]))
+		fmt.Fprintf(&b, " %s %.2f", nm, median(res.allocs[i]))
 		if bare >= 0 && i != bare {
-			fmt.Fprintf(&b, " (%+.2f)", cbMedian(res.allocs[i])-cbMedian(res.allocs[bare]))
+			fmt.Fprintf(&b, " (%+.2f)", median(res.allocs[i])-median(res.allocs[bare]))
 		}
 		b.WriteString(";")
 	}
@@ -448,11 +425,11 @@ func (res *cbResults) table() string {
 		fmt.Fprintf(&b, "dials during the rounds (after warm-up): %s\n", strings.Join(res.dials, "; "))
 	}
 	for _, i := range others {
-		fmt.Fprintf(&b, "RESULT mode=%s client=%s median_ratio=%.4f", res.mode, names[i], cbMedian(ratios[i]))
+		fmt.Fprintf(&b, "RESULT mode=%s client=%s median_ratio=%.4f", res.mode, names[i], median(ratios[i]))
 		if hasCPU {
-			fmt.Fprintf(&b, " cpu_ratio=%.4f", cbMedian(cpuRatios[i]))
+			fmt.Fprintf(&b, " cpu_ratio=%.4f", median(cpuRatios[i]))
 		}
-		fmt.Fprintf(&b, " allocs=%+.2f ratios=%s\n", cbMedian(res.allocs[i])-cbMedian(res.allocs[bare]), cbFmt(ratios[i]))
+		fmt.Fprintf(&b, " allocs=%+.2f ratios=%s\n", median(res.allocs[i])-median(res.allocs[bare]), cbFmt(ratios[i]))
 	}
 	return b.String()
 }
@@ -496,31 +473,38 @@ func cbBench(b *testing.B, g int) {
 			if _, err := cbRun(c, srv.URL, 4*g, g); err != nil { // warm the pool
 				b.Fatal(err)
 			}
-			b.ReportAllocs()
-			if g == 1 {
-				for b.Loop() {
-					if err := cbGet(c, srv.URL); err != nil {
-						b.Fatal(err)
-					}
+			cbLoop(b, g, func() error { return cbGet(c, srv.URL) })
+		})
+	}
+}
+
+// cbLoop runs do b.N times, one call at a time (b.Loop) when g is 1, and
+// otherwise from g goroutines (b.RunParallel with SetParallelism of g per
+// GOMAXPROCS), and reports allocations; the first error fails b.
+func cbLoop(b *testing.B, g int, do func() error) {
+	b.ReportAllocs()
+	if g == 1 {
+		for b.Loop() {
+			if err := do(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return
+	}
+	procs := runtime.GOMAXPROCS(0)
+	b.SetParallelism((g + procs - 1) / procs)
+	var failed atomic.Bool
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := do(); err != nil {
+				if !failed.Swap(true) {
+					b.Error(err)
 				}
 				return
 			}
-			procs := runtime.GOMAXPROCS(0)
-			b.SetParallelism((g + procs - 1) / procs)
-			var failed atomic.Bool
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					if err := cbGet(c, srv.URL); err != nil {
-						if !failed.Swap(true) {
-							b.Error(err)
-						}
-						return
-					}
-				}
-			})
-		})
-	}
+		}
+	})
 }
 
 // TestClientBenchPaired is the side-by-side form of the comparison, for a
@@ -573,11 +557,7 @@ func TestClientBenchPaired(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	med := func(d []time.Duration) time.Duration {
-		slices.Sort(d)
-		return d[len(d)/2]
-	}
-	ka, bare := med(lat[0]), med(lat[1])
+	ka, bare := median(lat[0]), median(lat[1])
 	t.Logf("PAIRED goroutines=%d requests=%d median keepalive=%v bare=%v ratio=%.4f",
 		g, len(lat[0]), ka, bare, float64(bare)/float64(ka))
 }

@@ -5,9 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,26 +42,11 @@ func TestGateLeavesHostsPastTheLimitUngated(t *testing.T) {
 	assert.NotNil(t, h.forAddr("10.0.0.1:1").gateHost(), "known hosts stay gated")
 }
 
-// acceptCounter is a listener that counts the connections made to it.
+// acceptCounter is a server that counts the connections made to it and
+// closes each at once.
 func acceptCounter(t *testing.T) (addr string, accepted *atomic.Int64) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	accepted = &atomic.Int64{}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted.Add(1)
-			c.Close()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln.Addr().String(), accepted
+	srv := newFaultServer(t, func(*faultConn) {})
+	return srv.addr, &srv.accepted
 }
 
 func TestGateHold(t *testing.T) {
@@ -100,9 +83,7 @@ func TestGateHold(t *testing.T) {
 			}
 			errc <- err
 		}()
-		for i := 0; h.dialing.Load() == 0 && i < 1e6; i++ { // until the dial waits
-			runtime.Gosched()
-		}
+		require.True(t, poll(10*time.Second, func() bool { return h.dialing.Load() != 0 }), "the dial never waited")
 		m.gotConn(protoUnknown)
 		require.ErrorIs(t, <-errc, errDialNotNeeded)
 		assert.Zero(t, accepted.Load())
@@ -116,7 +97,7 @@ func TestGateHold(t *testing.T) {
 		require.NoError(t, c.Close())
 		_ = c.Close()
 		assert.EqualValues(t, 1, h.conns.Load(), "closing twice counts once")
-		assert.Eventually(t, func() bool { return accepted.Load() == 1 }, 10*time.Second, time.Millisecond)
+		assert.True(t, poll(10*time.Second, func() bool { return accepted.Load() == 1 }))
 	})
 	t.Run("a dial when every connection is busy does not wait", func(t *testing.T) {
 		h, addr, _ := setup(t, 2, 1)
@@ -132,7 +113,7 @@ func TestGateHold(t *testing.T) {
 		c, err := dial(h, time.Minute, nil, addr)
 		require.NoError(t, err)
 		c.Close()
-		assert.Eventually(t, func() bool { return accepted.Load() == 1 }, 10*time.Second, time.Millisecond)
+		assert.True(t, poll(10*time.Second, func() bool { return accepted.Load() == 1 }))
 	})
 	t.Run("a request that already has a connection dials at once", func(t *testing.T) {
 		h, addr, _ := setup(t, 1, 1)
@@ -149,7 +130,7 @@ func TestGateHold(t *testing.T) {
 // a transport error, and discarded retries.
 func TestGateCountsReturnToZero(t *testing.T) {
 	var n atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := handlerServer(t, func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/flaky":
 			if n.Add(1)%2 == 1 {
@@ -165,8 +146,7 @@ func TestGateCountsReturnToZero(t *testing.T) {
 			return
 		}
 		io.WriteString(w, strings.Repeat("x", 1000))
-	}))
-	t.Cleanup(srv.Close)
+	})
 	c, tr := newTestClient(t, fastRetries, WithMaxRetries(1))
 	var wg sync.WaitGroup
 	for i := range 16 {
@@ -209,15 +189,12 @@ func TestGateCountsReturnToZero(t *testing.T) {
 	require.NoError(t, err)
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	u, err := url.Parse(srv.URL)
-	require.NoError(t, err)
-	h := tr.hosts.forURL(u).gateHost()
+	h := tr.hosts.forURL(mustParseURL(t, srv.URL)).gateHost()
 	assert.Zero(t, h.busy.Load(), "every attempt left")
 	assert.Zero(t, h.dialing.Load())
 	assert.Positive(t, h.conns.Load())
 	tr.CloseIdleConnections()
-	assert.Eventually(t, func() bool { return h.conns.Load() == 0 }, 10*time.Second, time.Millisecond,
-		"every connection closed: %d", h.conns.Load())
+	assert.True(t, poll(10*time.Second, func() bool { return h.conns.Load() == 0 }), "every connection closed: %d", h.conns.Load())
 }
 
 // A serial dial cancelled (CloseIdleConnections cancels dials in

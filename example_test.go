@@ -6,24 +6,26 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/keepalive-go/keepalive"
+	"github.com/keepalive-go/keepalive/keepalivetest"
 )
 
-// flaky answers 503 to the first n requests, then 200.
-func flaky(n int64) *httptest.Server {
-	var seen atomic.Int64
-	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if seen.Add(1) <= n {
-			http.Error(w, "busy", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprint(w, "hello")
-	}))
+// flaky starts a server that answers 503 to the first n requests, then
+// "hello"; the caller closes it. In a test, keepalivetest.NewServer closes
+// it when the test ends.
+func flaky(n int) *keepalivetest.Server {
+	var script []keepalivetest.Step
+	for range n {
+		script = append(script, keepalivetest.Status(http.StatusServiceUnavailable))
+	}
+	s, err := keepalivetest.Start(append(script, keepalivetest.Status(http.StatusOK).Body("hello"))...)
+	if err != nil {
+		panic(err)
+	}
+	return s
 }
 
 func ExampleNewClient() {

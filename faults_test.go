@@ -29,24 +29,6 @@ func faultFastRetries(n int) []Option {
 	return []Option{WithMaxRetries(n), WithBackoff(time.Millisecond, 5*time.Millisecond), WithProxy(nil)}
 }
 
-func faultDo(t *testing.T, c *http.Client, req *http.Request) (*http.Response, string, error) {
-	t.Helper()
-	resp, err := c.Do(req)
-	if err != nil {
-		return nil, "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp, string(b), err
-}
-
-func faultGet(t *testing.T, c *http.Client, url string) (*http.Response, string, error) {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	require.NoError(t, err)
-	return faultDo(t, c, req)
-}
-
 func TestFaultCloseAfterRequestOnFreshConnections(t *testing.T) {
 	srv := newFaultServer(t, faultServe(func(fc *faultConn, r *faultRequest) bool {
 		return false // read the request, close without a word
@@ -55,7 +37,7 @@ func TestFaultCloseAfterRequestOnFreshConnections(t *testing.T) {
 	t.Run("a GET is retried until its retries run out, then fails with a RetryError", func(t *testing.T) {
 		c, tr := newTestClient(t, faultFastRetries(3)...)
 		before := srv.requests.Load()
-		_, _, err := faultGet(t, c, srv.url("/get"))
+		_, _, err := get(t, c, srv.url("/get"))
 		var re *RetryError
 		require.ErrorAs(t, err, &re)
 		assert.Equal(t, 4, re.Attempts)
@@ -84,7 +66,7 @@ func TestFaultCloseAfterRequestOnFreshConnections(t *testing.T) {
 		req, err := http.NewRequest(http.MethodPost, srv.url("/post"), strings.NewReader("keyed"))
 		require.NoError(t, err)
 		req.Header.Set("Idempotency-Key", "k1")
-		_, _, err = faultDo(t, c, req)
+		_, _, err = send(t, c, req)
 		var re *RetryError
 		require.ErrorAs(t, err, &re)
 		assert.Equal(t, 3, re.Attempts)
@@ -121,7 +103,7 @@ func TestFaultCloseAfterRequestOnReusedConnection(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := newFaultServer(t, faultServe(faultSecondRequestCloses))
 			c, tr := newTestClient(t, faultFastRetries(3)...)
-			_, _, err := faultGet(t, c, srv.url("/warm"))
+			_, _, err := get(t, c, srv.url("/warm"))
 			require.NoError(t, err)
 
 			req := faultNewRequest(context.Background(), tt.method, srv.url("/second"), 4096, 7)
@@ -129,7 +111,7 @@ func TestFaultCloseAfterRequestOnReusedConnection(t *testing.T) {
 			if tt.key {
 				req.Header.Set("Idempotency-Key", "second")
 			}
-			_, body, err := faultDo(t, c, req)
+			_, body, err := send(t, c, req)
 			if tt.wantErr {
 				require.Error(t, err)
 			} else {
@@ -153,7 +135,7 @@ func TestFaultResetHalfwayThroughResponseBody(t *testing.T) {
 	}))
 	c, tr := newTestClient(t, faultFastRetries(3)...)
 
-	resp, body, err := faultGet(t, c, srv.url("/half"))
+	resp, body, err := get(t, c, srv.url("/half"))
 	require.Error(t, err, "a truncated body must never read as complete")
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Less(t, len(body), 1000)
@@ -191,7 +173,7 @@ func TestFaultResetHalfwayThroughUpload(t *testing.T) {
 			if tt.key {
 				req.Header.Set("Idempotency-Key", "up")
 			}
-			resp, body, err := faultDo(t, c, req)
+			resp, body, err := send(t, c, req)
 			require.NoError(t, err)
 			assert.Equal(t, http.StatusOK, resp.StatusCode)
 			assert.Equal(t, faultEcho(tt.method, "up", faultBodySum(size, 3)), body)
@@ -205,6 +187,7 @@ func TestFaultStallBeforeHeaders(t *testing.T) {
 	const readTimeout = 200 * time.Millisecond
 
 	t.Run("a GET whose first attempt stalls succeeds on the second", func(t *testing.T) {
+		t.Parallel()
 		srv := newFaultServer(t, faultServe(func(fc *faultConn, r *faultRequest) bool {
 			if r.n == 1 {
 				fc.waitClosed() // hold the connection until the client gives up on it
@@ -213,7 +196,7 @@ func TestFaultStallBeforeHeaders(t *testing.T) {
 			return faultOK(fc, r)
 		}))
 		c, tr := newTestClient(t, append(faultFastRetries(3), WithReadTimeout(readTimeout))...)
-		_, body, err := faultGet(t, c, srv.url("/stall"))
+		_, body, err := get(t, c, srv.url("/stall"))
 		require.NoError(t, err)
 		assert.True(t, strings.HasPrefix(body, "GET "))
 		assert.Equal(t, int64(2), srv.requests.Load())
@@ -221,12 +204,13 @@ func TestFaultStallBeforeHeaders(t *testing.T) {
 	})
 
 	t.Run("a server that always stalls ends in a timeout error after the retries", func(t *testing.T) {
+		t.Parallel()
 		srv := newFaultServer(t, faultServe(func(fc *faultConn, r *faultRequest) bool {
 			fc.waitClosed()
 			return false
 		}))
 		c, tr := newTestClient(t, append(faultFastRetries(1), WithReadTimeout(readTimeout))...)
-		_, _, err := faultGet(t, c, srv.url("/stall"))
+		_, _, err := get(t, c, srv.url("/stall"))
 		var re *RetryError
 		require.ErrorAs(t, err, &re)
 		assert.Equal(t, 2, re.Attempts)
@@ -238,6 +222,7 @@ func TestFaultStallBeforeHeaders(t *testing.T) {
 	})
 
 	t.Run("a POST without a key that stalls is not resent", func(t *testing.T) {
+		t.Parallel()
 		srv := newFaultServer(t, faultServe(func(fc *faultConn, r *faultRequest) bool {
 			fc.waitClosed()
 			return false
@@ -258,6 +243,7 @@ func TestFaultTrickledBody(t *testing.T) {
 	const readTimeout = 300 * time.Millisecond
 
 	t.Run("a body trickled a byte at a time under the read timeout arrives whole", func(t *testing.T) {
+		t.Parallel()
 		srv := newFaultServer(t, faultServe(func(fc *faultConn, r *faultRequest) bool {
 			if fc.writeString("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n") != nil {
 				return false
@@ -275,13 +261,14 @@ func TestFaultTrickledBody(t *testing.T) {
 			return true
 		}))
 		c, tr := newTestClient(t, append(faultFastRetries(3), WithReadTimeout(readTimeout))...)
-		_, body, err := faultGet(t, c, srv.url("/trickle"))
+		_, body, err := get(t, c, srv.url("/trickle"))
 		require.NoError(t, err)
 		assert.Equal(t, "0123456789", body)
 		assert.Equal(t, int64(1), tr.Stats().Attempts)
 	})
 
 	t.Run("a body that stops mid-way fails with ErrReadTimeout", func(t *testing.T) {
+		t.Parallel()
 		srv := newFaultServer(t, faultServe(func(fc *faultConn, r *faultRequest) bool {
 			if fc.writeString("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234") != nil {
 				return false
@@ -290,7 +277,7 @@ func TestFaultTrickledBody(t *testing.T) {
 			return false
 		}))
 		c, tr := newTestClient(t, append(faultFastRetries(3), WithReadTimeout(readTimeout))...)
-		_, body, err := faultGet(t, c, srv.url("/stop"))
+		_, body, err := get(t, c, srv.url("/stop"))
 		require.ErrorIs(t, err, ErrReadTimeout)
 		var te *TimeoutError
 		require.ErrorAs(t, err, &te)
@@ -315,11 +302,10 @@ func TestFaultRefusedThenBack(t *testing.T) {
 	go func() {
 		req := faultNewRequest(context.Background(), http.MethodPost, srv.url("/back"), 100, 1)
 		req.Header.Set("X-Req-Id", "back")
-		_, body, err := faultDo(t, c, req)
+		_, body, err := send(t, c, req)
 		res <- result{body, err}
 	}()
-	require.Eventually(t, func() bool { return tr.Stats().DialErrors >= 3 },
-		10*time.Second, time.Millisecond, "the client keeps trying while the port refuses")
+	require.True(t, poll(10*time.Second, func() bool { return tr.Stats().DialErrors >= 3 }), "the client keeps trying while the port refuses")
 	srv.listenAgain(t)
 
 	r := <-res
@@ -355,7 +341,7 @@ func TestFaultHuge503BodyIsNotDrained(t *testing.T) {
 		return false
 	}))
 	c, tr := newTestClient(t, faultFastRetries(1)...)
-	_, body, err := faultGet(t, c, srv.url("/huge"))
+	_, body, err := get(t, c, srv.url("/huge"))
 	require.NoError(t, err)
 	assert.True(t, strings.HasPrefix(body, "GET "))
 	<-firstDone // the server's writes fail once the client has closed the connection
@@ -365,6 +351,7 @@ func TestFaultHuge503BodyIsNotDrained(t *testing.T) {
 }
 
 func TestFaultRetryAfter(t *testing.T) {
+	t.Parallel() // waits out Retry-After
 	future := time.Now().Add(time.Hour).UTC()
 	past := time.Now().Add(-time.Hour).UTC()
 	tests := []struct {
@@ -387,6 +374,7 @@ func TestFaultRetryAfter(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
 			srv := newFaultServer(t, faultServe(func(fc *faultConn, r *faultRequest) bool {
 				if r.n == 1 {
 					return fc.reply(http.StatusServiceUnavailable, "busy", "Retry-After: "+tt.retryAfter) == nil
@@ -395,7 +383,7 @@ func TestFaultRetryAfter(t *testing.T) {
 			}))
 			c, tr := newTestClient(t, faultFastRetries(3)...)
 			start := time.Now()
-			resp, _, err := faultGet(t, c, srv.url("/ra"))
+			resp, _, err := get(t, c, srv.url("/ra"))
 			elapsed := time.Since(start)
 			require.NoError(t, err)
 			assert.Equal(t, tt.wantStatus, resp.StatusCode)
@@ -426,7 +414,7 @@ func TestFaultMalformedResponses(t *testing.T) {
 				return false
 			}))
 			c, tr := newTestClient(t, faultFastRetries(2)...)
-			_, _, err := faultGet(t, c, srv.url("/bad"))
+			_, _, err := get(t, c, srv.url("/bad"))
 			var re *RetryError
 			require.ErrorAs(t, err, &re)
 			assert.Equal(t, 3, re.Attempts)
@@ -459,7 +447,7 @@ func TestFaultMalformedResponses(t *testing.T) {
 			return faultOK(fc, r)
 		}))
 		c, tr := newTestClient(t, faultFastRetries(2)...)
-		_, body, err := faultGet(t, c, srv.url("/heal"))
+		_, body, err := get(t, c, srv.url("/heal"))
 		require.NoError(t, err)
 		assert.True(t, strings.HasPrefix(body, "GET "))
 		assert.Equal(t, int64(1), tr.Stats().Retries)
@@ -533,7 +521,7 @@ func TestFaultDiscardedBodyLongerThanTheDrainLimitIsNotRead(t *testing.T) {
 	}))
 	c, tr := newTestClient(t, faultFastRetries(1)...)
 	read := faultCountReads(tr)
-	_, body, err := faultGet(t, c, srv.url("/long"))
+	_, body, err := get(t, c, srv.url("/long"))
 	require.NoError(t, err)
 	assert.True(t, strings.HasPrefix(body, "GET "))
 	assert.Equal(t, int64(1), tr.Stats().Retries)

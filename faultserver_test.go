@@ -1,8 +1,8 @@
-// This file holds the fault-injecting HTTP/1.1 server the reliability tests
-// run against: a raw net.Listener whose handlers speak just enough HTTP to
-// misbehave on purpose (close without answering, reset mid-body, stall,
-// trickle, refuse, lie in the status line). The scenarios are in
-// faults_test.go, soak_test.go, security_test.go and memory_test.go.
+// This file holds the raw fault server: a net.Listener whose handlers
+// speak just enough HTTP/1.1 to misbehave in the ways net/http's server
+// never does (answer before reading the body, lie in the status line,
+// reset halfway through an upload, refuse and reopen its port). Faults
+// that net/http's server can commit are scripted with keepalivetest.
 
 package keepalive
 

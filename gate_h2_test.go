@@ -7,86 +7,33 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/keepalive-go/keepalive/keepalivetest"
 	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 )
-
-// tlsCountingServer is an httptest TLS server that counts the connections
-// it accepted; h2 offers HTTP/2 in ALPN, or HTTP/1.1 only.
-func tlsCountingServer(t *testing.T, h2 bool, h http.Handler) (*httptest.Server, *atomic.Int64, Option) {
-	var conns atomic.Int64
-	srv := httptest.NewUnstartedServer(h)
-	srv.EnableHTTP2 = h2
-	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			conns.Add(1)
-		}
-	}
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	roots := x509.NewCertPool()
-	roots.AddCert(srv.Certificate())
-	return srv, &conns, WithTLSConfig(&tls.Config{RootCAs: roots})
-}
-
-// burst sends n concurrent GETs released together and reads their bodies.
-func burst(t *testing.T, c *http.Client, url string, n int) {
-	t.Helper()
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	errs := make(chan error, n)
-	for range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			resp, err := c.Get(url)
-			if err != nil {
-				errs <- err
-				return
-			}
-			_, err = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if err != nil {
-				errs <- err
-			}
-		}()
-	}
-	close(start)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		require.NoError(t, err)
-	}
-}
 
 // 32 concurrent requests to a new HTTPS host that speaks HTTP/2 make one
 // TLS handshake, not 32: the dial gate dials one at a time while the
 // host's protocol is unknown, and drops the dials that the first
 // connection made unneeded.
 func TestDialGateOneHandshakePerHTTP2Host(t *testing.T) {
-	srv, conns, tlsOpt := tlsCountingServer(t, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv, tlsOpt := newServer(t, http2, keepalivetest.Handle(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, r.Proto)
 	}))
-	tr, err := NewTransport(tlsOpt)
-	require.NoError(t, err)
-	t.Cleanup(tr.CloseIdleConnections)
-	c := &http.Client{Transport: tr}
+	c, tr := newTestClient(t, tlsOpt)
 
 	burst(t, c, srv.URL, 32)
 	s := tr.Stats()
-	assert.EqualValues(t, 1, conns.Load(), "TLS connections the server accepted")
+	assert.Equal(t, 1, srv.Connections(), "TLS connections the server accepted")
 	assert.EqualValues(t, 1, s.Dials, "Dials: connections that carried requests")
 	assert.EqualValues(t, 0, s.DiscardedDials)
 	assert.EqualValues(t, 32, s.Attempts)
 
 	burst(t, c, srv.URL, 32) // the host is known to speak HTTP/2 now
-	assert.EqualValues(t, 1, conns.Load())
+	assert.Equal(t, 1, srv.Connections())
 }
 
 // Against an HTTPS host that speaks HTTP/1.1 only, the first handshake
@@ -94,21 +41,18 @@ func TestDialGateOneHandshakePerHTTP2Host(t *testing.T) {
 func TestDialGateHTTP1OverTLSDialsInParallel(t *testing.T) {
 	release := make(chan struct{})
 	var arrived atomic.Int64
-	srv, conns, tlsOpt := tlsCountingServer(t, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv, tlsOpt := newServer(t, https1, keepalivetest.Handle(func(w http.ResponseWriter, r *http.Request) {
 		if arrived.Add(1) == 16 {
 			close(release)
 		}
 		<-release // all 16 requests are in flight at once
 		io.WriteString(w, r.Proto)
 	}))
-	tr, err := NewTransport(tlsOpt)
-	require.NoError(t, err)
-	t.Cleanup(tr.CloseIdleConnections)
-	c := &http.Client{Transport: tr}
+	c, tr := newTestClient(t, tlsOpt)
 
 	burst(t, c, srv.URL, 16)
 	s := tr.Stats()
-	assert.EqualValues(t, 16, conns.Load())
+	assert.Equal(t, 16, srv.Connections())
 	assert.EqualValues(t, 16, s.Dials)
 	assert.EqualValues(t, 0, s.DiscardedDials)
 }

@@ -11,13 +11,11 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"runtime"
 	"strconv"
@@ -27,29 +25,40 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keepalive-go/keepalive/keepalivetest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
 // harmClients runs f with keepalive's client (default options plus opts)
-// and with a bare http.Transport tuned the same way, and logs what each
-// returned, side by side.
+// and with a bare http.Transport tuned the same way, as parallel subtests,
+// and logs what each returned, side by side. f must not share a server
+// between the two: each meets its own.
 func harmClients(t *testing.T, scenario string, f func(t *testing.T, c *http.Client, keep bool) string, opts ...Option) {
 	t.Helper()
-	var lines []string
+	var mu sync.Mutex
+	lines := map[bool]string{}
+	t.Cleanup(func() { // once both subtests are done
+		mu.Lock()
+		defer mu.Unlock()
+		t.Logf("%s\n\t%s\n\t%s", scenario, lines[true], lines[false])
+	})
 	for _, keep := range []bool{true, false} {
 		name := map[bool]string{true: "keepalive", false: "bare http.Transport"}[keep]
 		t.Run(name, func(t *testing.T) {
+			t.Parallel()
 			var c *http.Client
 			if keep {
 				c, _ = newTestClient(t, opts...)
 			} else {
 				c = &http.Client{Transport: cbBare(t, defaultReadTimeout)}
 			}
-			lines = append(lines, fmt.Sprintf("%s: %s", name, f(t, c, keep)))
+			line := fmt.Sprintf("%s: %s", name, f(t, c, keep))
+			mu.Lock()
+			lines[keep] = line
+			mu.Unlock()
 		})
 	}
-	t.Logf("%s\n\t%s", scenario, strings.Join(lines, "\n\t"))
 }
 
 // transportOf returns the *Transport of c, or nil for the bare one.
@@ -64,30 +73,17 @@ func transportOf(c *http.Client) *Transport {
 // the announcement alone. /warm waits until warm requests are in flight
 // at once, so that the pool holds that many connections.
 type announcingServer struct {
-	*httptest.Server
-	arrivals atomic.Int64 // request heads that reached a handler
-	bodies   chan string  // the bodies of /upload, whole
+	*keepalivetest.Server
+	bodies chan string // the bodies of /upload, whole
 }
 
 func newAnnouncingServer(t *testing.T, warm int) *announcingServer {
 	s := &announcingServer{bodies: make(chan string, 16)}
-	var mu sync.Mutex
-	waiting := 0
-	release := make(chan struct{})
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.arrivals.Add(1)
-		w.Header().Set("Keep-Alive", "timeout=1")
+	round := newBarrier(warm)
+	s.Server = keepalivetest.NewServer(t, keepalivetest.Handle(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/warm":
-			mu.Lock()
-			if waiting++; waiting == warm {
-				close(release)
-			}
-			mu.Unlock()
-			select {
-			case <-release:
-			case <-r.Context().Done():
-			}
+			round.wait(r.Context())
 		case "/upload":
 			b, err := io.ReadAll(r.Body)
 			if err != nil {
@@ -96,8 +92,7 @@ func newAnnouncingServer(t *testing.T, warm int) *announcingServer {
 			}
 			s.bodies <- string(b)
 		}
-	}))
-	t.Cleanup(s.Close)
+	}).Header("Keep-Alive", "timeout=1"))
 	return s
 }
 
@@ -128,7 +123,7 @@ func TestHarmStreamedUploadAfterQuiet(t *testing.T) {
 	harmClients(t, "A. a streamed upload after a quiet period, 6 stale connections in the pool", func(t *testing.T, c *http.Client, keep bool) string {
 		srv := newAnnouncingServer(t, stale)
 		srv.warm(t, c, stale)
-		time.Sleep(900 * time.Millisecond) // the quiet period: past the announced 1 s less the margin
+		waitOut(900 * time.Millisecond) // the quiet period: past the announced 1 s less the margin
 
 		pr, pw := io.Pipe()
 		go func() {
@@ -153,26 +148,6 @@ func TestHarmStreamedUploadAfterQuiet(t *testing.T) {
 	})
 }
 
-// slowBody is a request body whose first Read waits for delay: an upload
-// whose first bytes come late (read from disk, produced by a pipeline).
-type slowBody struct {
-	delay time.Duration
-	r     io.Reader
-	timer <-chan time.Time
-}
-
-func newSlowBody(delay time.Duration, s string) *slowBody {
-	return &slowBody{delay: delay, r: strings.NewReader(s)}
-}
-
-func (b *slowBody) Read(p []byte) (int, error) {
-	if b.timer == nil {
-		b.timer = time.After(b.delay)
-		<-b.timer
-	}
-	return b.r.Read(p)
-}
-
 // B (issue 15): an Expect: 100-continue POST whose body comes after the
 // learned idle timeout: net/http writes the head, reads the 100 Continue,
 // then writes the body. Only a request's first write on a connection back
@@ -184,84 +159,24 @@ func TestHarmExpectContinueSlowBody(t *testing.T) {
 		srv := newAnnouncingServer(t, 1)
 		srv.warm(t, c, 1) // a connection in the pool; keepalive learns the 1 s timeout
 		const payload = "a body that comes late"
-		req, err := http.NewRequest(http.MethodPost, srv.URL+"/upload", newSlowBody(time.Second, payload))
+		req, err := http.NewRequest(http.MethodPost, srv.URL+"/upload", newSlowBody(time.Second, strings.NewReader(payload)))
 		require.NoError(t, err)
-		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(newSlowBody(time.Second, payload)), nil }
+		req.GetBody = func() (io.ReadCloser, error) {
+			return io.NopCloser(newSlowBody(time.Second, strings.NewReader(payload))), nil
+		}
 		req.ContentLength = int64(len(payload))
 		req.Header.Set("Expect", "100-continue")
-		before := srv.arrivals.Load()
+		before := srv.Requests()
 		resp, err := c.Do(req)
 		require.NoError(t, err)
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 		require.Equal(t, http.StatusOK, resp.StatusCode)
 		assert.Equal(t, payload, <-srv.bodies)
-		arrivals := srv.arrivals.Load() - before
+		arrivals := srv.Requests() - before
 		assert.EqualValues(t, 1, arrivals, "the POST's head reached the server once")
 		return fmt.Sprintf("200, %d arrival", arrivals)
 	})
-}
-
-// upgradeServer answers "Upgrade: echo" with 101 Switching Protocols and
-// then echoes 4-byte messages. With greet not nil, it first sends "helo"
-// unasked, as a WebSocket server's greeting does, when greet is closed,
-// and closes greeted once it has. Plain requests get "Keep-Alive:
-// timeout=1", so keepalive learns a 1 s idle timeout for the host.
-func upgradeServer(t *testing.T, greet <-chan struct{}, greeted chan<- struct{}) *httptest.Server {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "echo" {
-			w.Header().Set("Keep-Alive", "timeout=1")
-			return
-		}
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
-		brw.Flush()
-		if greet != nil {
-			<-greet
-			brw.WriteString("helo")
-			brw.Flush()
-			close(greeted)
-		}
-		buf := make([]byte, 4)
-		for {
-			if _, err := io.ReadFull(brw, buf); err != nil {
-				return
-			}
-			conn.Write(buf)
-		}
-	}))
-	t.Cleanup(srv.Close)
-	return srv
-}
-
-// upgrade sends an "Upgrade: echo" request on c and returns the switched
-// connection.
-func upgrade(t *testing.T, c *http.Client, url string) io.ReadWriteCloser {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	require.NoError(t, err)
-	req.Header.Set("Connection", "Upgrade")
-	req.Header.Set("Upgrade", "echo")
-	resp, err := c.Do(req)
-	require.NoError(t, err)
-	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
-	rw, ok := resp.Body.(io.ReadWriteCloser)
-	require.True(t, ok, "the body of a 101 is writable")
-	t.Cleanup(func() { rw.Close() })
-	return rw
-}
-
-func echo(rw io.ReadWriter, msg string) (string, error) {
-	if _, err := io.WriteString(rw, msg); err != nil {
-		return "", err
-	}
-	buf := make([]byte, len(msg))
-	_, err := io.ReadFull(rw, buf)
-	return string(buf), err
 }
 
 // C (issue 15): a connection that switched protocols (a WebSocket) is the
@@ -271,6 +186,7 @@ func echo(rw io.ReadWriter, msg string) (string, error) {
 func TestHarmUpgradedConnection(t *testing.T) {
 	t.Parallel() // sleeps through a quiet period; no server here closes on its own
 	t.Run("quiet past the learned timeout", func(t *testing.T) {
+		t.Parallel()
 		harmClients(t, "C. a 101 upgrade, quiet for 1 s on a host with a learned 1 s timeout", func(t *testing.T, c *http.Client, keep bool) string {
 			srv := upgradeServer(t, nil, nil)
 			resp, err := c.Get(srv.URL) // keepalive learns the 1 s timeout; the connection goes to the pool
@@ -281,7 +197,7 @@ func TestHarmUpgradedConnection(t *testing.T) {
 			got, err := echo(rw, "ping")
 			require.NoError(t, err)
 			require.Equal(t, "ping", got)
-			time.Sleep(time.Second) // quiet, past the learned timeout
+			waitOut(time.Second) // quiet, past the learned timeout
 			got, err = echo(rw, "pong")
 			require.NoError(t, err, "a write after a quiet period")
 			assert.Equal(t, "pong", got)
@@ -290,6 +206,7 @@ func TestHarmUpgradedConnection(t *testing.T) {
 	})
 	for _, learn := range []bool{true, false} {
 		t.Run(fmt.Sprintf("unread data from the peer, learning %v", learn), func(t *testing.T) {
+			t.Parallel()
 			var opts []Option
 			if !learn {
 				opts = append(opts, WithoutIdleLearning())
@@ -304,7 +221,7 @@ func TestHarmUpgradedConnection(t *testing.T) {
 				rw := upgrade(t, c, srv.URL)
 				close(greet) // the greeting comes after the 101 was read: it waits in the socket
 				<-greeted
-				time.Sleep(100 * time.Millisecond) // past the 50 ms after which a pooled connection is checked
+				waitOut(100 * time.Millisecond) // past the 50 ms after which a pooled connection is checked
 				_, err = io.WriteString(rw, "ping")
 				require.NoError(t, err, "a write with the greeting unread")
 				buf := make([]byte, 8)
@@ -317,101 +234,6 @@ func TestHarmUpgradedConnection(t *testing.T) {
 	}
 }
 
-// dropServer is a TLS server in the "drop model": a request that arrives on
-// a connection idle for dropAfter or longer is read and not answered, the
-// connection closed, as if the server's idle close had crossed it on the
-// wire. Every response says "Keep-Alive: timeout=1"; the server never
-// closes an idle connection by itself.
-type dropServer struct {
-	*httptest.Server
-	dropped atomic.Int64
-	served  atomic.Int64
-}
-
-type idleSinceKey struct{}
-
-func newDropServer(t *testing.T, dropAfter time.Duration) *dropServer {
-	s := &dropServer{}
-	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		since := r.Context().Value(idleSinceKey{}).(*atomic.Int64)
-		if at := since.Load(); at != 0 && time.Since(time.Unix(0, at)) >= dropAfter {
-			s.dropped.Add(1)
-			if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
-				conn.Close()
-			}
-			return
-		}
-		io.Copy(io.Discard, r.Body)
-		s.served.Add(1)
-		w.Header().Set("Keep-Alive", "timeout=1")
-		io.WriteString(w, "ok")
-	}))
-	idle := map[net.Conn]*atomic.Int64{}
-	var mu sync.Mutex
-	s.Config.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
-		mu.Lock()
-		defer mu.Unlock()
-		idle[c] = new(atomic.Int64)
-		return context.WithValue(ctx, idleSinceKey{}, idle[c])
-	}
-	s.Config.ConnState = func(c net.Conn, st http.ConnState) {
-		mu.Lock()
-		defer mu.Unlock()
-		if since := idle[c]; since != nil {
-			switch st {
-			case http.StateIdle:
-				since.Store(time.Now().UnixNano())
-			case http.StateClosed, http.StateHijacked:
-				delete(idle, c)
-			}
-		}
-	}
-	s.EnableHTTP2 = false
-	s.StartTLS()
-	t.Cleanup(s.Close)
-	return s
-}
-
-func (s *dropServer) roots() *x509.CertPool {
-	p := x509.NewCertPool()
-	p.AddCert(s.Certificate())
-	return p
-}
-
-// connectProxy is an HTTP proxy that serves CONNECT only, tunnelling to the
-// address asked for.
-func connectProxy(t *testing.T) (*httptest.Server, *atomic.Int64) {
-	var tunnels atomic.Int64
-	var wg sync.WaitGroup
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodConnect {
-			http.Error(w, "CONNECT only", http.StatusMethodNotAllowed)
-			return
-		}
-		target, err := net.Dial("tcp", r.Host)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadGateway)
-			return
-		}
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			target.Close()
-			return
-		}
-		tunnels.Add(1)
-		brw.WriteString("HTTP/1.1 200 Connection established\r\n\r\n")
-		brw.Flush()
-		wg.Go(func() {
-			io.Copy(target, brw)
-			target.Close()
-		})
-		io.Copy(conn, target)
-		conn.Close()
-	}))
-	t.Cleanup(func() { srv.Close(); wg.Wait() })
-	return srv, &tunnels
-}
-
 // postsAfterQuiet sends n unkeyed POSTs to url, each after a quiet period
 // of quiet, and returns how many failed.
 func postsAfterQuiet(t *testing.T, c *http.Client, url string, n int, quiet time.Duration) int {
@@ -419,7 +241,7 @@ func postsAfterQuiet(t *testing.T, c *http.Client, url string, n int, quiet time
 	failed := 0
 	for i := range n {
 		if i > 0 {
-			time.Sleep(quiet)
+			waitOut(quiet)
 		}
 		req, err := http.NewRequest(http.MethodPost, url, strings.NewReader("post "+strconv.Itoa(i)))
 		require.NoError(t, err)
@@ -443,56 +265,76 @@ func TestHarmProxyAndIDN(t *testing.T) {
 	t.Parallel() // sleeps through quiet periods; no server here closes on its own
 	const posts = 6
 	t.Run("CONNECT proxy", func(t *testing.T) {
-		srv := newDropServer(t, 800*time.Millisecond)
-		proxy, tunnels := connectProxy(t)
-		proxyURL, _ := url.Parse(proxy.URL)
-		tlsConf := &tls.Config{RootCAs: srv.roots()}
+		t.Parallel()
+		// For each client an HTTPS server, HTTP/1.1 alone, that drops what
+		// arrives on a connection idle for 800 ms and announces a 1 s
+		// timeout, but never closes an idle connection itself, and a proxy.
+		type target struct {
+			srv     *idleServer
+			proxy   *url.URL
+			tunnels *atomic.Int64
+		}
+		targets := map[bool]target{}
+		for _, keep := range []bool{true, false} {
+			proxy, tunnels := connectProxy(t)
+			targets[keep] = target{newIdleServer(t, https1, 800*time.Millisecond, 0, "timeout=1"), mustParseURL(t, proxy.URL), tunnels}
+		}
+		ka := targets[true]
 		harmClients(t, "D. 6 unkeyed POSTs through a CONNECT proxy, each after 850 ms quiet, to a server that drops what arrives after 800 ms idle", func(t *testing.T, c *http.Client, keep bool) string {
+			tg := targets[keep]
 			if !keep {
 				bare := c.Transport.(*http.Transport)
-				bare.Proxy = http.ProxyURL(proxyURL)
-				bare.TLSClientConfig = tlsConf
+				bare.Proxy = http.ProxyURL(tg.proxy)
+				bare.TLSClientConfig = tg.srv.TLSConfig()
 			}
-			before := srv.dropped.Load()
-			failed := postsAfterQuiet(t, c, srv.URL, posts, 850*time.Millisecond)
-			dropped := srv.dropped.Load() - before
+			failed := postsAfterQuiet(t, c, tg.srv.URL, posts, 850*time.Millisecond)
 			if keep {
 				assert.Zero(t, failed, "POSTs lost")
-				assert.Zero(t, dropped)
+				assert.Zero(t, tg.srv.dropped())
 				tr := transportOf(c)
 				assert.Positive(t, tr.Stats().ConnsRetiredIdle)
 				assert.Len(t, tr.HostStats(), 1, "the target's key alone")
 			}
-			return fmt.Sprintf("%d of %d POSTs lost (%d tunnels so far)", failed, posts, tunnels.Load())
-		}, WithProxy(http.ProxyURL(proxyURL)), WithTLSConfig(tlsConf))
+			return fmt.Sprintf("%d of %d POSTs lost (%d tunnels)", failed, posts, tg.tunnels.Load())
+		}, WithProxy(http.ProxyURL(ka.proxy)), WithTLSConfig(ka.srv.TLSConfig()))
 	})
 	t.Run("a name in Unicode", func(t *testing.T) {
-		srv := newDropServer(t, 800*time.Millisecond)
-		addr := srv.Listener.Addr().String()
-		_, port, _ := net.SplitHostPort(addr)
-		dial := func(ctx context.Context, network, _ string) (net.Conn, error) { // every name is this server
-			var d net.Dialer
-			return d.DialContext(ctx, network, addr)
+		t.Parallel()
+		// For each client a server as above, which every name dials.
+		type target struct {
+			port string
+			dial func(ctx context.Context, network, addr string) (net.Conn, error)
 		}
-		tlsConf := &tls.Config{InsecureSkipVerify: true} // the test certificate names no Unicode host
-		u := "https://bücher.test:" + port + "/"
+		targets := map[bool]target{}
+		for _, keep := range []bool{true, false} {
+			addr := hostOf(t, newIdleServer(t, https1, 800*time.Millisecond, 0, "timeout=1").URL)
+			_, port, _ := net.SplitHostPort(addr)
+			targets[keep] = target{port, func(ctx context.Context, network, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, network, addr)
+			}}
+		}
+		// The test certificate names no Unicode host. Each client gets a
+		// configuration of its own: net/http writes to the one it is given.
+		tlsConf := func() *tls.Config { return &tls.Config{InsecureSkipVerify: true} }
 		harmClients(t, "D. 6 unkeyed POSTs to https://bücher.test, each after 850 ms quiet, to a server that drops what arrives after 800 ms idle", func(t *testing.T, c *http.Client, keep bool) string {
+			tg := targets[keep]
 			if !keep {
 				bare := c.Transport.(*http.Transport)
-				bare.DialContext = dial
-				bare.TLSClientConfig = tlsConf
+				bare.DialContext = tg.dial
+				bare.TLSClientConfig = tlsConf()
 			}
-			failed := postsAfterQuiet(t, c, u, posts, 850*time.Millisecond)
+			failed := postsAfterQuiet(t, c, "https://bücher.test:"+tg.port+"/", posts, 850*time.Millisecond)
 			if keep {
 				assert.Zero(t, failed, "POSTs lost")
 				tr := transportOf(c)
-				assert.Equal(t, []string{"bücher.test:" + port}, keysOf(tr.HostStats()), "one key for the host")
+				assert.Equal(t, []string{"bücher.test:" + tg.port}, keysOf(tr.HostStats()), "one key for the host")
 				st := tr.Stats()
 				assert.Positive(t, st.ConnsRetiredIdle)
-				assert.EqualValues(t, st.Dials, tr.HostStats()["bücher.test:"+port].Dials, "its dials counted under its key")
+				assert.EqualValues(t, st.Dials, tr.HostStats()["bücher.test:"+tg.port].Dials, "its dials counted under its key")
 			}
 			return fmt.Sprintf("%d of %d POSTs lost", failed, posts)
-		}, WithDialContext(dial), WithTLSConfig(tlsConf))
+		}, WithDialContext(targets[true].dial), WithTLSConfig(tlsConf()))
 	})
 }
 
@@ -511,27 +353,26 @@ func keysOf[V any](m map[string]V) []string {
 func TestHarmLateBodyRead(t *testing.T) {
 	t.Parallel() // sleeps through quiet periods; no server here closes on its own
 	const rounds = 5
-	srv := newIdleServer(t, 900*time.Millisecond, time.Hour, "timeout=1")
-	srv.getBody = 64 << 10 // arrives whole in the socket's buffer before the caller reads it
 	harmClients(t, "E. a GET body read 600 ms late, then an unkeyed POST 350 ms later, against a server that drops what arrives after 900 ms idle", func(t *testing.T, c *http.Client, keep bool) string {
-		before := srv.dropped.Load()
+		srv := newIdleServer(t, http1, 900*time.Millisecond, 0, "timeout=1")
+		srv.getBody = 64 << 10 // arrives whole in the socket's buffer before the caller reads it
 		failed := 0
 		for i := range rounds {
-			resp, err := c.Get(srv.url("/"))
+			resp, err := c.Get(srv.URL)
 			require.NoError(t, err)
-			time.Sleep(600 * time.Millisecond) // the caller reads the body late
+			waitOut(600 * time.Millisecond) // the caller reads the body late
 			b, err := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			require.NoError(t, err)
 			require.Len(t, b, srv.getBody)
-			time.Sleep(350 * time.Millisecond)
-			if idlePost(t, c, srv.url("/"), strconv.Itoa(i)) != nil {
+			waitOut(350 * time.Millisecond)
+			if idlePost(t, c, srv.URL, strconv.Itoa(i)) != nil {
 				failed++
 			}
 		}
 		if keep {
 			assert.Zero(t, failed, "POSTs lost")
-			assert.Zero(t, srv.dropped.Load()-before)
+			assert.Zero(t, srv.dropped())
 		}
 		return fmt.Sprintf("%d of %d POSTs lost", failed, rounds)
 	})
@@ -542,8 +383,10 @@ func TestHarmLateBodyRead(t *testing.T) {
 // HTTP/2 connection, HTTP/1: a burst still shares one HTTP/2 connection,
 // and a stream on it survives a quiet period past an HTTP/1 idle timeout.
 func TestHarmUpgradeOnHTTP2Host(t *testing.T) {
-	t.Parallel() // sleeps through a quiet period; no server here closes on its own
-	srv, conns, tlsOpt := tlsCountingServer(t, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	// Not parallel: that the burst shares one connection rests on the dial
+	// gate's wait for the first connection, which a loaded machine can
+	// outlast.
+	srv, tlsOpt := newServer(t, http2, keepalivetest.Handle(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.Header.Get("Upgrade") == "websocket":
 			conn, brw, err := http.NewResponseController(w).Hijack()
@@ -584,7 +427,7 @@ func TestHarmUpgradeOnHTTP2Host(t *testing.T) {
 	defer resp.Body.Close()
 
 	burst(t, c, srv.URL, 32)
-	assert.EqualValues(t, 2, conns.Load(), "TLS connections: the upgrade's, and one HTTP/2 for the burst")
+	assert.Equal(t, 2, srv.Connections(), "TLS connections: the upgrade's, and one HTTP/2 for the burst")
 
 	// As if the host had shown a 1 s idle timeout over HTTP/1.
 	tr.hosts.forURL(req.URL).idle.set(int64(time.Second), monotonic())
@@ -593,7 +436,7 @@ func TestHarmUpgradeOnHTTP2Host(t *testing.T) {
 	defer events.Body.Close()
 	require.Equal(t, 2, events.ProtoMajor)
 	lines := bufio.NewReader(events.Body)
-	time.Sleep(time.Second) // quiet for the client, past the HTTP/1 timeout
+	waitOut(time.Second) // quiet for the client, past the HTTP/1 timeout
 	resp, err = c.Get(srv.URL)
 	require.NoError(t, err, "a request on the HTTP/2 connection")
 	io.Copy(io.Discard, resp.Body)
@@ -602,41 +445,8 @@ func TestHarmUpgradeOnHTTP2Host(t *testing.T) {
 		_, err := lines.ReadString('\n')
 		require.NoError(t, err)
 	}
-	assert.EqualValues(t, 2, conns.Load())
+	assert.Equal(t, 2, srv.Connections())
 	assert.Zero(t, tr.Stats().ConnsRetiredIdle)
-}
-
-// hangingTLS accepts connections and never answers: a TLS handshake with
-// it hangs until the client gives up.
-func hangingTLS(t *testing.T) (addr string, accepted *atomic.Int64) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	accepted = new(atomic.Int64)
-	var mu sync.Mutex
-	var conns []net.Conn
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted.Add(1)
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-	})
-	return ln.Addr().String(), accepted
 }
 
 // G (issue 15): N concurrent requests to an https host whose TLS handshake
@@ -646,7 +456,8 @@ func TestHarmHangingHTTPSHost(t *testing.T) {
 	const n = 8
 	const timeout = 500 * time.Millisecond
 	harmClients(t, "G. 8 concurrent GETs to an https host whose TLS handshake hangs (handshake timeout 500 ms)", func(t *testing.T, c *http.Client, keep bool) string {
-		addr, accepted := hangingTLS(t)
+		srv := newFaultServer(t, func(fc *faultConn) { fc.waitClosed() }) // accepts, never answers: a TLS handshake hangs
+		addr, accepted := srv.addr, &srv.accepted
 		if !keep {
 			c.Transport.(*http.Transport).TLSHandshakeTimeout = timeout
 		}
@@ -689,7 +500,7 @@ func TestHarmHangingHTTPSHost(t *testing.T) {
 // pauses that tenant's requests, not another's; a 503 with Retry-After, an
 // overloaded server, still pauses the host; WithRateLimitKey names the key.
 func TestHarmRateLimitPerCredential(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := handlerServer(t, func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.URL.Path == "/overloaded":
 			w.Header().Set("Retry-After", "5")
@@ -698,8 +509,7 @@ func TestHarmRateLimitPerCredential(t *testing.T) {
 			w.Header().Set("Retry-After", "5")
 			w.WriteHeader(http.StatusTooManyRequests)
 		}
-	}))
-	t.Cleanup(srv.Close)
+	})
 	// send sends a GET with hdr, with a deadline shorter than any pause.
 	send := func(c *http.Client, path string, hdr ...string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -745,7 +555,7 @@ func TestHarmRateLimitPerCredential(t *testing.T) {
 func TestHarmOverflowHostsKeepTheirRetries(t *testing.T) {
 	var mu sync.Mutex
 	seen := map[string]int{}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := handlerServer(t, func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		seen[r.Host]++
 		n := seen[r.Host]
@@ -753,9 +563,8 @@ func TestHarmOverflowHostsKeepTheirRetries(t *testing.T) {
 		if strings.HasPrefix(r.Host, "dead.") || n == 1 { // the dead host fails everything, the others once
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
-	}))
-	t.Cleanup(srv.Close)
-	addr := srv.Listener.Addr().String()
+	})
+	addr := hostOf(t, srv.URL)
 	c, tr := newTestClient(t, WithBackoff(0, 0), WithDialContext(func(ctx context.Context, network, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, network, addr)
@@ -786,6 +595,7 @@ func TestHarmOverflowHostsKeepTheirRetries(t *testing.T) {
 func TestHarmRestartAndCutStreamsNotLearned(t *testing.T) {
 	t.Parallel() // sleeps through quiet periods; the servers close only when told
 	t.Run("a graceful restart", func(t *testing.T) {
+		t.Parallel()
 		const conns = 8
 		var (
 			mu      sync.Mutex
@@ -825,16 +635,16 @@ func TestHarmRestartAndCutStreamsNotLearned(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		time.Sleep(300 * time.Millisecond) // every connection idle for 300 ms or more
+		waitOut(300 * time.Millisecond) // every connection idle for 300 ms or more
 		mu.Lock()
 		for _, c := range open { // the restart: every connection closed at once
 			c.Close()
 		}
 		mu.Unlock()
-		require.True(t, pollUntil(5*time.Second, func() bool { return tr.Stats().IdleCloses == conns }), "the closes seen")
+		require.True(t, poll(5*time.Second, func() bool { return tr.Stats().IdleCloses == conns }), "the closes seen")
 		dials := tr.Stats().Dials
 		for range 5 { // requests 400 ms apart: longer than the shortest age the restart showed
-			time.Sleep(400 * time.Millisecond)
+			waitOut(400 * time.Millisecond)
 			resp, err := c.Get(srv.url("/"))
 			require.NoError(t, err)
 			io.Copy(io.Discard, resp.Body)
@@ -844,6 +654,7 @@ func TestHarmRestartAndCutStreamsNotLearned(t *testing.T) {
 		assert.Zero(t, tr.Stats().ConnsRetiredIdle)
 	})
 	t.Run("responses cut off mid-body", func(t *testing.T) {
+		t.Parallel()
 		srv := newFaultServer(t, faultServe(func(fc *faultConn, r *faultRequest) bool {
 			if r.URL.Path == "/cut" { // half the body, a pause, then the close
 				fc.writeString("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf ")
@@ -865,7 +676,7 @@ func TestHarmRestartAndCutStreamsNotLearned(t *testing.T) {
 		}
 		dials := tr.Stats().Dials
 		for range 5 { // requests 200 ms apart: longer than the pause before each cut, less the margin
-			time.Sleep(200 * time.Millisecond)
+			waitOut(200 * time.Millisecond)
 			resp, err := c.Get(srv.url("/"))
 			require.NoError(t, err)
 			io.Copy(io.Discard, resp.Body)
@@ -974,7 +785,7 @@ func TestSchedLagSeesOversubscription(t *testing.T) {
 // (the server closes them) are redialed with a resumed handshake, counted
 // in Stats.
 func TestTLSSessionsResumed(t *testing.T) {
-	srv, conns, tlsOpt := tlsCountingServer(t, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv, tlsOpt := newServer(t, https1, keepalivetest.Handle(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close") // every request on a new connection
 		io.WriteString(w, "ok")
 	}))
@@ -987,8 +798,8 @@ func TestTLSSessionsResumed(t *testing.T) {
 		resp.Body.Close()
 	}
 	st := tr.Stats()
-	t.Logf("%d connections, %d TLS handshakes, %d resumed", conns.Load(), st.TLSHandshakes, st.TLSResumed)
-	assert.EqualValues(t, n, conns.Load())
+	t.Logf("%d connections, %d TLS handshakes, %d resumed", srv.Connections(), st.TLSHandshakes, st.TLSResumed)
+	assert.Equal(t, n, srv.Connections())
 	assert.EqualValues(t, n, st.TLSHandshakes)
 	assert.GreaterOrEqual(t, st.TLSResumed, int64(n-1)*9/10, "at least 90% of the redials resumed")
 }

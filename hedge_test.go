@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keepalive-go/keepalive/keepalivetest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -20,10 +21,10 @@ import (
 // body only once the stalled attempt has been cancelled: the winner's body
 // must survive the cancellation of the loser.
 func TestHedgingWinsOverAStalledAttempt(t *testing.T) {
-	forBothProtocols(t, func(t *testing.T, h2 bool) {
+	forEachProto(t, func(t *testing.T, p proto) {
 		var hits atomic.Int64
 		loserGone := make(chan struct{})
-		srv, tlsOpt := fleetServer(t, h2, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		srv, tlsOpt := newServer(t, p, keepalivetest.Handle(func(w http.ResponseWriter, r *http.Request) {
 			if hits.Add(1) == 1 {
 				<-r.Context().Done() // stalls until the client cancels it
 				close(loserGone)
@@ -62,7 +63,7 @@ func TestHedgingCancelsTheHedgeWhenTheFirstAnswers(t *testing.T) {
 	var hits atomic.Int64
 	hedgeArrived := make(chan struct{})
 	hedgeGone := make(chan struct{})
-	srv, _ := fleetServer(t, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv, _ := newServer(t, http1, keepalivetest.Handle(func(w http.ResponseWriter, r *http.Request) {
 		if hits.Add(1) == 2 {
 			close(hedgeArrived)
 			<-r.Context().Done()
@@ -98,7 +99,7 @@ func TestHedgingOnlyForRequestsThatMayBeRetried(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var hits atomic.Int64
-			srv, _ := fleetServer(t, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			srv, _ := newServer(t, http1, keepalivetest.Handle(func(w http.ResponseWriter, r *http.Request) {
 				_, _ = io.Copy(io.Discard, r.Body)
 				if hits.Add(1) == 1 {
 					select { // the first attempt answers late, well past the hedge delay
@@ -123,7 +124,7 @@ func TestHedgingOnlyForRequestsThatMayBeRetried(t *testing.T) {
 }
 
 func TestHedgesDrawFromTheRetryBudget(t *testing.T) {
-	srv, _ := fleetServer(t, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv, _ := newServer(t, http1, keepalivetest.Handle(func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-time.After(100 * time.Millisecond):
 		case <-r.Context().Done():
@@ -224,7 +225,7 @@ func BenchmarkHedgingTail(b *testing.B) {
 func TestHedgingWaitsForABetterAnswer(t *testing.T) {
 	var hits atomic.Int64
 	hedgeArrived, firstDone := make(chan struct{}), make(chan struct{})
-	srv, _ := fleetServer(t, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv, _ := newServer(t, http1, keepalivetest.Handle(func(w http.ResponseWriter, r *http.Request) {
 		if hits.Add(1) == 1 {
 			<-hedgeArrived
 			w.WriteHeader(http.StatusServiceUnavailable)
@@ -258,9 +259,9 @@ func TestHedgingWaitsForABetterAnswer(t *testing.T) {
 // for it: that must read as an attempt timeout, retried, and counted as a
 // failure by the breaker, not as the caller's cancellation.
 func TestHedgedAttemptTimeoutIsRetried(t *testing.T) {
-	forBothProtocols(t, func(t *testing.T, h2 bool) {
+	forEachProto(t, func(t *testing.T, p proto) {
 		var hits atomic.Int64
-		srv, tlsOpt := fleetServer(t, h2, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		srv, tlsOpt := newServer(t, p, keepalivetest.Handle(func(w http.ResponseWriter, r *http.Request) {
 			if hits.Add(1) == 1 {
 				<-r.Context().Done() // the first attempt stalls until it is abandoned
 				return

@@ -3,22 +3,15 @@ package keepalive
 import (
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/keepalive-go/keepalive/keepalivetest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
-
-func mustParseURL(t testing.TB, s string) *url.URL {
-	t.Helper()
-	u, err := url.Parse(s)
-	require.NoError(t, err)
-	return u
-}
 
 // One host, however its URL spells it, has one state: one set of
 // counters, one budget, one breaker, one dial gate (defect: the budget and
@@ -105,8 +98,7 @@ func TestHostSpellingsAreBounded(t *testing.T) {
 //
 //	go test -run '^$' -bench CrawlerNewHosts -benchmem
 func BenchmarkCrawlerNewHosts(b *testing.B) {
-	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
-	b.Cleanup(srv.Close)
+	srv := cbServer(b)
 	proxy := mustParseURL(b, srv.URL)
 	for _, warm := range []int{2 * HostStatsLimit, 8 * HostStatsLimit} {
 		b.Run("hosts="+strconv.Itoa(warm), func(b *testing.B) {
@@ -136,4 +128,58 @@ func BenchmarkCrawlerNewHosts(b *testing.B) {
 			b.ReportMetric(float64(n-warm)/time.Since(start).Seconds(), "newhosts/s")
 		})
 	}
+}
+
+// A URL that names the default port and one that leaves it out are the
+// same host: one retry budget, one breaker, one HostStats key.
+func TestDefaultPortIsTheSameHost(t *testing.T) {
+	srv := keepalivetest.NewServer(t, keepalivetest.Status(http.StatusServiceUnavailable).Body("down"))
+	// Both URLs go through the server as a proxy: nothing leaves the
+	// machine, and the Transport still sees two spellings of one host.
+	viaServer := WithProxy(func(*http.Request) (*url.URL, error) { return url.Parse(srv.URL) })
+	const bare, withPort = "http://example.test/x", "http://example.test:80/x"
+	get := func(t *testing.T, c *http.Client, u string) (*http.Response, error) {
+		t.Helper()
+		resp, err := c.Get(u)
+		if resp != nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		return resp, err
+	}
+
+	t.Run("a breaker opened through one spelling refuses the other", func(t *testing.T) {
+		c, tr := newTestClient(t, viaServer, WithMaxRetries(0),
+			WithCircuitBreaker(CircuitBreaker{ConsecutiveFailures: 3, OpenTimeout: time.Minute}))
+		before := srv.Requests()
+		for range 3 {
+			resp, err := get(t, c, bare)
+			require.NoError(t, err)
+			require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+		}
+		_, err := get(t, c, withPort)
+		assert.ErrorIs(t, err, ErrCircuitOpen)
+		assert.Equal(t, 3, srv.Requests()-before, "requests that reached the server")
+
+		hs := tr.HostStats()
+		assert.Equal(t, int64(4), hs["example.test:80"].Requests, "both spellings counted under one key")
+		assert.NotContains(t, hs, "example.test")
+	})
+
+	t.Run("a retry budget spent through one spelling is spent for the other", func(t *testing.T) {
+		// Only the floor: 1 retry a second over 2 s, 2 retries in all.
+		c, tr := newTestClient(t, viaServer, WithMaxRetries(3), WithBackoff(0, 0),
+			WithRetryBudget(RetryBudget{Ratio: -1, Window: 2 * time.Second, MinPerSecond: 1}))
+		before := srv.Requests()
+		resp, err := get(t, c, bare)
+		require.NoError(t, err)
+		require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+		require.Equal(t, 3, srv.Requests()-before, "the first request and the 2 retries the budget holds")
+
+		resp, err = get(t, c, withPort)
+		require.NoError(t, err)
+		require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+		assert.Equal(t, 4, srv.Requests()-before, "the budget is spent: no retry of the second request")
+		assert.Equal(t, int64(2), tr.Stats().BudgetRefusals)
+	})
 }

@@ -6,60 +6,14 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/keepalive-go/keepalive/keepalivetest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
-
-// idleServer is a fault server whose connections close like a real
-// server's idle timeout, with the race that loses requests made certain:
-// a request arriving on a connection idle for dropAfter or longer is read
-// and the connection closed without an answer, as if the server's close
-// had crossed it on the wire; a connection idle for closeAfter is closed.
-// announce, if set, is sent as a Keep-Alive header.
-type idleServer struct {
-	*faultServer
-	dropped atomic.Int64 // requests read and not answered
-	getBody int          // the length of the body of a GET's response; 0: an echo, as for other methods
-}
-
-func newIdleServer(t *testing.T, dropAfter, closeAfter time.Duration, announce string) *idleServer {
-	s := &idleServer{}
-	s.faultServer = newFaultServer(t, func(fc *faultConn) {
-		var idleSince time.Time
-		for {
-			if !idleSince.IsZero() {
-				fc.Conn.SetReadDeadline(idleSince.Add(closeAfter))
-			}
-			r, err := fc.readRequest()
-			if err != nil {
-				return // the idle close (or the client's)
-			}
-			if !idleSince.IsZero() && time.Since(idleSince) >= dropAfter {
-				s.dropped.Add(1)
-				return
-			}
-			var hdr []string
-			if announce != "" {
-				hdr = append(hdr, "Keep-Alive: "+announce)
-			}
-			body := faultEcho(r.Method, r.Header.Get("X-Req-Id"), r.bodySum)
-			if r.Method == http.MethodGet && s.getBody > 0 {
-				body = strings.Repeat("x", s.getBody)
-			}
-			if fc.reply(http.StatusOK, body, hdr...) != nil {
-				return
-			}
-			idleSince = time.Now()
-		}
-	})
-	return s
-}
 
 func idlePost(t *testing.T, c *http.Client, url, id string) error {
 	t.Helper()
@@ -86,25 +40,26 @@ func idlePost(t *testing.T, c *http.Client, url, id string) error {
 // again: the unkeyed POST that would have crossed the close goes to a new
 // connection. Without learning, it is lost.
 func TestIdleTimeoutLearnedFromClose(t *testing.T) {
+	t.Parallel() // sleeps through idle periods; each server closes only its own connections
 	forLearning(t, func(t *testing.T, learn bool) {
-		srv := newIdleServer(t, 760*time.Millisecond, time.Second, "")
+		srv := newIdleServer(t, http1, 760*time.Millisecond, time.Second, "")
 		c, tr := idleClient(t, learn)
 
 		// The server closes each idle connection after 1 s: once is not
 		// enough to act on, twice confirms it.
 		for i, id := range []string{"1", "2"} {
-			require.NoError(t, idlePost(t, c, srv.url("/"), id))
-			require.True(t, pollUntil(5*time.Second, func() bool { return tr.Stats().IdleCloses == int64(i+1) }), "idle close seen")
+			require.NoError(t, idlePost(t, c, srv.URL, id))
+			require.True(t, poll(5*time.Second, func() bool { return tr.Stats().IdleCloses == int64(i+1) }), "idle close seen")
 		}
-		require.NoError(t, idlePost(t, c, srv.url("/"), "3"))
-		time.Sleep(850 * time.Millisecond) // the idle age under test: past 1 s less the margin, and past dropAfter
-		err := idlePost(t, c, srv.url("/"), "4")
+		require.NoError(t, idlePost(t, c, srv.URL, "3"))
+		waitOut(850 * time.Millisecond) // the idle age under test: past 1 s less the margin, and past dropAfter
+		err := idlePost(t, c, srv.URL, "4")
 		if learn {
 			require.NoError(t, err)
-			assert.EqualValues(t, 0, srv.dropped.Load(), "requests crossed by a close")
+			assert.EqualValues(t, 0, srv.dropped(), "requests crossed by a close")
 			assert.EqualValues(t, 1, tr.Stats().ConnsRetiredIdle)
 			assert.EqualValues(t, 4, tr.Stats().Dials)
-		} else if srv.dropped.Load() == 1 {
+		} else if srv.dropped() == 1 {
 			require.Error(t, err, "the POST crossed the close")
 			assert.EqualValues(t, 0, tr.Stats().ConnsRetiredIdle)
 		} else {
@@ -116,18 +71,6 @@ func TestIdleTimeoutLearnedFromClose(t *testing.T) {
 	})
 }
 
-// pollUntil checks cond every millisecond until it holds or limit passes.
-func pollUntil(limit time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(time.Millisecond)
-	}
-	return true
-}
-
 // A "Keep-Alive: timeout=N" header is honoured before any close: the
 // server announces 2 s, and a connection idle for longer than 2 s less
 // the margin is not written on, even though nothing was ever closed.
@@ -136,19 +79,19 @@ func TestIdleTimeoutAnnouncedByKeepAlive(t *testing.T) {
 	forLearning(t, func(t *testing.T, learn bool) {
 		// Requests arriving after 1 s of idleness cross the close;
 		// the server never closes an idle connection by itself.
-		srv := newIdleServer(t, time.Second, time.Hour, "timeout=2, max=100")
+		srv := newIdleServer(t, http1, time.Second, 0, "timeout=2, max=100")
 		c, tr := idleClient(t, learn)
 
-		require.NoError(t, idlePost(t, c, srv.url("/"), "1"))
-		time.Sleep(1800 * time.Millisecond) // past 2 s less the margin, and past the server's 1 s
-		err := idlePost(t, c, srv.url("/"), "2")
+		require.NoError(t, idlePost(t, c, srv.URL, "1"))
+		waitOut(1800 * time.Millisecond) // past 2 s less the margin, and past the server's 1 s
+		err := idlePost(t, c, srv.URL, "2")
 		if learn {
 			require.NoError(t, err)
-			assert.EqualValues(t, 0, srv.dropped.Load())
+			assert.EqualValues(t, 0, srv.dropped())
 			assert.EqualValues(t, 1, tr.Stats().ConnsRetiredIdle)
 		} else {
 			require.Error(t, err)
-			assert.EqualValues(t, 1, srv.dropped.Load())
+			assert.EqualValues(t, 1, srv.dropped())
 		}
 	})
 }
@@ -156,18 +99,15 @@ func TestIdleTimeoutAnnouncedByKeepAlive(t *testing.T) {
 // A connection used again within the learned timeout is reused: learning
 // retires only what the server is about to close.
 func TestIdleTimeoutKeepsFreshConnections(t *testing.T) {
-	srv := newIdleServer(t, time.Hour, time.Hour, "timeout=2")
-	tr, err := NewTransport()
-	require.NoError(t, err)
-	t.Cleanup(tr.CloseIdleConnections)
-	c := &http.Client{Transport: tr}
+	srv := newIdleServer(t, http1, time.Hour, 0, "timeout=2")
+	c, tr := newTestClient(t)
 	for i := range 20 {
-		require.NoError(t, idlePost(t, c, srv.url("/"), strings.Repeat("x", i+1)))
+		require.NoError(t, idlePost(t, c, srv.URL, strings.Repeat("x", i+1)))
 	}
 	s := tr.Stats()
 	assert.EqualValues(t, 1, s.Dials)
 	assert.EqualValues(t, 0, s.ConnsRetiredIdle)
-	assert.EqualValues(t, 1, srv.accepted.Load())
+	assert.Equal(t, 1, srv.Connections())
 }
 
 // The learned timeout keeps the shortest value seen while it is fresh,
@@ -203,36 +143,30 @@ func TestHostIdleLearnsShortestAndDecays(t *testing.T) {
 // and a refused write would fail the streams it carries.
 func TestIdleTimeoutOverTLS(t *testing.T) {
 	t.Parallel() // sleeps through idle periods; no server here closes on its own
-	for _, h2 := range []bool{false, true} {
-		t.Run(map[bool]string{false: "HTTP/1.1", true: "HTTP/2"}[h2], func(t *testing.T) {
-			srv, conns, tlsOpt := tlsCountingServer(t, h2, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	for _, p := range []proto{https1, http2} {
+		t.Run(p.String(), func(t *testing.T) {
+			t.Parallel()
+			srv, tlsOpt := newServer(t, p, keepalivetest.Handle(func(w http.ResponseWriter, r *http.Request) {
 				io.WriteString(w, r.Proto)
 			}))
-			tr, err := NewTransport(tlsOpt)
-			require.NoError(t, err)
-			t.Cleanup(tr.CloseIdleConnections)
-			c := &http.Client{Transport: tr}
-			get := func() string {
-				resp, err := c.Get(srv.URL)
+			c, tr := newTestClient(t, tlsOpt)
+			spoken := func() string {
+				_, body, err := get(t, c, srv.URL)
 				require.NoError(t, err)
-				defer resp.Body.Close()
-				b, err := io.ReadAll(resp.Body)
-				require.NoError(t, err)
-				return string(b)
+				return body
 			}
-			want := map[bool]string{false: "HTTP/1.1", true: "HTTP/2.0"}[h2]
-			require.Equal(t, want, get())
+			want := map[proto]string{https1: "HTTP/1.1", http2: "HTTP/2.0"}[p]
+			require.Equal(t, want, spoken())
 			// As if the server had been seen to close idle connections
 			// after 1 s (Go's HTTP/2 server sends no Keep-Alive header).
-			u, _ := url.Parse(srv.URL)
-			tr.hosts.forURL(u).idle.set(int64(time.Second), monotonic())
-			time.Sleep(800 * time.Millisecond) // past 1 s less the margin
-			require.Equal(t, want, get())
-			if h2 {
-				assert.EqualValues(t, 1, conns.Load(), "the HTTP/2 connection is kept")
+			tr.hosts.forURL(mustParseURL(t, srv.URL)).idle.set(int64(time.Second), monotonic())
+			waitOut(800 * time.Millisecond) // past 1 s less the margin
+			require.Equal(t, want, spoken())
+			if p == http2 {
+				assert.Equal(t, 1, srv.Connections(), "the HTTP/2 connection is kept")
 				assert.EqualValues(t, 0, tr.Stats().ConnsRetiredIdle)
 			} else {
-				assert.EqualValues(t, 2, conns.Load(), "the idle HTTP/1 connection is retired")
+				assert.Equal(t, 2, srv.Connections(), "the idle HTTP/1 connection is retired")
 				assert.EqualValues(t, 1, tr.Stats().ConnsRetiredIdle)
 			}
 		})
@@ -243,14 +177,11 @@ func TestIdleTimeoutOverTLS(t *testing.T) {
 // the connection it was given is retired for its idle age.
 func TestIdleTimeoutResendsUnrewindableBody(t *testing.T) {
 	t.Parallel() // sleeps through idle periods; no server here closes on its own
-	srv := newIdleServer(t, time.Second, time.Hour, "timeout=2")
-	tr, err := NewTransport()
-	require.NoError(t, err)
-	t.Cleanup(tr.CloseIdleConnections)
-	c := &http.Client{Transport: tr}
-	require.NoError(t, idlePost(t, c, srv.url("/"), "1"))
-	time.Sleep(1800 * time.Millisecond)
-	req, err := http.NewRequest(http.MethodPost, srv.url("/"), io.NopCloser(&faultBody{n: 10000, seed: 7}))
+	srv := newIdleServer(t, http1, time.Second, 0, "timeout=2")
+	c, tr := newTestClient(t)
+	require.NoError(t, idlePost(t, c, srv.URL, "1"))
+	waitOut(1800 * time.Millisecond)
+	req, err := http.NewRequest(http.MethodPost, srv.URL, io.NopCloser(&faultBody{n: 10000, seed: 7}))
 	require.NoError(t, err)
 	require.Nil(t, req.GetBody)
 	req.Header.Set("X-Req-Id", "2")
@@ -260,7 +191,7 @@ func TestIdleTimeoutResendsUnrewindableBody(t *testing.T) {
 	resp.Body.Close()
 	require.NoError(t, err)
 	assert.Equal(t, faultEcho(http.MethodPost, "2", faultBodySum(10000, 7)), string(b))
-	assert.EqualValues(t, 0, srv.dropped.Load())
+	assert.EqualValues(t, 0, srv.dropped())
 	assert.EqualValues(t, 1, tr.Stats().ConnsRetiredIdle)
 }
 
@@ -269,7 +200,7 @@ func TestIdleTimeoutResendsUnrewindableBody(t *testing.T) {
 func TestClosedUnderneath(t *testing.T) {
 	pair := tcpPairs(t)
 	seen := func(c net.Conn) bool {
-		return pollUntil(5*time.Second, func() bool { closed, _ := closedUnderneath(c); return closed })
+		return poll(5*time.Second, func() bool { closed, _ := closedUnderneath(c); return closed })
 	}
 
 	c, s := pair()
@@ -294,10 +225,15 @@ func TestClosedUnderneath(t *testing.T) {
 	assert.Error(t, err)
 }
 
-// forLearning runs f with idle-timeout learning on and off.
+// forLearning runs f with idle-timeout learning on and off, as parallel
+// subtests.
 func forLearning(t *testing.T, f func(t *testing.T, learn bool)) {
-	t.Run("learning", func(t *testing.T) { f(t, true) })
-	t.Run("WithoutIdleLearning", func(t *testing.T) { f(t, false) })
+	for _, learn := range []bool{true, false} {
+		t.Run(map[bool]string{true: "learning", false: "WithoutIdleLearning"}[learn], func(t *testing.T) {
+			t.Parallel() // each has its own server and client
+			f(t, learn)
+		})
+	}
 }
 
 // idleClient is a client with idle-timeout learning on or off.

@@ -14,12 +14,6 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// infoLogger is a JSON logger at slog's default level, Info: what
-// WithLogger(slog.Default()) gets.
-func infoLogger(buf *bytes.Buffer) *slog.Logger {
-	return slog.New(slog.NewJSONHandler(buf, nil))
-}
-
 // logDuration parses a logged duration, which must be text.
 func logDuration(t *testing.T, v any) time.Duration {
 	t.Helper()
@@ -38,18 +32,18 @@ func TestALoggerAtInfoSeesWhatNeedsAttention(t *testing.T) {
 	)
 	t.Run("a give-up is logged at Warn, its retries are not", func(t *testing.T) {
 		s := keepalivetest.NewServer(t, keepalivetest.Status(503))
-		var logs bytes.Buffer
-		c, _ := newTestClient(t, WithBackoff(0, 0), WithLogger(infoLogger(&logs)))
+		logs := captureLogs(slog.LevelInfo, true) // slog's default level, as slog.Default has it
+		c, _ := newTestClient(t, WithBackoff(0, 0), logs.option())
 		u := strings.Replace(s.URL, "http://", "http://alice:"+password+"@", 1) + "/items?token=" + token
 		req, err := http.NewRequest("GET", u, nil)
 		require.NoError(t, err)
 		req.Header.Set("Authorization", bearer)
 		resp, err := c.Do(req)
 		require.NoError(t, err)
-		readAll(t, resp)
+		readBody(t, resp)
 		assert.Equal(t, 4, s.Requests())
 
-		recs := decodeLogs(t, bytes.NewReader(logs.Bytes()))
+		recs := logs.records(t)
 		require.Len(t, recs, 1, logs.String())
 		r := recs[0]
 		assert.Equal(t, "WARN", r["level"])
@@ -65,13 +59,13 @@ func TestALoggerAtInfoSeesWhatNeedsAttention(t *testing.T) {
 	})
 	t.Run("a give-up names the wait it refused", func(t *testing.T) {
 		s := keepalivetest.NewServer(t, keepalivetest.Status(503).RetryAfter("3600"))
-		var logs bytes.Buffer
-		c, _ := newTestClient(t, WithLogger(infoLogger(&logs)))
+		logs := captureLogs(slog.LevelInfo, true)
+		c, _ := newTestClient(t, logs.option())
 		resp, err := c.Get(s.URL)
 		require.NoError(t, err)
-		readAll(t, resp)
+		readBody(t, resp)
 
-		recs := decodeLogs(t, bytes.NewReader(logs.Bytes()))
+		recs := logs.records(t)
 		require.Len(t, recs, 1, logs.String())
 		assert.Equal(t, "WARN", recs[0]["level"])
 		assert.Equal(t, "retry-after too long", recs[0]["reason"])
@@ -80,14 +74,14 @@ func TestALoggerAtInfoSeesWhatNeedsAttention(t *testing.T) {
 	t.Run("a host that asks for a pause is logged at Warn", func(t *testing.T) {
 		s := keepalivetest.NewServer(t, keepalivetest.Status(200).
 			Header("X-RateLimit-Remaining", "0").Header("X-RateLimit-Reset", "0.05"))
-		var logs bytes.Buffer
-		c, tr := newTestClient(t, WithLogger(infoLogger(&logs)))
+		logs := captureLogs(slog.LevelInfo, true)
+		c, tr := newTestClient(t, logs.option())
 		resp, err := c.Get(s.URL)
 		require.NoError(t, err)
-		readAll(t, resp)
+		readBody(t, resp)
 		require.EqualValues(t, 1, tr.Stats().Pauses)
 
-		recs := decodeLogs(t, bytes.NewReader(logs.Bytes()))
+		recs := logs.records(t)
 		require.Len(t, recs, 1, logs.String())
 		r := recs[0]
 		assert.Equal(t, "WARN", r["level"])
@@ -101,14 +95,14 @@ func TestALoggerAtInfoSeesWhatNeedsAttention(t *testing.T) {
 	})
 	t.Run("a circuit that opens is logged at Warn", func(t *testing.T) {
 		s := keepalivetest.NewServer(t, keepalivetest.Status(503))
-		var logs bytes.Buffer
-		c, _ := newTestClient(t, WithMaxRetries(0), WithLogger(infoLogger(&logs)),
+		logs := captureLogs(slog.LevelInfo, true)
+		c, _ := newTestClient(t, WithMaxRetries(0), logs.option(),
 			WithCircuitBreaker(CircuitBreaker{ConsecutiveFailures: 1, OpenTimeout: time.Hour}))
 		resp, err := c.Get(s.URL)
 		require.NoError(t, err)
-		readAll(t, resp)
+		readBody(t, resp)
 
-		recs := decodeLogs(t, bytes.NewReader(logs.Bytes()))
+		recs := logs.records(t)
 		require.Len(t, recs, 1, logs.String())
 		r := recs[0]
 		assert.Equal(t, "WARN", r["level"])
@@ -120,12 +114,11 @@ func TestALoggerAtInfoSeesWhatNeedsAttention(t *testing.T) {
 
 func TestALoggerAtDebugSeesRetriesWithReadableWaits(t *testing.T) {
 	s := keepalivetest.NewServer(t, keepalivetest.Status(503), keepalivetest.Status(200))
-	var logs bytes.Buffer
-	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	c, _ := newTestClient(t, WithBackoff(time.Millisecond, time.Millisecond), WithLogger(logger))
+	logs := captureLogs(slog.LevelDebug, false)
+	c, _ := newTestClient(t, WithBackoff(time.Millisecond, time.Millisecond), logs.option())
 	resp, err := c.Get(s.URL + "/?q=" + "secret-q")
 	require.NoError(t, err)
-	readAll(t, resp)
+	readBody(t, resp)
 
 	out := logs.String()
 	require.Equal(t, 1, strings.Count(out, "\n"), out)

@@ -107,7 +107,7 @@ func TestMemory64MiBPutRetriedTwiceIsNotBuffered(t *testing.T) {
 	s := memStartSampler()
 	req := faultNewRequest(context.Background(), http.MethodPut, srv.url("/big"), size, seed)
 	req.Header.Set("X-Req-Id", "big")
-	resp, body, err := faultDo(t, c, req)
+	resp, body, err := send(t, c, req)
 	g := s.growth()
 
 	require.NoError(t, err)
@@ -129,7 +129,7 @@ func TestMemoryNoFileDescriptorLeak(t *testing.T) {
 	// Warm up the runtime's own descriptors (the netpoller) first.
 	warm := newFaultServer(t, faultServe(faultOK))
 	wc, _ := newTestClient(t, WithProxy(nil))
-	_, _, err := faultGet(t, wc, warm.url("/"))
+	_, _, err := get(t, wc, warm.url("/"))
 	require.NoError(t, err)
 	wc.CloseIdleConnections()
 	warm.close()
@@ -176,14 +176,13 @@ func TestMemoryNoFileDescriptorLeak(t *testing.T) {
 		srv := newFaultServer(t, faultServe(faultOK))
 		srv.stopListening()
 		c, _ := newTestClient(t, faultFastRetries(2)...)
-		_, _, err := faultGet(t, c, srv.url("/"))
+		_, _, err := get(t, c, srv.url("/"))
 		require.Error(t, err)
 	})
 
 	// A connection that failed is closed by net/http's read loop, which
 	// may finish just after the request returned: wait for the count.
 	var after int
-	assert.Eventually(t, func() bool { after = faultOpenFDs(t); return after <= before },
-		5*time.Second, time.Millisecond, "file descriptors leaked")
+	assert.True(t, poll(5*time.Second, func() bool { after = faultOpenFDs(t); return after <= before }), "file descriptors leaked")
 	t.Logf("open files: %d before, %d after", before, after)
 }

@@ -207,22 +207,6 @@ func (u *ngxUpstream) arrived(key string) int {
 	return u.arrivals[key]
 }
 
-// ngxPoll checks cond every millisecond until it holds or limit passes: a
-// watch on counters that other goroutines advance, from a goroutine that
-// may not call require.
-func ngxPoll(limit time.Duration, cond func() bool) bool {
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		<-tick.C
-	}
-	return true
-}
-
 // ngxRaceConn counts, on one client connection, the race this suite is
 // about: a request written onto a connection the server had already
 // closed. It shows in three ways: the server's FIN is read first and a
@@ -450,6 +434,7 @@ func TestNginxIdleTimeoutRace(t *testing.T) {
 	if testing.Short() {
 		t.Skip("20,000 requests through nginx: skipped with -short")
 	}
+	t.Parallel() // an nginx of its own; the time goes to its idle timeouts
 	up := ngxStartUpstream(t)
 	ngx := ngxStart(t, up.addr, "keepalive_timeout 1s; keepalive_requests 10;")
 	// The client keeps idle connections far longer than nginx (the
@@ -487,6 +472,7 @@ func TestNginxUpstreamKilledAndRestarted(t *testing.T) {
 	if testing.Short() {
 		t.Skip("nginx scenario: skipped with -short")
 	}
+	t.Parallel() // an nginx and an upstream of its own
 	up := ngxStartUpstream(t)
 	ngx := ngxStart(t, up.addr, "keepalive_timeout 75s;")
 	// Enough retries to outlast a restart that takes a few tens of
@@ -505,7 +491,7 @@ func TestNginxUpstreamKilledAndRestarted(t *testing.T) {
 		up.stop() // nginx now answers 502 to everything
 		// Stay down until the client has retried 502s at least 32 times,
 		// counted, not timed; give up waiting after 10 s.
-		ngxPoll(10*time.Second, func() bool { return tr.Stats().Retries-before >= 32 })
+		poll(10*time.Second, func() bool { return tr.Stats().Retries-before >= 32 })
 		retriesWhileDown = tr.Stats().Retries - before
 		restartErr = up.listen()
 	}()
@@ -530,6 +516,7 @@ func TestNginxReloadMidRun(t *testing.T) {
 	if testing.Short() {
 		t.Skip("nginx scenario: skipped with -short")
 	}
+	t.Parallel() // an nginx and an upstream of its own
 	up := ngxStartUpstream(t)
 	ngx := ngxStart(t, up.addr, "keepalive_timeout 75s;")
 	c, tr := newTestClient(t, WithProxy(nil), WithBackoff(5*time.Millisecond, 50*time.Millisecond))
@@ -552,7 +539,7 @@ func TestNginxReloadMidRun(t *testing.T) {
 			// Next reload once this one has taken effect (the master logs
 			// it) and the client has moved on by 500 requests.
 			mark := up.total.Load() + 500
-			ngxPoll(20*time.Second, func() bool {
+			poll(20*time.Second, func() bool {
 				return ngx.logCount("(SIGHUP) received") > before && up.total.Load() >= mark
 			})
 		}

@@ -1,15 +1,12 @@
 package keepalive
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync"
 	"syscall"
@@ -54,21 +51,6 @@ func (r *recorder) add(name string, f func()) {
 	f()
 }
 
-// hostOf returns the HostStats key of a test server's URL.
-func hostOf(t *testing.T, rawURL string) string {
-	u, err := url.Parse(rawURL)
-	require.NoError(t, err)
-	return u.Host
-}
-
-func readAll(t *testing.T, resp *http.Response) string {
-	t.Helper()
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	return string(b)
-}
-
 func TestObserverSeesEveryAttemptOfARetriedRequest(t *testing.T) {
 	s := keepalivetest.NewServer(t, keepalivetest.Status(503), keepalivetest.Status(502), keepalivetest.Status(200).Body("ok"))
 	var rec recorder
@@ -76,7 +58,7 @@ func TestObserverSeesEveryAttemptOfARetriedRequest(t *testing.T) {
 
 	resp, err := c.Get(s.URL + "/path?token=secret")
 	require.NoError(t, err)
-	assert.Equal(t, "ok", readAll(t, resp))
+	assert.Equal(t, "ok", readBody(t, resp))
 
 	host := hostOf(t, s.URL)
 	assert.Equal(t, []string{"start", "dial", "end", "retry", "start", "end", "retry", "start", "end"}, rec.order)
@@ -108,6 +90,7 @@ func TestObserverSeesEveryAttemptOfARetriedRequest(t *testing.T) {
 }
 
 func TestObserverRetryCarriesRetryAfterAndErrors(t *testing.T) {
+	t.Parallel() // waits out a Retry-After
 	// The reset comes first: on a reused connection net/http would resend
 	// the GET by itself, within the attempt.
 	s := keepalivetest.NewServer(t, keepalivetest.Reset(), keepalivetest.Status(503).RetryAfter("1"), keepalivetest.Status(200))
@@ -116,7 +99,7 @@ func TestObserverRetryCarriesRetryAfterAndErrors(t *testing.T) {
 
 	resp, err := c.Get(s.URL)
 	require.NoError(t, err)
-	readAll(t, resp)
+	readBody(t, resp)
 
 	require.Len(t, rec.retries, 2)
 	assert.Equal(t, RetryOnError, rec.retries[0].Reason)
@@ -140,13 +123,13 @@ func TestTraceConnsTellsNewFromReusedConnections(t *testing.T) {
 	for range 2 {
 		resp, err := c.Get(s.URL)
 		require.NoError(t, err)
-		readAll(t, resp)
+		readBody(t, resp)
 	}
 	// The drop fails a reused connection; net/http retries a GET on a new
 	// one by itself, inside the same attempt.
 	resp, err := c.Get(s.URL)
 	require.NoError(t, err)
-	readAll(t, resp)
+	readBody(t, resp)
 
 	require.Len(t, rec.ends, 3)
 	assert.Equal(t, ConnNew, rec.ends[0].Conn)
@@ -223,7 +206,7 @@ func TestObserverGiveUpReasons(t *testing.T) {
 			}
 			resp, err := c.Do(req)
 			if err == nil {
-				readAll(t, resp)
+				readBody(t, resp)
 			}
 			require.Len(t, rec.giveUps, 1)
 			e := rec.giveUps[0]
@@ -250,7 +233,7 @@ func TestObserverGiveUpWhenTheContextEndsOrIsTooShort(t *testing.T) {
 		require.NoError(t, err)
 		resp, err := c.Do(req)
 		require.NoError(t, err)
-		readAll(t, resp)
+		readBody(t, resp)
 		require.Len(t, rec.giveUps, 1)
 		assert.Equal(t, GiveUpDeadline, rec.giveUps[0].Reason)
 		assert.Equal(t, 20*time.Second, rec.giveUps[0].Wait)
@@ -287,7 +270,7 @@ func TestObserversAccumulateAndRunInOrder(t *testing.T) {
 	)
 	resp, err := c.Get(s.URL)
 	require.NoError(t, err)
-	readAll(t, resp)
+	readBody(t, resp)
 	assert.Equal(t, []string{"first", "second"}, calls)
 }
 
@@ -317,14 +300,14 @@ func TestObserverSeesFailedDials(t *testing.T) {
 func TestBudgetRefusalIsObserved(t *testing.T) {
 	s := keepalivetest.NewServer(t, keepalivetest.Status(503), keepalivetest.Status(200))
 	var rec recorder
-	var logs bytes.Buffer
+	logs := captureLogs(slog.LevelDebug, true)
 	c, tr := newTestClient(t, WithRetryBudget(noRetryBudget), // no retries at all
 		WithObserver(rec.observer(false)),
-		WithLogger(slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+		logs.option())
 	resp, err := c.Get(s.URL)
 	require.NoError(t, err)
 	assert.Equal(t, 503, resp.StatusCode)
-	readAll(t, resp)
+	readBody(t, resp)
 
 	host := hostOf(t, s.URL)
 	require.Len(t, rec.budget, 1)
@@ -338,7 +321,7 @@ func TestBudgetRefusalIsObserved(t *testing.T) {
 		assert.Equal(t, int64(1), st.BudgetRefusals)
 		assert.Equal(t, int64(1), st.GaveUp)
 	}
-	recs := decodeLogs(t, &logs)
+	recs := logs.records(t)
 	require.Len(t, recs, 2)
 	assert.Equal(t, "keepalive: retry budget refused a retry", recs[0]["msg"])
 	assert.Equal(t, "budget refused", recs[1]["reason"])
@@ -347,11 +330,11 @@ func TestBudgetRefusalIsObserved(t *testing.T) {
 func TestBreakerChangesAreObserved(t *testing.T) {
 	s := keepalivetest.NewServer(t, keepalivetest.Status(503))
 	var rec recorder
-	var logs bytes.Buffer
+	logs := captureLogs(slog.LevelDebug, true)
 	c, tr := newTestClient(t, WithBackoff(0, 0),
 		WithCircuitBreaker(CircuitBreaker{ConsecutiveFailures: 2, OpenTimeout: time.Hour}),
 		WithObserver(rec.observer(false)),
-		WithLogger(slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+		logs.option())
 	_, err := c.Get(s.URL)
 	require.ErrorIs(t, err, ErrCircuitOpen)
 
@@ -371,7 +354,7 @@ func TestAttemptTimeoutsAndHedgesCountPerHost(t *testing.T) {
 	c, tr := newTestClient(t, WithBackoff(0, 0), WithAttemptTimeout(50*time.Millisecond), WithObserver(rec.observer(false)))
 	resp, err := c.Get(s.URL)
 	require.NoError(t, err)
-	readAll(t, resp)
+	readBody(t, resp)
 	hs := tr.HostStats()[hostOf(t, s.URL)]
 	assert.Equal(t, int64(1), hs.AttemptTimeouts)
 	assert.Equal(t, tr.Stats().AttemptTimeouts, hs.AttemptTimeouts)
@@ -385,7 +368,7 @@ func TestAttemptTimeoutsAndHedgesCountPerHost(t *testing.T) {
 	c, tr = newTestClient(t, WithHedging(10*time.Millisecond, 1), WithObserver(rec.observer(false)))
 	resp, err = c.Get(h.URL)
 	require.NoError(t, err)
-	readAll(t, resp)
+	readBody(t, resp)
 	hs = tr.HostStats()[hostOf(t, h.URL)]
 	assert.Equal(t, int64(1), hs.Hedges)
 	assert.Equal(t, int64(2), hs.Attempts)
@@ -393,28 +376,17 @@ func TestAttemptTimeoutsAndHedgesCountPerHost(t *testing.T) {
 	assert.Equal(t, 1, rec.starts[1].Attempt, "a hedge shares its attempt's number")
 }
 
-func decodeLogs(t *testing.T, r io.Reader) []map[string]any {
-	var out []map[string]any
-	dec := json.NewDecoder(r)
-	for dec.More() {
-		var m map[string]any
-		require.NoError(t, dec.Decode(&m))
-		out = append(out, m)
-	}
-	return out
-}
-
 func TestLogsCarryTheEventFields(t *testing.T) {
 	s := keepalivetest.NewServer(t, keepalivetest.Status(503))
-	var logs bytes.Buffer
+	logs := captureLogs(slog.LevelDebug, true)
 	c, _ := newTestClient(t, WithMaxRetries(1), WithBackoff(time.Millisecond, time.Millisecond),
-		WithLogger(slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+		logs.option())
 	u := strings.Replace(s.URL, "http://", "http://user:hunter22@", 1) + "/p?token=secret"
 	resp, err := c.Get(u)
 	require.NoError(t, err)
-	readAll(t, resp)
+	readBody(t, resp)
 
-	recs := decodeLogs(t, &logs)
+	recs := logs.records(t)
 	require.Len(t, recs, 2)
 	retry, giveUp := recs[0], recs[1]
 	host := hostOf(t, s.URL)
@@ -458,16 +430,12 @@ func TestAttemptTransportSeesEachAttempt(t *testing.T) {
 	c, _ := newTestClient(t, WithBackoff(0, 0), WithAttemptTransport(wrap("inner")), WithAttemptTransport(wrap("outer")))
 	resp, err := c.Get(s.URL)
 	require.NoError(t, err)
-	readAll(t, resp)
+	readBody(t, resp)
 	assert.Equal(t, []string{"outer#1", "inner#1", "outer#2", "inner#2", "outer#3", "inner#3"}, seen)
 
 	_, ok := AttemptFromContext(context.Background())
 	assert.False(t, ok)
 }
-
-type roundTripFunc func(*http.Request) (*http.Response, error)
-
-func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 func TestAttemptTransportRejectsNil(t *testing.T) {
 	_, err := NewTransport(WithAttemptTransport(nil))
@@ -488,19 +456,16 @@ func TestEventReasonsHaveNames(t *testing.T) {
 }
 
 func TestObserverAndHostStatsOverBothProtocols(t *testing.T) {
-	protos(t, func(t *testing.T, useTLS bool) {
-		s, opts := newServer(t, useTLS, script(503, 200))
+	forEachProto(t, func(t *testing.T, p proto) {
+		s, tlsOpt := newServer(t, p, script(503, 200)...)
 		var rec recorder
-		c, tr := newTestClient(t, append(opts, fastRetries, WithObserver(rec.observer(true)))...)
+		c, tr := newTestClient(t, tlsOpt, fastRetries, WithObserver(rec.observer(true)), drainedFirst())
 		resp, err := c.Get(s.URL)
 		require.NoError(t, err)
 		assert.Equal(t, "attempt 2: 200", readBody(t, resp))
 
 		require.Len(t, rec.ends, 2)
-		wantProto := 1
-		if useTLS {
-			wantProto = 2
-		}
+		wantProto := map[proto]int{http1: 1, http2: 2}[p]
 		assert.Equal(t, wantProto, rec.ends[1].Response.ProtoMajor)
 		assert.Equal(t, ConnNew, rec.ends[0].Conn)
 		assert.Equal(t, ConnReused, rec.ends[1].Conn)
@@ -510,11 +475,11 @@ func TestObserverAndHostStatsOverBothProtocols(t *testing.T) {
 		hs := tr.HostStats()
 		require.Contains(t, hs, host)
 		want := Stats{Requests: 1, Attempts: 2, Retries: 1, Dials: 1}
-		if useTLS {
+		if p != http1 {
 			want.TLSHandshakes = 1 // a full handshake: no session to resume yet
 		}
 		assert.Equal(t, want, hs[host])
 		assert.Equal(t, int64(1), hs[host].Reused())
-		assert.Equal(t, int64(1), s.conns.Load())
+		assert.Equal(t, 1, s.Connections())
 	})
 }

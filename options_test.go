@@ -3,6 +3,7 @@ package keepalive
 import (
 	"math"
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -127,4 +128,46 @@ func TestRetryMethodsAreCaseSensitive(t *testing.T) {
 		assert.Equal(t, 200, send("purge"), "purge is retried past its 503")
 		assert.Equal(t, 3, s.Requests())
 	})
+}
+
+func TestOptionsReportEveryInvalidOption(t *testing.T) {
+	_, err := NewTransport(WithMaxRetries(-1), WithReadTimeout(-1))
+	require.Error(t, err)
+	var oe *OptionError
+	require.ErrorAs(t, err, &oe)
+	assert.Contains(t, err.Error(), "WithMaxRetries")
+	assert.Contains(t, err.Error(), "WithReadTimeout")
+}
+
+func TestOptionsAcceptZeroValues(t *testing.T) {
+	tr := newTestTransport(t,
+		WithMaxIdleConns(0), WithMaxIdleConnsPerHost(0), WithMaxConnsPerHost(0),
+		WithIdleConnTimeout(0), WithConnectTimeout(0), WithReadTimeout(0),
+		WithTLSHandshakeTimeout(0), WithMaxRetries(0), WithRetryStatuses(),
+		WithRetryMethods(), WithBackoff(0, 0), WithMaxRetryAfter(0), WithBodyBuffer(0), WithResponseBuffer(0),
+		WithTLSConfig(nil), WithLogger(nil), WithProxy(nil))
+	assert.Equal(t, defaultMaxIdleConnsPerHost, tr.base.MaxIdleConnsPerHost, "zero means the default")
+	assert.Zero(t, tr.base.ResponseHeaderTimeout)
+}
+
+func TestDefaultsAreTunedAndKeepWhatDefaultTransportGives(t *testing.T) {
+	tr := newTestTransport(t)
+	b := tr.base
+	assert.Equal(t, defaultMaxIdleConns, b.MaxIdleConns)
+	assert.Equal(t, defaultMaxIdleConnsPerHost, b.MaxIdleConnsPerHost)
+	assert.Equal(t, defaultIdleConnTimeout, b.IdleConnTimeout)
+	assert.Less(t, b.IdleConnTimeout, 60*time.Second, "below the idle timeouts of ALB (60 s) and nginx (75 s)")
+	assert.Equal(t, defaultReadTimeout, b.ResponseHeaderTimeout)
+	assert.Equal(t, defaultTLSHandshakeTimeout, b.TLSHandshakeTimeout)
+	assert.True(t, b.ForceAttemptHTTP2, "a custom dialer must not turn HTTP/2 off")
+	require.NotNil(t, b.HTTP2)
+	assert.Equal(t, http2PingInterval, b.HTTP2.SendPingTimeout)
+	assert.Equal(t, http2PingTimeout, b.HTTP2.PingTimeout)
+	assert.Equal(t, reflect.ValueOf(http.ProxyFromEnvironment).Pointer(), reflect.ValueOf(b.Proxy).Pointer(),
+		"proxy from the environment, as http.DefaultTransport")
+	assert.Equal(t, defaultMaxRetries, tr.policy.maxRetries)
+	for _, c := range []int{429, 500, 501, 502, 503, 504} {
+		assert.True(t, tr.policy.statuses.has(c), "status %d", c)
+	}
+	assert.False(t, tr.policy.statuses.has(404))
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keepalive-go/keepalive/keepalivetest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -23,14 +24,13 @@ import (
 // (X-Sent). The client can only pause the host after that first answer,
 // so a request sent once it has arrives at least the pause after it.
 type pauseServer struct {
-	*httptest.Server
+	*keepalivetest.Server
 	status int
 	header func(arrived time.Time) http.Header
 
 	mu       sync.Mutex
 	asked    time.Time // arrival of the first request, before its answer
 	arrivals []arrival
-	seen     atomic.Int64
 }
 
 type arrival struct {
@@ -43,9 +43,8 @@ var pauseTestEpoch = time.Now()
 
 func newPauseServer(t *testing.T, status int, header func(time.Time) http.Header, pause time.Duration) *pauseServer {
 	s := &pauseServer{status: status, header: header}
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	s.Server = keepalivetest.NewServer(t, keepalivetest.Handle(func(w http.ResponseWriter, r *http.Request) {
 		now := time.Now()
-		s.seen.Add(1)
 		s.mu.Lock()
 		if s.asked.IsZero() {
 			s.asked = now
@@ -64,7 +63,6 @@ func newPauseServer(t *testing.T, status int, header func(time.Time) http.Header
 			w.Header().Set("X-After-Pause", "1")
 		}
 	}))
-	t.Cleanup(s.Close)
 	return s
 }
 
@@ -109,12 +107,11 @@ func runWorkers(t *testing.T, client *http.Client, url string, n int) (failed, s
 				}
 				req.Header.Set("X-Sent", strconv.FormatInt(int64(time.Since(pauseTestEpoch)), 10))
 				nSent.Add(1)
-				resp, err := client.Do(req)
+				resp, _, err := send(t, client, req)
 				if err != nil {
 					nFailed.Add(1)
 					return
 				}
-				drainClose(resp)
 				if resp.StatusCode != http.StatusOK {
 					nFailed.Add(1)
 					return
@@ -130,16 +127,6 @@ func runWorkers(t *testing.T, client *http.Client, url string, n int) (failed, s
 	return nFailed.Load(), nSent.Load()
 }
 
-func drainClose(resp *http.Response) {
-	buf := make([]byte, 512)
-	for {
-		if _, err := resp.Body.Read(buf); err != nil {
-			break
-		}
-	}
-	resp.Body.Close()
-}
-
 // TestHostPauseHoldsEveryGoroutine is the measurement of issue 10: 64
 // goroutines send requests in a loop to a server that answers the first
 // 429 Retry-After: 1. During that second the server sees no request sent
@@ -151,6 +138,7 @@ func TestHostPauseHoldsEveryGoroutine(t *testing.T) {
 	const pause = time.Second
 	for _, on := range []bool{true, false} {
 		t.Run(fmt.Sprintf("pause=%v", on), func(t *testing.T) {
+			t.Parallel() // a server and a client of its own
 			srv := newPauseServer(t, http.StatusTooManyRequests, fixed(http.Header{"Retry-After": {"1"}}), pause)
 			var (
 				mu     sync.Mutex
@@ -224,7 +212,7 @@ func TestHostPauseDeadline(t *testing.T) {
 
 	resp, err := get(ctx) // 10 s does not fit its deadline: the 429 comes back at once
 	require.NoError(t, err)
-	drainClose(resp)
+	readBody(t, resp)
 	require.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
 
 	_, err = get(ctx)
@@ -234,7 +222,7 @@ func TestHostPauseDeadline(t *testing.T) {
 	assert.Equal(t, hostKeyOf(t, srv.URL), pe.Host)
 	assert.True(t, pe.Wait > 5*time.Second && pe.Wait <= 10*time.Second, "wait %v", pe.Wait)
 	assert.NotErrorIs(t, err, context.DeadlineExceeded, "it did not wait for the deadline")
-	assert.EqualValues(t, 1, srv.seen.Load(), "the server saw nothing more")
+	assert.EqualValues(t, 1, srv.Requests(), "the server saw nothing more")
 
 	// No deadline: it waits, until cancelled.
 	cctx, ccancel := context.WithCancel(context.Background())
@@ -244,13 +232,10 @@ func TestHostPauseDeadline(t *testing.T) {
 		done <- err
 	}()
 	key := hostKeyOf(t, srv.URL)
-	for i := 0; tr.HostStats()[key].PauseWaits < 2; i++ {
-		require.Less(t, i, 10000, "the request never waited")
-		time.Sleep(time.Millisecond) // polling a counter, bounded
-	}
+	require.True(t, poll(10*time.Second, func() bool { return tr.HostStats()[key].PauseWaits >= 2 }), "the request never waited")
 	ccancel()
 	require.ErrorIs(t, <-done, context.Canceled)
-	assert.EqualValues(t, 1, srv.seen.Load())
+	assert.EqualValues(t, 1, srv.Requests())
 	st := tr.HostStats()[key]
 	assert.EqualValues(t, 1, st.Pauses)
 	assert.EqualValues(t, 2, st.PauseWaits)
@@ -262,7 +247,7 @@ func TestHostPauseOptOut(t *testing.T) {
 	srv := newPauseServer(t, http.StatusTooManyRequests, fixed(http.Header{"Retry-After": {"10"}}), 10*time.Second)
 	client, tr := newTestClient(t, WithoutHostPause(), WithMaxRetries(0))
 	requireStatuses(t, client, srv.URL, http.StatusTooManyRequests, http.StatusOK)
-	assert.EqualValues(t, 2, srv.seen.Load())
+	assert.EqualValues(t, 2, srv.Requests())
 	assert.Zero(t, tr.Stats().Pauses)
 	assert.Zero(t, tr.Stats().PauseWaits)
 }
@@ -273,7 +258,7 @@ func TestHostPauseRetryAfterPastCap(t *testing.T) {
 	srv := newPauseServer(t, http.StatusServiceUnavailable, fixed(http.Header{"Retry-After": {"5"}}), 5*time.Second)
 	client, tr := newTestClient(t, WithMaxRetryAfter(time.Second))
 	requireStatuses(t, client, srv.URL, http.StatusServiceUnavailable, http.StatusOK)
-	assert.EqualValues(t, 2, srv.seen.Load())
+	assert.EqualValues(t, 2, srv.Requests())
 	assert.Zero(t, tr.Stats().Pauses)
 	assert.Zero(t, tr.Stats().PauseWaits)
 	assert.Zero(t, tr.Stats().Retries)
@@ -283,6 +268,7 @@ func TestHostPauseRetryAfterPastCap(t *testing.T) {
 // say no quota is left pauses the host for the reset it names; the next
 // request, with retries or without, arrives no earlier.
 func TestHostPauseQuotaFields(t *testing.T) {
+	t.Parallel() // waits out the pauses
 	cases := []struct {
 		name   string
 		header func(arrived time.Time) http.Header
@@ -302,10 +288,12 @@ func TestHostPauseQuotaFields(t *testing.T) {
 		{"X-RateLimit seconds", func(time.Time) http.Header {
 			return http.Header{"X-Ratelimit-Remaining": {"0"}, "X-Ratelimit-Reset": {"0.3"}}
 		}, 300 * time.Millisecond, PauseXRateLimit, nil},
+		// A reset at a Unix time already past when the response reaches
+		// the client pauses nothing; 3 s leaves room for a loaded machine.
 		{"X-RateLimit Unix time", func(arrived time.Time) http.Header {
-			at := float64(arrived.Add(400*time.Millisecond).UnixNano()) / 1e9
+			at := float64(arrived.Add(3*time.Second).UnixNano()) / 1e9
 			return http.Header{"X-Ratelimit-Remaining": {"0"}, "X-Ratelimit-Reset": {strconv.FormatFloat(at, 'f', 3, 64)}}
-		}, 395 * time.Millisecond, PauseXRateLimit, []Option{WithMaxRetries(0)}},
+		}, 2995 * time.Millisecond, PauseXRateLimit, []Option{WithMaxRetries(0)}},
 		{"X-RateLimit quota left", func(time.Time) http.Header {
 			return http.Header{"X-Ratelimit-Remaining": {"1"}, "X-Ratelimit-Reset": {"5"}}
 		}, 0, 0, nil},
@@ -315,13 +303,13 @@ func TestHostPauseQuotaFields(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			srv := newPauseServer(t, http.StatusOK, c.header, c.pause)
 			var events []HostPauseEvent
 			client, tr := newTestClient(t, append(c.opts, WithObserver(Observer{OnHostPause: func(e HostPauseEvent) { events = append(events, e) }}))...)
 			for range 2 {
-				resp, err := client.Get(srv.URL)
+				resp, _, err := get(t, client, srv.URL)
 				require.NoError(t, err)
-				drainClose(resp)
 				require.Equal(t, http.StatusOK, resp.StatusCode)
 			}
 			srv.mu.Lock()
@@ -353,7 +341,7 @@ func TestHostPauseOneWait(t *testing.T) {
 		mu    sync.Mutex
 		times [3]time.Time
 	)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := handlerServer(t, func(w http.ResponseWriter, r *http.Request) {
 		i := n.Add(1)
 		if i <= 3 {
 			mu.Lock()
@@ -364,15 +352,13 @@ func TestHostPauseOneWait(t *testing.T) {
 			w.Header().Set("Retry-After", "1")
 			w.WriteHeader(http.StatusTooManyRequests)
 		}
-	}))
-	t.Cleanup(srv.Close)
+	})
 	var retries []RetryEvent
 	client, tr := newTestClient(t, WithHedging(20*time.Millisecond, 1),
 		WithObserver(Observer{OnRetry: func(e RetryEvent) { retries = append(retries, e) }}))
 	start := time.Now()
-	resp, err := client.Get(srv.URL)
+	resp, _, err := get(t, client, srv.URL)
 	require.NoError(t, err)
-	drainClose(resp)
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	took := time.Since(start)
 	require.EqualValues(t, 2, n.Load(), "one retry, and no hedge during the pause")
@@ -454,9 +440,8 @@ func TestPauseOf(t *testing.T) {
 func requireStatuses(t *testing.T, client *http.Client, url string, want ...int) {
 	t.Helper()
 	for _, w := range want {
-		resp, err := client.Get(url)
+		resp, _, err := get(t, client, url)
 		require.NoError(t, err)
-		drainClose(resp)
 		require.Equal(t, w, resp.StatusCode)
 	}
 }

@@ -3,6 +3,7 @@ package keepalive
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"net"
 	"net/http"
@@ -215,4 +216,67 @@ func TestCheckRequestRejectsMalformedRequests(t *testing.T) {
 	ok, err := http.NewRequest(http.MethodGet, "http://[::1]:8080/x", nil)
 	require.NoError(t, err)
 	assert.NoError(t, checkRequest(ok))
+}
+
+// policyOf is the policy of a Transport made with opts.
+func policyOf(t *testing.T, opts ...Option) *policy {
+	return &newTestTransport(t, opts...).policy
+}
+
+// A 503 is retried for the methods RFC 9110 calls idempotent, for any
+// request that carries an idempotency key, and for the methods
+// WithRetryMethods names instead; other requests are not sent again.
+func TestPolicyRetriesOnlyWhatMayBeSentAgain(t *testing.T) {
+	now := policyNow()
+	tests := []struct {
+		name    string
+		method  string
+		header  string
+		opts    []Option
+		retried bool
+	}{
+		{name: "GET is retried", method: "GET", retried: true},
+		{name: "HEAD is retried", method: "HEAD", retried: true},
+		{name: "OPTIONS is retried", method: "OPTIONS", retried: true},
+		{name: "TRACE is retried", method: "TRACE", retried: true},
+		{name: "PUT is retried", method: "PUT", retried: true},
+		{name: "DELETE is retried", method: "DELETE", retried: true},
+		{name: "POST is not retried", method: "POST"},
+		{name: "PATCH is not retried", method: "PATCH"},
+		{name: "POST with Idempotency-Key is retried", method: "POST", header: "Idempotency-Key", retried: true},
+		{name: "PATCH with X-Idempotency-Key is retried", method: "PATCH", header: "X-Idempotency-Key", retried: true},
+		{name: "POST is retried when WithRetryMethods allows it", method: "POST", opts: []Option{WithRetryMethods("POST")}, retried: true},
+		{name: "GET is not retried when WithRetryMethods leaves it out", method: "GET", opts: []Option{WithRetryMethods("PUT")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var hdr []string
+			if tt.header != "" {
+				hdr = []string{tt.header, "key-1"}
+			}
+			req := policyRequest(t, context.Background(), tt.method, hdr...)
+			d := decideAt(policyOf(t, tt.opts...), attemptOutcome{req: req, resp: status(503), attempt: 1, replayable: true}, now)
+			if tt.retried {
+				assert.Equal(t, verdictRetry, d.verdict)
+				return
+			}
+			assert.Equal(t, verdictGiveUp, d.verdict)
+			assert.Equal(t, GiveUpNotReplayable, d.reason)
+		})
+	}
+}
+
+// Every status of the default list is retried, others are returned as
+// they are.
+func TestPolicyRetriesTheDefaultStatuses(t *testing.T) {
+	now := policyNow()
+	p := policyOf(t)
+	for _, code := range []int{429, 500, 501, 502, 503, 504, 400, 404, 505} {
+		retried := code == 429 || (code >= 500 && code <= 504)
+		t.Run(fmt.Sprintf("%d retried %v", code, retried), func(t *testing.T) {
+			req := policyRequest(t, context.Background(), http.MethodGet)
+			d := decideAt(p, attemptOutcome{req: req, resp: status(code), attempt: 1, replayable: true}, now)
+			assert.Equal(t, map[bool]verdict{true: verdictRetry, false: verdictReturn}[retried], d.verdict)
+		})
+	}
 }

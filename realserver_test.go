@@ -510,12 +510,13 @@ func TestIdleCloseRealServers(t *testing.T) {
 	if testing.Short() {
 		t.Skip("real-server idle-timeout races, seconds per server: skipped with -short")
 	}
+	t.Parallel() // servers of its own; the time goes to their idle timeouts
 	d := realEnvSeconds(t, "KA_IDLE_SECONDS", 8*time.Second)
 	strict := idleFixLanded || os.Getenv("KA_IDLE_STRICT") != ""
 	const workers = 32
 	for _, srv := range realIdleServers {
 		t.Run(srv.name, func(t *testing.T) {
-			t.Parallel() // at most GOMAXPROCS at once; the load is light, the time is idle
+			t.Parallel() // the load is light, the time is idle
 			base, up := srv.start(t, srv.idle)
 			ka, tr := newTestClient(t)
 			clients := []struct {
@@ -643,8 +644,13 @@ func TestCaddyReloadGETs(t *testing.T) {
 	if testing.Short() {
 		t.Skip("real Caddy reloads under load: skipped with -short")
 	}
-	t.Run("http", func(t *testing.T) { caddyReloadGETs(t, false) })
-	t.Run("https-h2", func(t *testing.T) { caddyReloadGETs(t, true) })
+	t.Parallel() // a Caddy of its own for each protocol; the time goes to its reloads
+	for _, overTLS := range []bool{false, true} {
+		t.Run(map[bool]string{false: "http", true: "https-h2"}[overTLS], func(t *testing.T) {
+			t.Parallel()
+			caddyReloadGETs(t, overTLS)
+		})
+	}
 }
 
 func caddyReloadGETs(t *testing.T, overTLS bool) {
@@ -811,6 +817,7 @@ func TestNginxHTTP2GoawayDials(t *testing.T) {
 	if testing.Short() {
 		t.Skip("real nginx under load: skipped with -short")
 	}
+	t.Parallel() // an nginx of its own; counts dials, not times
 	d := realEnvSeconds(t, "KA_GOAWAY_SECONDS", 4*time.Second)
 	const workers, perConn = 32, 100
 	srv, roots := ngxStartTLS(t, perConn)

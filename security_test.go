@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
@@ -21,27 +20,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keepalive-go/keepalive/keepalivetest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
-
-// secBuffer is a goroutine-safe log sink.
-type secBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *secBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *secBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func TestSecurityNoSecretInLogsOrErrors(t *testing.T) {
 	const (
@@ -58,8 +40,7 @@ func TestSecurityNoSecretInLogsOrErrors(t *testing.T) {
 		base64.StdEncoding.EncodeToString([]byte("puser:" + proxyPass)),
 	}
 
-	logs := &secBuffer{}
-	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logs := captureLogs(slog.LevelDebug, false)
 	var errs []string
 	var seen struct {
 		sync.Mutex
@@ -110,7 +91,7 @@ func TestSecurityNoSecretInLogsOrErrors(t *testing.T) {
 				return sc.serve(fc, r)
 			}))
 			target := "http://user:" + url.QueryEscape(password) + "@" + srv.addr + "/path?token=" + queryToken
-			opts := append([]Option{WithLogger(logger), WithMaxRetries(2), WithBackoff(time.Millisecond, 2*time.Millisecond)}, sc.opts...)
+			opts := append([]Option{logs.option(), WithMaxRetries(2), WithBackoff(time.Millisecond, 2*time.Millisecond)}, sc.opts...)
 			if sc.proxy {
 				proxyURL := &url.URL{Scheme: "http", User: url.UserPassword("puser", proxyPass), Host: srv.addr}
 				target = "http://user:" + url.QueryEscape(password) + "@upstream.invalid/path?token=" + queryToken
@@ -140,7 +121,7 @@ func TestSecurityNoSecretInLogsOrErrors(t *testing.T) {
 	t.Run("a refused connection", func(t *testing.T) {
 		srv := newFaultServer(t, faultServe(faultOK))
 		srv.stopListening()
-		c, _ := newTestClient(t, WithLogger(logger), WithMaxRetries(2), WithBackoff(time.Millisecond, 2*time.Millisecond), WithProxy(nil))
+		c, _ := newTestClient(t, logs.option(), WithMaxRetries(2), WithBackoff(time.Millisecond, 2*time.Millisecond), WithProxy(nil))
 		req, err := http.NewRequest(http.MethodPut, "http://user:"+url.QueryEscape(password)+"@"+srv.addr+"/", strings.NewReader("x"))
 		require.NoError(t, err)
 		req.Header.Set("Authorization", "Bearer "+authToken)
@@ -169,11 +150,10 @@ func TestSecurityNoSecretInLogsOrErrors(t *testing.T) {
 func TestSecurityRedirectToAnotherHostDropsCredentials(t *testing.T) {
 	type got struct{ auth, cookie string }
 	landed := make(chan got, 1)
-	dest := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	dest := handlerServer(t, func(w http.ResponseWriter, r *http.Request) {
 		landed <- got{r.Header.Get("Authorization"), r.Header.Get("Cookie")}
-	}))
-	t.Cleanup(dest.Close)
-	port := dest.Listener.Addr().String()
+	})
+	port := hostOf(t, dest.URL)
 	port = port[strings.LastIndex(port, ":")+1:]
 
 	tests := []struct {
@@ -186,8 +166,7 @@ func TestSecurityRedirectToAnotherHostDropsCredentials(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			from := httptest.NewServer(http.RedirectHandler(tt.to, http.StatusFound))
-			t.Cleanup(from.Close)
+			from := handlerServer(t, http.RedirectHandler(tt.to, http.StatusFound).ServeHTTP)
 			c, _ := newTestClient(t, WithProxy(nil))
 			req, err := http.NewRequest(http.MethodGet, from.URL+"/start", nil)
 			require.NoError(t, err)
@@ -239,7 +218,7 @@ func TestSecurityServerCannotStretchWaitsOrMemory(t *testing.T) {
 		}))
 		c, tr := newTestClient(t, opts()...)
 		start := time.Now()
-		_, body, err := faultGet(t, c, srv.url("/"))
+		_, body, err := get(t, c, srv.url("/"))
 		require.NoError(t, err)
 		assert.True(t, strings.HasPrefix(body, "GET "))
 		assert.Less(t, time.Since(start), 10*drainTimeout, "the drain gave up on the stalled body")
@@ -268,7 +247,7 @@ func TestSecurityServerCannotStretchWaitsOrMemory(t *testing.T) {
 			return false
 		}))
 		c, _ := newTestClient(t, opts()...)
-		_, _, err := faultGet(t, c, srv.url("/"))
+		_, _, err := get(t, c, srv.url("/"))
 		require.NoError(t, err)
 		<-firstDone
 		t.Logf("server sent %d bytes of an endless body", sent.Load())
@@ -292,7 +271,7 @@ func TestSecurityServerCannotStretchWaitsOrMemory(t *testing.T) {
 			return false
 		}))
 		c, tr := newTestClient(t, opts()...)
-		_, _, err := faultGet(t, c, srv.url("/"))
+		_, _, err := get(t, c, srv.url("/"))
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "headers exceeded")
 		srv.close() // wait for the writers to see the client's close
@@ -300,4 +279,59 @@ func TestSecurityServerCannotStretchWaitsOrMemory(t *testing.T) {
 		assert.Equal(t, int64(2), tr.Stats().Attempts)
 		assert.Less(t, sent.Load(), int64(2*(10<<20+16<<20)), "each attempt stops near the 10 MiB limit")
 	})
+}
+
+func TestLogsAndErrorsCarryNoCredentials(t *testing.T) {
+	const (
+		password = "hunter2-secret"
+		token    = "tok-5f3a9c"
+		bearer   = "Bearer abc.def.ghi"
+		cookie   = "session=9b8c7d"
+	)
+	s := keepalivetest.NewServer(t, keepalivetest.Drop())
+	logs := captureLogs(slog.LevelDebug, false)
+	c, tr := newTestClient(t, fastRetries, logs.option())
+	u, err := url.Parse(s.URL)
+	require.NoError(t, err)
+	u.User = url.UserPassword("alice", password)
+	u.RawQuery = "access_token=" + token
+	req, err := http.NewRequest("GET", u.String(), nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", bearer)
+	req.Header.Set("Proxy-Authorization", bearer)
+	req.Header.Set("Cookie", cookie)
+	_, err = tr.RoundTrip(req)
+	require.Error(t, err)
+	require.Contains(t, logs.String(), "keepalive: retrying", "there were logs to check")
+	for _, secret := range []string{password, token, bearer, cookie, "alice"} {
+		assert.NotContains(t, logs.String(), secret)
+		assert.NotContains(t, err.Error(), secret)
+	}
+	var re *RetryError
+	require.ErrorAs(t, err, &re)
+	assert.Contains(t, re.URL, "access_token=xxxxx")
+
+	// Through http.Client, its *url.Error quotes the URL with the password
+	// masked (net/http's own redaction, which keeps the user name and the
+	// query); the RetryError inside is redacted as above.
+	_, err = c.Do(req)
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), password)
+	require.ErrorAs(t, err, &re)
+	assert.NotContains(t, re.Error(), token)
+}
+
+func TestRedactURL(t *testing.T) {
+	tests := []struct{ give, want string }{
+		{"http://h/p", "http://h/p"},
+		{"https://user:pw@h:8443/p?a=1&b=2#frag", "https://xxxxx:xxxxx@h:8443/p?a=xxxxx&b=xxxxx"},
+		{"https://token@h/p", "https://xxxxx@h/p"},
+		{"http://h/p?%zz", "http://h/p?xxxxx"},
+	}
+	for _, tt := range tests {
+		u, err := url.Parse(tt.give)
+		require.NoError(t, err)
+		assert.Equal(t, tt.want, redactURL(u))
+	}
+	assert.Empty(t, redactURL(nil))
 }

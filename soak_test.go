@@ -150,7 +150,7 @@ func TestSoakOnePercentFaults(t *testing.T) {
 		defer close(monitorDone)
 		for i := 1; i <= refusals; i++ {
 			mark := int64(i * total / (refusals + 1))
-			if !ngxPoll(2*time.Minute, func() bool {
+			if !poll(2*time.Minute, func() bool {
 				select {
 				case <-stopMonitor:
 					return true
@@ -162,7 +162,7 @@ func TestSoakOnePercentFaults(t *testing.T) {
 			}
 			before := tr.Stats().DialErrors
 			s.stopListening()
-			if ngxPoll(10*time.Second, func() bool { return tr.Stats().DialErrors > before }) {
+			if poll(10*time.Second, func() bool { return tr.Stats().DialErrors > before }) {
 				refused.Add(1)
 			}
 			if relistenErr = s.relisten(); relistenErr != nil {

@@ -16,24 +16,15 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func get(t testing.TB, c *http.Client, url string) {
-	t.Helper()
-	resp, err := c.Get(url)
-	require.NoError(t, err)
-	_, err = io.Copy(io.Discard, resp.Body)
-	require.NoError(t, err)
-	require.NoError(t, resp.Body.Close())
-}
-
 func TestHostStatsCountEachHostApart(t *testing.T) {
 	a := keepalivetest.NewServer(t, keepalivetest.Status(503), keepalivetest.Status(200))
 	b := keepalivetest.NewServer(t)
 	c, tr := newTestClient(t, WithBackoff(0, 0))
 	for range 3 {
-		get(t, c, a.URL)
+		mustGet(t, c, a.URL)
 	}
 	for range 2 {
-		get(t, c, b.URL)
+		mustGet(t, c, b.URL)
 	}
 
 	hs := tr.HostStats()
@@ -69,8 +60,8 @@ func TestReusedMatchesTraceConnsOverManyRequests(t *testing.T) {
 			mu.Unlock()
 		}
 	}}))
-	get(t, c, s.URL)
-	get(t, c, s.URL)
+	mustGet(t, c, s.URL)
+	mustGet(t, c, s.URL)
 	require.Equal(t, 1, traced, "one after another, they agree exactly")
 	require.Equal(t, int64(1), tr.Stats().Reused())
 
@@ -79,7 +70,7 @@ func TestReusedMatchesTraceConnsOverManyRequests(t *testing.T) {
 	for range workers {
 		wg.Go(func() {
 			for range each {
-				get(t, c, s.URL)
+				mustGet(t, c, s.URL)
 			}
 		})
 	}
@@ -119,9 +110,9 @@ func TestStatsAreSafeToReadDuringRequests(t *testing.T) {
 	for i := range n {
 		wg.Go(func() {
 			if i%2 == 0 {
-				get(t, c, a.URL)
+				mustGet(t, c, a.URL)
 			} else {
-				get(t, c, b.URL)
+				mustGet(t, c, b.URL)
 			}
 		})
 	}
@@ -169,22 +160,16 @@ func TestHostKeysAreTheDialedAddress(t *testing.T) {
 			assert.Same(t, c, h.forURL(u), "found again")
 		})
 	}
-	assert.NotSame(t, h.forURL(mustURL(t, "http://example.com/")), h.forURL(mustURL(t, "https://example.com/")),
+	assert.NotSame(t, h.forURL(mustParseURL(t, "http://example.com/")), h.forURL(mustParseURL(t, "https://example.com/")),
 		"the same host name over http and https are two hosts")
-}
-
-func mustURL(t *testing.T, s string) *url.URL {
-	u, err := url.Parse(s)
-	require.NoError(t, err)
-	return u
 }
 
 func TestHostStatsStopAtTheLimit(t *testing.T) {
 	h := newTestHostTable()
 	for i := range HostStatsLimit {
-		h.forURL(mustURL(t, "http://h"+strconv.Itoa(i)+".test/")).count(requestsCounter)
+		h.forURL(mustParseURL(t, "http://h"+strconv.Itoa(i)+".test/")).count(requestsCounter)
 	}
-	over := h.forURL(mustURL(t, "http://one-too-many.test/"))
+	over := h.forURL(mustParseURL(t, "http://one-too-many.test/"))
 	assert.Equal(t, OtherHosts, over.key)
 	over.count(requestsCounter)
 	assert.Same(t, over, h.forAddr("another.test:80"))

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keepalive-go/keepalive/keepalivetest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -29,8 +30,8 @@ func TestSlowSteadyUploadIsNotAWriteTimeout(t *testing.T) {
 		readTimeout = 500 * time.Millisecond
 		pause       = 150 * time.Millisecond
 	)
-	forBothProtocols(t, func(t *testing.T, h2 bool) {
-		srv, tlsOpt := fleetServer(t, h2, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	forEachProto(t, func(t *testing.T, p proto) {
+		srv, tlsOpt := newServer(t, p, keepalivetest.Handle(func(w http.ResponseWriter, r *http.Request) {
 			h := sha256.New()
 			timer := time.NewTimer(pause)
 			defer timer.Stop()
