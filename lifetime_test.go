@@ -174,7 +174,12 @@ func TestConnMaxLifetimeUnderSteadyTraffic(t *testing.T) {
 	// Each connection took its last request within its lifetime (+10%
 	// jitter) plus the slack: all were replaced, over and over.
 	assert.Less(t, oldest, lifetime*11/10+slack)
-	assert.GreaterOrEqual(t, st.ConnsExpired, int64(3*workers), "several generations of connections")
+	// Every connection but the last generation's (one per worker at most)
+	// ended by age, and there was more than one generation: counted from
+	// the connections made, not from how many requests a loaded machine
+	// fitted into the 5 s.
+	assert.Greater(t, conns, workers, "more than one generation of connections")
+	assert.GreaterOrEqual(t, st.ConnsExpired, int64(conns-workers), "connections retired by age")
 }
 
 // Over TLS, HTTP/1 connections are retired as in clear text.

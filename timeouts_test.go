@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -69,7 +70,7 @@ func TestAttemptTimeoutNeverCutsOffTheBody(t *testing.T) {
 			io.WriteString(w, "tail")
 		}))
 		t.Cleanup(func() { once.Do(func() { close(release) }) }) // before the server closes, should the test fail early
-		c, tr := newTestClient(t, tlsOpt, WithAttemptTimeout(d))
+		c, _ := newTestClient(t, tlsOpt, WithAttemptTimeout(d))
 
 		resp, err := c.Get(srv.URL + "/slow")
 		require.NoError(t, err)
@@ -84,13 +85,22 @@ func TestAttemptTimeoutNeverCutsOffTheBody(t *testing.T) {
 		assert.Equal(t, "head tail", string(head)+string(rest))
 
 		// The attempt's context ended only after EOF, so the connection
-		// went back to the pool and is reused.
-		dials := tr.Stats().Dials
-		resp, err = c.Get(srv.URL + "/fast")
+		// went back to the pool and the next request's first attempt
+		// reuses it.
+		var first *httptrace.GotConnInfo
+		ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+			if first == nil {
+				first = &info
+			}
+		}})
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/fast", nil)
+		require.NoError(t, err)
+		resp, err = c.Do(req)
 		require.NoError(t, err)
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		assert.Equal(t, dials, tr.Stats().Dials)
+		require.NotNil(t, first)
+		assert.True(t, first.Reused, "the first attempt reused the connection")
 	})
 }
 
