@@ -57,8 +57,14 @@ func TestIdleTimeoutLearnedFromClose(t *testing.T) {
 		if learn {
 			require.NoError(t, err)
 			assert.EqualValues(t, 0, srv.dropped(), "requests crossed by a close")
-			assert.EqualValues(t, 1, tr.Stats().ConnsRetiredIdle)
 			assert.EqualValues(t, 4, tr.Stats().Dials)
+			if st := tr.Stats(); st.ConnsRetiredIdle == 0 {
+				// A loaded machine ran the POST after the server's 1 s:
+				// its close came first, and was seen before the write.
+				assert.EqualValues(t, 3, st.IdleCloses, "the connection neither retired nor seen closed")
+			} else {
+				assert.EqualValues(t, 1, st.ConnsRetiredIdle)
+			}
 		} else if srv.dropped() == 1 {
 			require.Error(t, err, "the POST crossed the close")
 			assert.EqualValues(t, 0, tr.Stats().ConnsRetiredIdle)
