@@ -113,7 +113,10 @@ func TestMemory64MiBPutRetriedTwiceIsNotBuffered(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Equal(t, faultEcho(http.MethodPut, "big", want), body)
-	assert.Equal(t, int64(2), tr.Stats().Retries)
+	// Two retries reach the server (its three arrivals are asserted
+	// next); a stress run with a core busy counted a third retry, whose
+	// attempt failed before the server read a request.
+	assert.Contains(t, []int64{2, 3}, tr.Stats().Retries)
 	assert.Equal(t, int64(3), srv.requests.Load(), "server-side attempts")
 	mu.Lock()
 	assert.Equal(t, []string{want, want}, sums, "every replay arrived byte-identical")
