@@ -480,15 +480,7 @@ func connectProxy(t *testing.T) (*httptest.Server, *atomic.Int64) {
 // messages, each write after a read.
 func echoOverUpgrade(t *testing.T, c *http.Client, url string) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	require.NoError(t, err)
-	req.Header.Set("Connection", "Upgrade")
-	req.Header.Set("Upgrade", "echo")
-	resp, err := c.Do(req)
-	require.NoError(t, err)
-	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
-	rw, ok := resp.Body.(io.ReadWriteCloser)
-	require.True(t, ok, "the body of a 101 is writable")
+	rw := upgrade(t, c, url)
 	defer rw.Close()
 
 	buf := make([]byte, 4)
