@@ -19,8 +19,10 @@ import (
 // attempt sends r, attempt number n of its request, to the host h, and
 // returns exactly one of a response and an error. hedge marks a hedged
 // attempt (WithHedging); cancel, if not nil, is the cancel function of r's
-// context, which hedging made so that it can end the attempt.
-func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, cancel context.CancelCauseFunc) (*http.Response, error) {
+// context, which hedging made so that it can end the attempt. last, if not
+// nil, holds the backend of the request's attempt before (a retry avoids
+// it) and gets this attempt's.
+func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, cancel context.CancelCauseFunc, last **backend) (*http.Response, error) {
 	// 0. The host's pause, or that of the request's rate-limit key, if
 	// one was asked for: wait for its end, or fail unsent when the
 	// context's deadline comes first.
@@ -43,14 +45,30 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 	}
 	outer := r.Context() // the caller's, or hedging's: what ends the attempt from outside
 
-	// 2. Count it; its own context carries what the hooks, the attempt's
+	// 2. Count it, and pick the address it goes to when its host is
+	// balanced; its own context carries what the hooks, the attempt's
 	// limits (the attempt deadline, the upload watch) and its connection
-	// (a) need, and the dial gate counts it busy until its body is done.
+	// (a) need, and the dial gate and its backend count it busy until its
+	// body is done.
 	h.count(attemptsCounter)
 	if hedge {
 		h.count(hedgeCounter)
 	}
-	r, ctl, a := t.attemptContext(r, n, h, cancel)
+	var b *backend
+	var probe bool
+	if h.bal != nil {
+		var avoid *backend
+		if last != nil {
+			avoid = *last
+		}
+		if b, probe = h.bal.pick(r, t.opts.proxy, avoid); b != nil {
+			b.begin()
+		}
+		if last != nil {
+			*last = b
+		}
+	}
+	r, ctl, a := t.attemptContext(r, n, h, cancel, b, probe)
 	t.opts.tel.attemptStart(r, h.key, n)
 
 	// 3. The round trip: through WithAttemptTransport's wraps, if any, to
@@ -70,6 +88,9 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 		resp, err = t.roundTripBase(r)
 	}
 	resp, err = t.settle(h, ctl, outer, resp, err)
+	if a.backend != nil {
+		a.backendOutcome(err, outer)
+	}
 
 	// 4. What the response says of its connection (it left HTTP, or is
 	// done) and of its host (a pause, a Keep-Alive timeout).
@@ -82,7 +103,7 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 	// 5. The response gets the attempt's one body wrapper; a
 	// failed attempt releases what it held now.
 	if err != nil {
-		a.gate.leave()
+		a.leave()
 		ctl.release()
 	} else {
 		resp = t.wrapBody(resp, a, ctl)
@@ -90,9 +111,43 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 
 	// 6. The breaker hears the outcome.
 	if report != nil {
-		report(breakerOutcome(&t.policy.statuses, endedOutside(outer), resp, err))
+		outcome := breakerOutcome(&t.policy.statuses, endedOutside(outer), resp, err)
+		if err != nil && outcome == errBreakerFailure && a.backend != nil && h.bal.healthyOthers(a.backend) {
+			outcome = errBreakerExcluded // one address failed, not the host
+		}
+		report(outcome)
 	}
 	return resp, err
+}
+
+// backendOutcome tells the attempt's backend how it ended: a response, or
+// a failure of its own (not the caller's: a cancellation says nothing of
+// the address; a failed connect was told by the dialer).
+func (a *attemptConn) backendOutcome(err error, outer context.Context) {
+	b := a.backend
+	var de *dialError
+	switch {
+	case err == nil:
+		b.succeeded(a.probe)
+	case endedOutside(outer):
+		if a.probe {
+			b.probing.Store(false) // the next request probes it
+		}
+	case errors.As(err, &de):
+		if a.probe {
+			b.eject(true)
+		}
+	default:
+		b.failed(a.probe)
+	}
+}
+
+// leave ends the attempt's hold on its host's dial gate and its backend.
+func (a *attemptConn) leave() {
+	a.gate.leave()
+	if a.backend != nil {
+		a.backend.end()
+	}
 }
 
 // refuse ends an attempt that is not sent, with err: a RoundTripper closes
@@ -112,7 +167,7 @@ func refuse(r *http.Request, cancel context.CancelCauseFunc, err error) error {
 // deadline of WithAttemptTimeout, the upload watch of a body when there is
 // a read timeout, or hedging's cancel), and the attempt's view of its
 // connection.
-func (t *Transport) attemptContext(r *http.Request, n int, h *hostState, cancel context.CancelCauseFunc) (*http.Request, *attemptCtl, *attemptConn) {
+func (t *Transport) attemptContext(r *http.Request, n int, h *hostState, cancel context.CancelCauseFunc, b *backend, probe bool) (*http.Request, *attemptCtl, *attemptConn) {
 	o := &t.opts
 	hasBody := r.Body != nil && r.Body != http.NoBody
 	// HTTP/1 writes are bounded on the connection; an HTTP/2
@@ -131,11 +186,15 @@ func (t *Transport) attemptContext(r *http.Request, n int, h *hostState, cancel 
 			ctl.timer = time.AfterFunc(d, func() { ctl.end(attemptTimedOut, errAttemptTimedOut) })
 		}
 	}
-	a := &attemptConn{Context: ctx, host: h, n: n, wraps: len(o.attemptWraps) > 0}
+	a := &attemptConn{Context: ctx, host: h, n: n, wraps: len(o.attemptWraps) > 0, backend: b, probe: probe}
 	a.connect = r.Method == http.MethodConnect
 	a.upgrade = a.connect || r.Header["Upgrade"] != nil
 	a.trace.GotConn = a.gotConn
-	h.gateHost().enter(&a.gateWatch, &a.trace, r)
+	if b != nil {
+		b.gate.enter(&a.gateWatch, &a.trace, r)
+	} else {
+		h.gateHost().enter(&a.gateWatch, &a.trace, r)
+	}
 	if o.connMaxLifetime > 0 && !a.upgrade {
 		a.lifetime(r)
 	}
@@ -187,10 +246,12 @@ type attemptConn struct {
 	gateWatch // the dial gate's watch of the attempt
 	trace     httptrace.ClientTrace
 	host      *hostState
-	n         int  // the attempt's number, for AttemptFromContext
-	wraps     bool // WithAttemptTransport: AttemptFromContext answers
-	ownTrace  bool // no trace of the caller's: the context answers for trace itself
-	connect   bool // a CONNECT
+	n         int      // the attempt's number, for AttemptFromContext
+	wraps     bool     // WithAttemptTransport: AttemptFromContext answers
+	ownTrace  bool     // no trace of the caller's: the context answers for trace itself
+	connect   bool     // a CONNECT
+	backend   *backend // the address of a balanced host it is sent to; nil: the Transport's own pool
+	probe     bool     // it probes its backend after an ejection
 
 	conn atomic.Pointer[conn] // the connection net/http gave the request last
 	seq  atomic.Uint64        // the request's number on it (conn.begin)
@@ -323,7 +384,7 @@ func (a *attemptConn) bodyDone(eof bool) {
 	if eof {
 		a.done()
 	}
-	a.gate.leave()
+	a.leave()
 	a.ctl.release()
 }
 
@@ -449,11 +510,74 @@ func (a *attemptConn) gotConnLifetime(c *conn, reused bool) {
 // can rewind the body (no body, or GetBody). A body it cannot rewind is
 // still unread when the write is refused (net/http flushes the headers of
 // such a body before reading it), so it is sent again from here.
+//
+// A balanced attempt is sent on its backend's pool. A connect to its
+// address that fails sent nothing: the request goes to another address
+// at once, as net/http's dialer tries a name's next address.
 func (t *Transport) roundTripBase(r *http.Request) (*http.Response, error) {
-	if r.Body != nil && r.Body != http.NoBody && r.GetBody == nil {
-		return t.resendRefused(r)
+	var a *attemptConn
+	if t.resolve != nil {
+		if a, _ = r.Context().(*attemptConn); a == nil {
+			a, _ = r.Context().Value(connKey{}).(*attemptConn)
+		}
+		if a != nil && a.backend == nil {
+			a = nil // unbalanced
+		}
 	}
-	return t.base.RoundTrip(r)
+	if r.Body != nil && r.Body != http.NoBody && r.GetBody == nil {
+		return t.resendRefused(r, a)
+	}
+	for {
+		resp, err := t.pool(a).RoundTrip(r)
+		if err == nil || a == nil || !a.failover(r, err) {
+			return resp, err
+		}
+		if r.GetBody != nil {
+			body, gerr := r.GetBody()
+			if gerr != nil {
+				return nil, err
+			}
+			r2 := *r
+			r2.Body = body
+			r = &r2
+		}
+	}
+}
+
+// pool returns the pool of the attempt a: its backend's, or the
+// Transport's own (a nil).
+func (t *Transport) pool(a *attemptConn) *http.Transport {
+	if a != nil && a.backend != nil {
+		return a.backend.rt
+	}
+	return t.base
+}
+
+// failover moves the balanced attempt a, whose connect failed with err,
+// to another address, and reports whether it did: nothing of r was sent.
+// With no other address usable, the attempt goes to the Transport's own
+// pool, whose dialer tries every address of the name (an address family
+// the machine cannot reach, say), once. A probe that failed ejects its
+// backend again.
+func (a *attemptConn) failover(r *http.Request, err error) bool {
+	var de *dialError
+	old := a.backend
+	if old == nil || !errors.As(err, &de) || r.Context().Err() != nil {
+		return false
+	}
+	if a.probe {
+		old.eject(true)
+	}
+	next, probe := old.bal.pick(r, nil, old)
+	if next == old {
+		next, probe = nil, false
+	}
+	if next != nil {
+		next.begin()
+	}
+	old.end()
+	a.backend, a.probe = next, probe
+	return true
 }
 
 // resendRefused sends r, whose body net/http cannot rewind, and sends it
@@ -464,12 +588,13 @@ func (t *Transport) roundTripBase(r *http.Request) (*http.Response, error) {
 // records nothing: each write gets a view of the body, and a view after a
 // refusal that read no byte reads the body from its start; the body is
 // closed once the last view is.
-func (t *Transport) resendRefused(r *http.Request) (*http.Response, error) {
+func (t *Transport) resendRefused(r *http.Request, a *attemptConn) (*http.Response, error) {
 	rec := &bodyRecorder{src: r.Body}
 	for {
 		r.Body = rec.view()
-		resp, err := t.base.RoundTrip(r)
-		if err == nil || !errors.Is(err, errConnRetired) || !rec.replayable() || r.Context().Err() != nil {
+		resp, err := t.pool(a).RoundTrip(r)
+		if err == nil || !rec.replayable() || r.Context().Err() != nil ||
+			!errors.Is(err, errConnRetired) && (a == nil || !a.failover(r, err)) {
 			rec.finish()
 			return resp, err
 		}
@@ -485,11 +610,11 @@ func (t *Transport) resendRefused(r *http.Request) (*http.Response, error) {
 func (t *Transport) wrapBody(resp *http.Response, a *attemptConn, ctl *attemptCtl) *http.Response {
 	switch {
 	case resp.Body == nil || resp.Body == http.NoBody:
-		a.gate.leave()
+		a.leave()
 		ctl.release()
 		return resp
 	case resp.StatusCode == http.StatusSwitchingProtocols:
-		a.gate.leave() // the connection is no longer the pool's
+		a.leave() // the connection is no longer the pool's
 		if ctl != nil {
 			if rw, ok := resp.Body.(io.ReadWriteCloser); ok {
 				resp.Body = &switchedBody{ReadWriteCloser: rw, ctl: ctl}
@@ -498,7 +623,7 @@ func (t *Transport) wrapBody(resp *http.Response, a *attemptConn, ctl *attemptCt
 		}
 		ctl.release()
 		return resp
-	case t.reads == nil && a.gate == nil && ctl == nil:
+	case t.reads == nil && a.gate == nil && ctl == nil && a.backend == nil:
 		return resp // a host past HostStatsLimit: nothing ends with its body
 	}
 	a.ctl = ctl

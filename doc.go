@@ -36,6 +36,40 @@
 // net/http alone lets such dials connect and join the pool, which made 64
 // concurrent requests open up to 97 connections.
 //
+// # Balancing
+//
+// A pool pins its traffic to whichever servers its connections were
+// opened to: net/http dials the first address of a name that answers,
+// and keep-alive then reuses those connections, so a name with eight
+// replicas behind it (DNS round robin, a Kubernetes headless service)
+// sends everything to the first. A Transport resolves each host's name
+// instead, and when it has more than one address (of the family of the
+// first), keeps a pool per address and sends each attempt to the less
+// loaded of two addresses picked at random, by attempts outstanding: a
+// slow replica holds its attempts longer and gets fewer. The Host header,
+// SNI and certificate checks stay those of the name; an HTTP/2 host gets
+// one connection per address.
+//
+// The name is resolved again every 30 s, in the background of a request,
+// and a second after a connect fails: an address that joins takes its
+// share, one that leaves takes no new attempt, finishes those in flight
+// and closes its connections. A connect that fails sent nothing, so the
+// attempt goes to another address at once, whatever its method. Five
+// failures in a row (connect failures, resets, timeouts, never a status)
+// eject an address for 30 s times its count of ejections, at most 5 min,
+// while at most half of the addresses are ejected; then one request
+// probes it. A retry goes to another address than the attempt that
+// failed, and a failure of one address while others are usable does not
+// count towards the host's circuit breaker. AddrStats and
+// Observer.OnAddrChange show it at work.
+//
+// Balancing stays off for IP addresses, for requests a proxy carries
+// (the proxy balances), with WithoutBalancing, and with WithDialContext
+// unless WithResolver is given too (the dialer resolves then; with both,
+// it is called with the chosen "ip:port"). A name with one address is
+// sent as net/http sends it, unless WithResolver gave that address.
+// Limits such as WithMaxConnsPerHost apply per address.
+//
 // # Retries
 //
 // A request is retried when its outcome is worth it: a status in the retry

@@ -61,6 +61,11 @@ type Observer struct {
 	// connect. Every call is counted in Stats.Dials or Stats.DialErrors.
 	OnDial func(DialEvent)
 
+	// OnAddrChange is called when an address of a balanced host (see
+	// WithResolver) joins or leaves its name, is ejected after failures,
+	// or is restored by a probe that got a response.
+	OnAddrChange func(AddrEvent)
+
 	// TraceConns makes AttemptEndEvent.Conn tell whether each attempt
 	// went over a new or a reused connection, from the
 	// httptrace.ClientTrace every attempt carries for its connection; it
@@ -248,6 +253,7 @@ func (o Observer) merge(n Observer) Observer {
 	o.OnBreakerChange = chain(o.OnBreakerChange, n.OnBreakerChange)
 	o.OnHostPause = chain(o.OnHostPause, n.OnHostPause)
 	o.OnDial = chain(o.OnDial, n.OnDial)
+	o.OnAddrChange = chain(o.OnAddrChange, n.OnAddrChange)
 	o.TraceConns = o.TraceConns || n.TraceConns
 	return o
 }
@@ -289,6 +295,37 @@ func (s PauseSource) String() string {
 		return "ratelimit"
 	case PauseXRateLimit:
 		return "x-ratelimit"
+	}
+	return "unknown"
+}
+
+// AddrEvent is a change of one address of a balanced host.
+type AddrEvent struct {
+	Host   string     // its HostStats key, "host:port"
+	Addr   string     // the address, "ip:port"
+	Change AddrChange // what happened to it
+}
+
+// AddrChange is what happened to an address of a balanced host.
+type AddrChange uint8
+
+const (
+	AddrAdded    AddrChange = iota + 1 // it joined the name
+	AddrRemoved                        // it left the name: drained, no new attempt
+	AddrEjected                        // it failed in a row: no attempt until its ejection ends
+	AddrRestored                       // a probe after its ejection got a response
+)
+
+func (c AddrChange) String() string {
+	switch c {
+	case AddrAdded:
+		return "added"
+	case AddrRemoved:
+		return "removed"
+	case AddrEjected:
+		return "ejected"
+	case AddrRestored:
+		return "restored"
 	}
 	return "unknown"
 }

@@ -37,7 +37,7 @@ func (t *Transport) hedged(req, first *http.Request, rp *replay, n int, h *hostS
 		i := len(cancels)
 		cancels = append(cancels, cancel)
 		go func() {
-			resp, err := t.attempt(r.WithContext(actx), n, h, i > 0, cancel) // hedges share their attempt's number
+			resp, err := t.attempt(r.WithContext(actx), n, h, i > 0, cancel, nil) // hedges share their attempt's number
 			results <- hedgeResult{resp: resp, err: err, i: i}
 		}()
 	}

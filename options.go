@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"time"
@@ -521,6 +522,31 @@ func WithRateLimitKey(key func(*http.Request) string) Option {
 	})
 }
 
+// WithResolver sets how a host's name is resolved for balancing: a host
+// whose name resolves to more than one address gets a pool of connections
+// per address, and each attempt goes to the less loaded of two of them
+// picked at random, by attempts outstanding (see the package
+// documentation, Balancing). resolve is called with a name, never an IP
+// address, at the host's first request and again every 30 s; for service
+// discovery of your own (Consul, Kubernetes endpoints) or for tests.
+// Default: net.DefaultResolver; nil is an error.
+func WithResolver(resolve func(ctx context.Context, host string) ([]netip.Addr, error)) Option {
+	return optionFunc(func(o *options) {
+		if o.check("WithResolver", resolve != nil, "nil resolve func") {
+			o.resolve = resolve
+		}
+	})
+}
+
+// WithoutBalancing turns balancing off: each host has one pool, whose
+// connections net/http dials to the first address of its name that
+// answers, as http.Transport does. Default: balancing is on for names
+// with more than one address, unless WithDialContext is given without
+// WithResolver (the dialer resolves then).
+func WithoutBalancing() Option {
+	return optionFunc(func(o *options) { o.noBalancing = true })
+}
+
 // Private implementation past this point.
 
 // options is the finished configuration. errs collects what was wrong with
@@ -538,6 +564,8 @@ type options struct {
 	dial                func(ctx context.Context, network, addr string) (net.Conn, error) // nil: the tuned net.Dialer
 	noHTTP2             bool
 	noIdleLearning      bool
+	resolve             resolveFunc // nil: net.DefaultResolver, unless dial is set
+	noBalancing         bool
 
 	maxRetries     int
 	retryStatuses  statusSet

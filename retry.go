@@ -29,7 +29,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	h := t.hosts.forURL(req.URL) // the one lookup of the request
 	h.count(requestsCounter)
 	if t.policy.maxRetries == 0 {
-		resp, err := t.attempt(req, 1, h, false, nil)
+		resp, err := t.attempt(req, 1, h, false, nil, nil)
 		return t.end(req, h, ending{resp: resp, err: err, attempts: 1})
 	}
 	return t.retryLoop(req, h)
@@ -50,6 +50,7 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 		hedge = t.opts.hedgeDelay > 0 && repeatable && req.Header.Get("Upgrade") == ""
 		buffer = t.opts.responseBuffer > 0 && repeatable
 	}
+	var last *backend      // the address of the attempt before, on a balanced host: a retry avoids it
 	var bo backoff.BackOff // made on the first outcome that needs a decision: most requests never do
 	for n := 1; ; n++ {
 		var (
@@ -59,7 +60,7 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 		if hedge {
 			resp, err = t.hedged(req, r, &rp, n, h)
 		} else {
-			resp, err = t.attempt(r, n, h, false, nil)
+			resp, err = t.attempt(r, n, h, false, nil, &last)
 		}
 		if buffer && err == nil {
 			resp, err = bufferBody(resp, t.opts.responseBuffer)

@@ -68,6 +68,17 @@ func (s Stats) ReuseRatio() float64 {
 	return float64(s.Reused()) / float64(s.Attempts)
 }
 
+// AddrStats are the counters of one address of a balanced host (see
+// WithResolver), since it joined the name.
+type AddrStats struct {
+	Addr        string // "ip:port"
+	Attempts    int64  // attempts sent to it
+	Outstanding int64  // attempts sent whose response is not done with yet
+	Failures    int64  // connect failures, and attempts that failed on a connection to it
+	Ejections   int64  // its ejections counted towards the length of the next
+	Ejected     bool   // it takes no attempt until its ejection ends
+}
+
 // Private implementation past this point.
 
 // counter names one of the counters behind Stats.

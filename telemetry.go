@@ -194,3 +194,20 @@ func (tel *telemetry) dial(host string, err error) {
 		f(DialEvent{Host: host, Err: err})
 	}
 }
+
+// addrChange reports a change of the address addr of the balanced host.
+// An ejection is logged at Warn, what the name does at Info.
+func (tel *telemetry) addrChange(host, addr string, change AddrChange) {
+	if f := tel.observer.OnAddrChange; f != nil {
+		f(AddrEvent{Host: host, Addr: addr, Change: change})
+	}
+	ctx := context.Background()
+	level := slog.LevelInfo
+	if change == AddrEjected {
+		level = slog.LevelWarn
+	}
+	if l := tel.log(ctx, level); l != nil {
+		l.LogAttrs(ctx, level, "keepalive: address "+change.String(),
+			slog.String("host", host), slog.String("addr", addr))
+	}
+}

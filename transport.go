@@ -31,6 +31,10 @@ type Transport struct {
 	hosts  *hostTable   // the state of each host: counters, budget, breaker, dial gate, idle timeout, pause
 	hostc  hostConfig   // what every host shares
 	reads  *readWatch   // the read timeout of response bodies; nil: none
+	dialer *net.Dialer  // the tuned dialer, unless WithDialContext
+
+	resolve      resolveFunc   // resolves the names of balanced hosts; nil: balancing is off
+	resolveEvery time.Duration // how often a balanced name is resolved again; tests shorten it
 
 	inner http.RoundTripper // what attempts are sent through when WithAttemptTransport wraps roundTripBase; nil: roundTripBase
 }
@@ -52,8 +56,23 @@ func NewTransport(opts ...Option) (*Transport, error) {
 		seed:          maphash.MakeSeed(),
 		tel:           &t.opts.tel,
 	}
+	if !o.noBalancing && (o.resolve != nil || o.dial == nil) {
+		t.resolve, t.resolveEvery = o.resolve, resolveEvery
+		if t.resolve == nil {
+			t.resolve = defaultResolve
+		}
+	}
+	t.dialer = &net.Dialer{
+		Timeout: o.connectTimeout,
+		KeepAliveConfig: net.KeepAliveConfig{
+			Enable:   true,
+			Idle:     tcpKeepAliveIdle,
+			Interval: tcpKeepAliveInterval,
+			Count:    tcpKeepAliveCount,
+		},
+	}
 	t.hosts = newHostTable(t.newHostState)
-	t.base = t.newBase()
+	t.base = t.newBase(nil)
 	if len(o.attemptWraps) > 0 {
 		var rt http.RoundTripper = roundTripperFunc(t.roundTripBase)
 		for _, wrap := range o.attemptWraps {
@@ -68,7 +87,14 @@ func NewTransport(opts ...Option) (*Transport, error) {
 
 // CloseIdleConnections closes the idle connections of the pool. Connections
 // in use are not interrupted. The Transport never calls it by itself.
-func (t *Transport) CloseIdleConnections() { t.base.CloseIdleConnections() }
+func (t *Transport) CloseIdleConnections() {
+	t.base.CloseIdleConnections()
+	for _, h := range t.hosts.maps.Load().canon {
+		if h.bal != nil {
+			h.bal.closeIdle()
+		}
+	}
+}
 
 // Private implementation past this point.
 
@@ -83,68 +109,30 @@ func (t *Transport) newHostState(key string) *hostState {
 	if cfg := t.opts.breaker; cfg != nil {
 		h.breaker = newHostBreaker(*cfg, key, t.opts.tel.breakerChange)
 	}
+	if t.resolve != nil {
+		h.bal = newBalancer(key, t.resolve, t.opts.resolve != nil, t.resolveEvery, t.newBase, &t.opts.tel)
+	}
 	return h
 }
 
-func (t *Transport) newBase() *http.Transport {
+func (t *Transport) newBase(b *backend) *http.Transport {
 	o := &t.opts
-	dialer := &net.Dialer{
-		Timeout: o.connectTimeout,
-		KeepAliveConfig: net.KeepAliveConfig{
-			Enable:   true,
-			Idle:     tcpKeepAliveIdle,
-			Interval: tcpKeepAliveInterval,
-			Count:    tcpKeepAliveCount,
-		},
-	}
 	var protocols *http.Protocols
 	if o.noHTTP2 {
 		protocols = new(http.Protocols)
 		protocols.SetHTTP1(true)
 	}
+	proxy := o.proxy
+	if b != nil {
+		proxy = nil // a balanced host's requests are sent direct
+	}
 	return &http.Transport{
 		Protocols: protocols, // nil: HTTP/1 and HTTP/2
-		Proxy:     o.proxy,
+		Proxy:     proxy,
 		// Counting in the dialer costs two atomic adds per connection, where
 		// an httptrace.ClientTrace would cost allocations on every request.
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			// The dial is for the host of the request that started it (also
-			// behind a proxy, and for a name net/http dials in punycode).
-			a, _ := ctx.Value(connKey{}).(*attemptConn)
-			var h *hostState
-			if a != nil {
-				h = a.host
-			} else {
-				h = t.hosts.forAddr(addr)
-			}
-			var w *gateWatch
-			if a != nil {
-				w = &a.gateWatch
-			}
-			c, g, err := h.gateHost().dial(ctx, w, addr, &h.counters, dialHoldMax, func() (net.Conn, error) {
-				if o.dial == nil {
-					return dialer.DialContext(ctx, network, addr)
-				}
-				dctx := ctx
-				if o.connectTimeout > 0 {
-					var cancel context.CancelFunc
-					dctx, cancel = context.WithTimeout(ctx, o.connectTimeout)
-					defer cancel()
-				}
-				return o.dial(dctx, network, addr)
-			})
-			if err == errDialNotNeeded {
-				return nil, err
-			}
-			t.reportDial(h, addr, err, g)
-			if err != nil {
-				return nil, &dialError{err: err}
-			}
-			var gate connGate
-			if g != nil {
-				gate = g
-			}
-			return newConn(c, gate, addr, h.connHost(), t.proxyHost, o.readTimeout, o.connMaxLifetime), nil
+			return t.dial(ctx, network, addr, b)
 		},
 		// A custom DialContext or TLS config turns HTTP/2 off unless forced.
 		ForceAttemptHTTP2:     true,
@@ -161,6 +149,58 @@ func (t *Transport) newBase() *http.Transport {
 			PingTimeout:     http2PingTimeout,
 		},
 	}
+}
+
+// dial opens a connection to addr for the request whose context is ctx,
+// through the dial gate of its host; to the backend b's address, if b is
+// not nil.
+func (t *Transport) dial(ctx context.Context, network, addr string, b *backend) (net.Conn, error) {
+	o := &t.opts
+	// The dial is for the host of the request that started it (also
+	// behind a proxy, and for a name net/http dials in punycode).
+	a, _ := ctx.Value(connKey{}).(*attemptConn)
+	var h *hostState
+	if a != nil {
+		h = a.host
+	} else {
+		h = t.hosts.forAddr(addr)
+	}
+	var w *gateWatch
+	if a != nil {
+		w = &a.gateWatch
+	}
+	gate := h.gateHost()
+	if b != nil {
+		addr, gate = b.dial, &b.gate
+	}
+	c, g, err := gate.dial(ctx, w, addr, &h.counters, dialHoldMax, func() (net.Conn, error) {
+		if o.dial == nil {
+			return t.dialer.DialContext(ctx, network, addr)
+		}
+		dctx := ctx
+		if o.connectTimeout > 0 {
+			var cancel context.CancelFunc
+			dctx, cancel = context.WithTimeout(ctx, o.connectTimeout)
+			defer cancel()
+		}
+		return o.dial(dctx, network, addr)
+	})
+	if err == errDialNotNeeded {
+		return nil, err
+	}
+	t.reportDial(h, addr, err, g)
+	if err != nil {
+		if b != nil && ctx.Err() == nil {
+			b.failed(false)
+			b.bal.resolveSoon()
+		}
+		return nil, &dialError{err: err}
+	}
+	var cg connGate
+	if g != nil {
+		cg = g
+	}
+	return newConn(c, cg, addr, h.connHost(), t.proxyHost, o.readTimeout, o.connMaxLifetime), nil
 }
 
 // reportDial counts a TCP connect to the host h, at addr, that ended with
@@ -222,6 +262,24 @@ func (t *Transport) HostStats() map[string]Stats {
 	}
 	if s := t.hosts.overflow.snapshot(); s != (Stats{}) {
 		out[OtherHosts] = s
+	}
+	return out
+}
+
+// AddrStats returns, per balanced host (keyed as in HostStats), the
+// counters of each address its name resolves to, in the order the
+// resolver gave them. A host whose name has one address, or that is not
+// balanced (WithoutBalancing, a proxy, an IP address), is not listed.
+func (t *Transport) AddrStats() map[string][]AddrStats {
+	m := t.hosts.maps.Load()
+	out := make(map[string][]AddrStats)
+	for k, h := range m.canon {
+		if h.bal == nil {
+			continue
+		}
+		if s := h.bal.stats(); s != nil {
+			out[k] = s
+		}
 	}
 	return out
 }
