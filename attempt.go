@@ -68,7 +68,11 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 			*last = b
 		}
 	}
-	r, ctl, a := t.attemptContext(r, n, h, cancel, b, probe)
+	slot := h.slot
+	if b != nil {
+		slot = b.slot
+	}
+	r, ctl, a := t.attemptContext(r, n, h, cancel, b, probe, slot)
 	t.opts.tel.attemptStart(r, h.key, n)
 
 	// 3. The round trip: through WithAttemptTransport's wraps, if any, to
@@ -142,11 +146,15 @@ func (a *attemptConn) backendOutcome(err error, outer context.Context) {
 	}
 }
 
-// leave ends the attempt's hold on its host's dial gate and its backend.
+// leave ends the attempt's hold on its host's dial gate, its backend and
+// its pool.
 func (a *attemptConn) leave() {
 	a.gate.leave()
 	if a.backend != nil {
 		a.backend.end()
+	}
+	if a.pool != nil {
+		a.pool.end()
 	}
 }
 
@@ -167,7 +175,7 @@ func refuse(r *http.Request, cancel context.CancelCauseFunc, err error) error {
 // deadline of WithAttemptTimeout, the upload watch of a body when there is
 // a read timeout, or hedging's cancel), and the attempt's view of its
 // connection.
-func (t *Transport) attemptContext(r *http.Request, n int, h *hostState, cancel context.CancelCauseFunc, b *backend, probe bool) (*http.Request, *attemptCtl, *attemptConn) {
+func (t *Transport) attemptContext(r *http.Request, n int, h *hostState, cancel context.CancelCauseFunc, b *backend, probe bool, slot *poolSlot) (*http.Request, *attemptCtl, *attemptConn) {
 	o := &t.opts
 	hasBody := r.Body != nil && r.Body != http.NoBody
 	// HTTP/1 writes are bounded on the connection; an HTTP/2
@@ -187,6 +195,10 @@ func (t *Transport) attemptContext(r *http.Request, n int, h *hostState, cancel 
 		}
 	}
 	a := &attemptConn{Context: ctx, host: h, n: n, wraps: len(o.attemptWraps) > 0, backend: b, probe: probe}
+	if slot != nil {
+		a.slot, a.pool = slot, slot.cur.Load()
+		a.pool.begin()
+	}
 	a.connect = r.Method == http.MethodConnect
 	a.upgrade = a.connect || r.Header["Upgrade"] != nil
 	a.trace.GotConn = a.gotConn
@@ -246,12 +258,14 @@ type attemptConn struct {
 	gateWatch // the dial gate's watch of the attempt
 	trace     httptrace.ClientTrace
 	host      *hostState
-	n         int      // the attempt's number, for AttemptFromContext
-	wraps     bool     // WithAttemptTransport: AttemptFromContext answers
-	ownTrace  bool     // no trace of the caller's: the context answers for trace itself
-	connect   bool     // a CONNECT
-	backend   *backend // the address of a balanced host it is sent to; nil: the Transport's own pool
-	probe     bool     // it probes its backend after an ejection
+	n         int       // the attempt's number, for AttemptFromContext
+	wraps     bool      // WithAttemptTransport: AttemptFromContext answers
+	ownTrace  bool      // no trace of the caller's: the context answers for trace itself
+	connect   bool      // a CONNECT
+	backend   *backend  // the address of a balanced host it is sent to; nil: none
+	probe     bool      // it probes its backend after an ejection
+	slot      *poolSlot // the pool of its host or backend, if it has one of its own
+	pool      *pool     // the generation of slot it is sent on; nil: the Transport's pool
 
 	conn atomic.Pointer[conn] // the connection net/http gave the request last
 	seq  atomic.Uint64        // the request's number on it (conn.begin)
@@ -347,6 +361,9 @@ func (a *attemptConn) gotConn(info httptrace.GotConnInfo) {
 		}
 	}
 	if c == nil || p != protoHTTP1 {
+		if c != nil && a.slot != nil && p == protoHTTP2 {
+			a.gotConnHTTP2Lifetime(c)
+		}
 		return
 	}
 	a.conn.Store(c)
@@ -504,6 +521,20 @@ func (a *attemptConn) gotConnLifetime(c *conn, reused bool) {
 	}
 }
 
+// gotConnHTTP2Lifetime applies the lifetime to the HTTP/2 connection c
+// given the request: once c is past it, its pool's generation is renewed.
+// The request keeps c, as do the others in flight on it; new attempts go
+// to the new generation, which dials, and the old one closes once its
+// last attempt ended (pool.go). net/http offers no way to stop one
+// HTTP/2 connection from taking new streams.
+func (a *attemptConn) gotConnHTTP2Lifetime(c *conn) {
+	if c.expires.IsZero() || time.Now().Before(c.expires) || c.retired.Swap(true) {
+		return
+	}
+	a.host.count(connExpiredCounter)
+	a.slot.renew(a.pool)
+}
+
 // roundTripBase sends r on the tuned http.Transport. net/http sends a
 // request refused by a retired connection (by its lifetime, or by
 // idle-timeout learning in idle.go) again on another connection when it
@@ -516,12 +547,12 @@ func (a *attemptConn) gotConnLifetime(c *conn, reused bool) {
 // at once, as net/http's dialer tries a name's next address.
 func (t *Transport) roundTripBase(r *http.Request) (*http.Response, error) {
 	var a *attemptConn
-	if t.resolve != nil {
+	if t.pooled {
 		if a, _ = r.Context().(*attemptConn); a == nil {
 			a, _ = r.Context().Value(connKey{}).(*attemptConn)
 		}
-		if a != nil && a.backend == nil {
-			a = nil // unbalanced
+		if a != nil && a.pool == nil {
+			a = nil // the Transport's pool
 		}
 	}
 	if r.Body != nil && r.Body != http.NoBody && r.GetBody == nil {
@@ -547,8 +578,8 @@ func (t *Transport) roundTripBase(r *http.Request) (*http.Response, error) {
 // pool returns the pool of the attempt a: its backend's, or the
 // Transport's own (a nil).
 func (t *Transport) pool(a *attemptConn) *http.Transport {
-	if a != nil && a.backend != nil {
-		return a.backend.rt
+	if a != nil && a.pool != nil {
+		return a.pool.rt
 	}
 	return t.base
 }
@@ -572,8 +603,12 @@ func (a *attemptConn) failover(r *http.Request, err error) bool {
 	if next == old {
 		next, probe = nil, false
 	}
+	a.pool.end()
+	a.slot, a.pool = nil, nil
 	if next != nil {
 		next.begin()
+		a.slot, a.pool = next.slot, next.slot.cur.Load()
+		a.pool.begin()
 	}
 	old.end()
 	a.backend, a.probe = next, probe

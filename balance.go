@@ -87,8 +87,8 @@ type backend struct {
 	addr netip.AddrPort
 	dial string // addr as dialed, "ip:port"
 	bal  *balancer
-	rt   *http.Transport
-	gate gateHost // the dial gate of its pool
+	slot *poolSlot // its pool
+	gate gateHost  // the dial gate of its pool
 
 	outstanding  atomic.Int64 // attempts sent to it whose response is not done with
 	attempts     atomic.Int64
@@ -342,7 +342,7 @@ func (b *balancer) update(addrs []netip.Addr) []AddrEvent {
 		switch {
 		case c == nil:
 			c = &backend{addr: ap, dial: ap.String(), bal: b}
-			c.rt = b.newRT(c)
+			c.slot = newPoolSlot(func() *http.Transport { return b.newRT(c) })
 			if b.all == nil {
 				b.all = make(map[netip.AddrPort]*backend)
 			}
@@ -351,6 +351,7 @@ func (b *balancer) update(addrs []netip.Addr) []AddrEvent {
 				changes = append(changes, AddrEvent{b.key, c.dial, AddrAdded})
 			}
 		case c.draining.Swap(false):
+			c.slot.renew(c.slot.cur.Load()) // the drained generation closes
 			changes = append(changes, AddrEvent{b.key, c.dial, AddrAdded})
 		}
 		set = append(set, c)
@@ -363,7 +364,7 @@ func (b *balancer) update(addrs []netip.Addr) []AddrEvent {
 		if !c.draining.Swap(true) {
 			changes = append(changes, AddrEvent{b.key, c.dial, AddrRemoved})
 		}
-		c.rt.CloseIdleConnections()
+		c.slot.cur.Load().retire()
 	}
 	b.set.Store(&set)
 	return changes
@@ -391,13 +392,8 @@ func (c *backend) begin() {
 }
 
 // end ends an attempt's hold on the backend: its response is done with,
-// or it failed. A drained backend closes its connections once the last
-// attempt on it ended.
-func (c *backend) end() {
-	if c.outstanding.Add(-1) == 0 && c.draining.Load() {
-		c.rt.CloseIdleConnections()
-	}
-}
+// or it failed.
+func (c *backend) end() { c.outstanding.Add(-1) }
 
 // succeeded records a response from the backend; probe says the attempt
 // probed it after an ejection.
@@ -493,7 +489,7 @@ func (b *balancer) closeIdle() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for _, c := range b.all {
-		c.rt.CloseIdleConnections()
+		c.slot.cur.Load().rt.CloseIdleConnections()
 	}
 }
 

@@ -349,7 +349,8 @@ func (h *gateHost) awaitSerial(ctx context.Context, a *gateWatch, addr string) e
 			// net/http already asks again for the request, the new
 			// connection turned it away: at its stream limit, or, for a
 			// moment, before its pool knew it; wait a little only.
-			if since := time.Duration(monotonic() - h.madeH2[addr]); !waited && since < serialGrace && h.proto.Load() == protoHTTP2 {
+			at, made := h.madeH2[addr]
+			if since := time.Duration(monotonic() - at); made && !waited && since < serialGrace && h.proto.Load() == protoHTTP2 {
 				h.mu.Unlock()
 				waited = true
 				wait := serialGrace - since

@@ -37,6 +37,7 @@ type hostState struct {
 	gate    gateHost     // unused for the overflow state
 	idle    hostIdle     // the learned idle timeout; unused for the overflow state
 	bal     *balancer    // nil: not balanced (off, an IP address, the overflow state)
+	slot    *poolSlot    // the host's own pool (WithConnMaxLifetime); nil: the Transport's
 
 	// pausedUntil is the monotonic() reading at which the host's pause
 	// ends; 0 when it is not paused or the pause is known over.

@@ -201,16 +201,19 @@ func TestConnMaxLifetimeOverTLS(t *testing.T) {
 	assert.Equal(t, int64(n), st.ConnsExpired)
 }
 
-// HTTP/2 connections are not retired (see WithConnMaxLifetime): 8
-// goroutines share one for longer than many lifetimes, without an error.
-func TestConnMaxLifetimeLeavesHTTP2Alone(t *testing.T) {
+// HTTP/2 connections are retired too, without an error: 8 goroutines
+// share one connection at a time for many lifetimes; each expired
+// connection hands its host to a new one, and closes once its streams
+// ended.
+func TestConnMaxLifetimeRetiresHTTP2(t *testing.T) {
 	srv, tlsOpt := newServer(t, http2, keepalivetest.Handle(echoOnce(t)))
-	c, tr := newTestClient(t, tlsOpt, WithConnMaxLifetime(time.Millisecond))
+	const lifetime = 50 * time.Millisecond
+	c, tr := newTestClient(t, tlsOpt, WithConnMaxLifetime(lifetime))
 	resp, err := c.Get(srv.URL) // one connection, before concurrent requests could dial more
 	require.NoError(t, err)
 	resp.Body.Close()
 	var wg sync.WaitGroup
-	stop := time.Now().Add(200 * time.Millisecond)
+	stop := time.Now().Add(10 * lifetime)
 	for w := range 8 {
 		wg.Go(func() {
 			for i := 0; time.Now().Before(stop); i++ {
@@ -231,8 +234,55 @@ func TestConnMaxLifetimeLeavesHTTP2Alone(t *testing.T) {
 	}
 	wg.Wait()
 	st := tr.Stats()
-	assert.Equal(t, int64(1), st.Dials)
-	assert.Zero(t, st.ConnsExpired)
+	t.Logf("Stats: %d dials, %d expired, %d discarded dials, %d requests", st.Dials, st.ConnsExpired, st.DiscardedDials, st.Requests)
+	// The run lasts 10 lifetimes: a connection lives at least 0.9 of one.
+	assert.GreaterOrEqual(t, st.ConnsExpired, int64(2))
+	assert.LessOrEqual(t, st.Dials, st.ConnsExpired+1, "a new connection only for an expired one")
+	assert.Zero(t, st.Retries)
+}
+
+// A retired HTTP/2 connection closes once its streams ended: the server
+// sees at most the current connection open once the load stops, however
+// many lifetimes it lasted.
+func TestConnMaxLifetimeClosesRetiredHTTP2(t *testing.T) {
+	var open, opened atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "ok")
+	}))
+	srv.EnableHTTP2 = true
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			open.Add(1)
+			opened.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			open.Add(-1)
+		}
+	}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	const lifetime = 30 * time.Millisecond
+	c, tr := newTestClient(t, WithTLSConfig(srv.Client().Transport.(*http.Transport).TLSClientConfig), WithConnMaxLifetime(lifetime))
+	var wg sync.WaitGroup
+	stop := time.Now().Add(10 * lifetime)
+	for range 8 {
+		wg.Go(func() {
+			for time.Now().Before(stop) {
+				resp, err := c.Get(srv.URL)
+				if !assert.NoError(t, err) {
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
+	}
+	wg.Wait()
+	require.GreaterOrEqual(t, tr.Stats().ConnsExpired, int64(2))
+	closed := poll(5*time.Second, func() bool { return open.Load() <= 1 })
+	assert.True(t, closed, "%d of %d connections still open at the server", open.Load(), opened.Load())
+	t.Logf("%d connections opened, %d expired, %d open", opened.Load(), tr.Stats().ConnsExpired, open.Load())
 }
 
 // A request that switches protocols (a WebSocket) keeps its Connection

@@ -485,11 +485,12 @@ func WithHedging(delay time.Duration, maxHedges int) Option {
 	})
 }
 
-// WithConnMaxLifetime retires HTTP/1 connections older than d, +-10%: the
-// first request given an expired connection asks to close it, and later
-// requests go to a new connection; callers see no error and nothing is
-// sent twice. HTTP/2 connections are not retired. Stats.ConnsExpired
-// counts the connections retired. Default: off, as in net/http; zero means
+// WithConnMaxLifetime retires connections older than d, +-10%: the first
+// request given an expired connection asks to close it (HTTP/1) or moves
+// its host to a new pool (HTTP/2: the old connection closes once its
+// streams ended), and later requests go to a new connection; callers see
+// no error and nothing is sent twice. Stats.ConnsExpired counts the
+// connections retired. Default: off, as in net/http; zero means
 // connections are never retired by age; negative is an error. 1 to 5
 // minutes is typical (see the package documentation, Opt-in features).
 func WithConnMaxLifetime(d time.Duration) Option {

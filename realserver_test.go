@@ -886,3 +886,60 @@ func TestNginxHTTP2GoawayDials(t *testing.T) {
 		assert.Positive(t, ok.Load())
 	}
 }
+
+// TestNginxHTTP2Lifetime sends GETs and unkeyed streamed POSTs from 32
+// goroutines to real nginx over HTTPS with HTTP/2, with
+// WithConnMaxLifetime(1s): each expired connection hands its host to a
+// new one and closes once its streams ended, and no request fails.
+// KA_LIFETIME_SECONDS sets the run's length (default 4 s).
+func TestNginxHTTP2Lifetime(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real nginx under load: skipped with -short")
+	}
+	t.Parallel() // an nginx of its own; counts failures, not times
+	d := realEnvSeconds(t, "KA_LIFETIME_SECONDS", 4*time.Second)
+	srv, roots := ngxStartTLS(t, 1_000_000)
+	url := "https://" + srv.addr + "/"
+	c, tr := newTestClient(t, WithTLSConfig(&tls.Config{RootCAs: roots}), WithConnMaxLifetime(time.Second))
+	var ok, failed atomic.Int64
+	var firstErr atomic.Value
+	until := time.Now().Add(d)
+	var wg sync.WaitGroup
+	for w := range 32 {
+		wg.Go(func() {
+			for i := 0; time.Now().Before(until); i++ {
+				var body io.Reader
+				method := http.MethodGet
+				if i%4 == w%4 { // an unkeyed POST whose body cannot be rewound
+					method, body = http.MethodPost, &onceReader{strings.NewReader("payload")}
+				}
+				req, err := http.NewRequest(method, url, body)
+				if err != nil {
+					failed.Add(1)
+					return
+				}
+				resp, err := c.Do(req)
+				if err == nil {
+					_, err = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if err == nil && (resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2) {
+						err = fmt.Errorf("%s: status %d over HTTP/%d", method, resp.StatusCode, resp.ProtoMajor)
+					}
+				}
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+					continue
+				}
+				ok.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	st := tr.Stats()
+	t.Logf("%d requests ok, %d failed (first: %v); Stats: %d dials, %d expired, %d discarded dials, %d retries",
+		ok.Load(), failed.Load(), firstErr.Load(), st.Dials, st.ConnsExpired, st.DiscardedDials, st.Retries)
+	assert.Zero(t, failed.Load(), "first: %v", firstErr.Load())
+	assert.GreaterOrEqual(t, st.ConnsExpired, int64(d/time.Second)-2, "a connection retired about every second")
+	assert.LessOrEqual(t, st.Dials, st.ConnsExpired+2, "a new connection for each expired one")
+}

@@ -33,6 +33,7 @@ type Transport struct {
 	reads  *readWatch   // the read timeout of response bodies; nil: none
 	dialer *net.Dialer  // the tuned dialer, unless WithDialContext
 
+	pooled       bool          // some attempts go to pools of their own (balancing, WithConnMaxLifetime)
 	resolve      resolveFunc   // resolves the names of balanced hosts; nil: balancing is off
 	resolveEvery time.Duration // how often a balanced name is resolved again; tests shorten it
 
@@ -71,6 +72,7 @@ func NewTransport(opts ...Option) (*Transport, error) {
 			Count:    tcpKeepAliveCount,
 		},
 	}
+	t.pooled = t.resolve != nil || o.connMaxLifetime > 0
 	t.hosts = newHostTable(t.newHostState)
 	t.base = t.newBase(nil)
 	if len(o.attemptWraps) > 0 {
@@ -90,6 +92,9 @@ func NewTransport(opts ...Option) (*Transport, error) {
 func (t *Transport) CloseIdleConnections() {
 	t.base.CloseIdleConnections()
 	for _, h := range t.hosts.maps.Load().canon {
+		if h.slot != nil {
+			h.slot.cur.Load().rt.CloseIdleConnections()
+		}
 		if h.bal != nil {
 			h.bal.closeIdle()
 		}
@@ -108,6 +113,9 @@ func (t *Transport) newHostState(key string) *hostState {
 	t.budget.init(&h.budget)
 	if cfg := t.opts.breaker; cfg != nil {
 		h.breaker = newHostBreaker(*cfg, key, t.opts.tel.breakerChange)
+	}
+	if t.opts.connMaxLifetime > 0 && key != OtherHosts {
+		h.slot = newPoolSlot(func() *http.Transport { return t.newBase(nil) })
 	}
 	if t.resolve != nil {
 		h.bal = newBalancer(key, t.resolve, t.opts.resolve != nil, t.resolveEvery, t.newBase, &t.opts.tel)
@@ -173,7 +181,11 @@ func (t *Transport) dial(ctx context.Context, network, addr string, b *backend) 
 	if b != nil {
 		addr, gate = b.dial, &b.gate
 	}
-	c, g, err := gate.dial(ctx, w, addr, &h.counters, dialHoldMax, func() (net.Conn, error) {
+	key := addr
+	if a != nil {
+		key = a.pool.gateKey(addr)
+	}
+	c, g, err := gate.dial(ctx, w, key, &h.counters, dialHoldMax, func() (net.Conn, error) {
 		if o.dial == nil {
 			return t.dialer.DialContext(ctx, network, addr)
 		}
@@ -293,17 +305,18 @@ func (t *Transport) proxyHost(addr string) connHost { return t.hosts.forAddr(add
 // a pool redials for lifetimes, idle closes and failures.
 const tlsSessionCacheSize = 100
 
-// withSessionCache returns c, or a new configuration, with a session cache
-// of the Transport's own when c brings none.
+// withSessionCache returns a copy of c (net/http adds its protocols to the
+// configuration of each http.Transport, and a Transport may have several),
+// or a new configuration, with a session cache of its own when c brings
+// none.
 func withSessionCache(c *tls.Config) *tls.Config {
-	if c != nil && c.ClientSessionCache != nil {
-		return c
-	}
 	if c == nil {
 		c = new(tls.Config)
 	} else {
 		c = c.Clone()
 	}
-	c.ClientSessionCache = tls.NewLRUClientSessionCache(tlsSessionCacheSize)
+	if c.ClientSessionCache == nil {
+		c.ClientSessionCache = tls.NewLRUClientSessionCache(tlsSessionCacheSize)
+	}
 	return c
 }
