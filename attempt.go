@@ -619,12 +619,20 @@ func (a *attemptConn) failover(r *http.Request, err error) bool {
 // again while a retired connection refused it before a byte of the body
 // was read: each refusal closes a connection that came back from the
 // pool, and a new connection is never refused, so it ends, however many
-// stale connections the pool holds. A body recorder that
-// records nothing: each write gets a view of the body, and a view after a
-// refusal that read no byte reads the body from its start; the body is
-// closed once the last view is.
+// stale connections the pool holds. The body's first refusedReplayMax
+// bytes are recorded as they stream: each write gets a view of the body,
+// which replays them and goes on from the source, and net/http gets them
+// as GetBody, so that an HTTP/2 stream its server refused unprocessed (a
+// GOAWAY that crossed the request, or REFUSED_STREAM) is sent again too.
+// The body is closed once the last view is.
 func (t *Transport) resendRefused(r *http.Request, a *attemptConn) (*http.Response, error) {
-	rec := &bodyRecorder{src: r.Body}
+	rec := &bodyRecorder{src: r.Body, limit: refusedReplayMax}
+	r.GetBody = func() (io.ReadCloser, error) {
+		if !rec.replayable() {
+			return nil, errReplayTooLong
+		}
+		return rec.view(), nil
+	}
 	for {
 		r.Body = rec.view()
 		resp, err := t.pool(a).RoundTrip(r)
@@ -635,6 +643,15 @@ func (t *Transport) resendRefused(r *http.Request, a *attemptConn) (*http.Respon
 		}
 	}
 }
+
+// refusedReplayMax is how much of a body that cannot be rewound is kept
+// while it streams, to send it again where its server refused it
+// unprocessed: a small request whole, never a large upload.
+const refusedReplayMax = 64 << 10
+
+// errReplayTooLong is GetBody's error for a body that cannot be rewound
+// and was read past refusedReplayMax.
+var errReplayTooLong = errors.New("keepalive: the request was refused unprocessed after more than 64 KiB of its body, which cannot be rewound, was read: it was not sent again")
 
 // wrapBody gives resp the one wrapper of its attempt, which owns all that
 // ends with the body: the read timeout, the dial gate's

@@ -84,7 +84,14 @@ func (w *uploadWatch) wrap(body io.ReadCloser) io.ReadCloser {
 	return &watchedBody{rc: body, w: w}
 }
 
-func (w *uploadWatch) wroteRequest(httptrace.WroteRequestInfo) { w.wrote.Store(true) }
+// wroteRequest ends the watch once net/http wrote the whole request; a
+// write that failed does not (net/http, or HTTP/2's own retry, may send
+// the request again, from GetBody, on another connection).
+func (w *uploadWatch) wroteRequest(info httptrace.WroteRequestInfo) {
+	if info.Err == nil {
+		w.wrote.Store(true)
+	}
+}
 
 func (w *uploadWatch) fire() {
 	if w.wrote.Load() || w.ctl.state.Load() != attemptRunning {

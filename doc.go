@@ -177,6 +177,14 @@
 // WithoutIdleLearning turns it off: only WithIdleConnTimeout then bounds
 // the reuse of idle connections.
 //
+// An HTTP/2 server that closes an idle connection says, in its GOAWAY,
+// which streams it did not process; net/http sends those again on a new
+// connection, but only when it can rewind the body. A body it cannot
+// rewind (no GetBody) is kept while it streams, its first 64 KiB, so that
+// a stream refused unprocessed is sent again too: a small unkeyed POST is
+// not lost to a GOAWAY that crossed it. A larger one that was read past
+// 64 KiB fails with an error that says so.
+//
 // # Opt-in features
 //
 // WithAttemptTimeout bounds each attempt's wait for response headers. It is
