@@ -51,8 +51,11 @@ func newClient(name string, t target, cfg *config) (*benchClient, error) {
 		tr.DisableKeepAlives = name == clientNoKeepAlive
 		var dials atomic.Int64
 		dial := tr.DialContext
-		if t.unix != "" {
+		switch {
+		case t.unix != "":
 			dial = unixDialer(t.unix)
+		case t.backends != nil: // backends.go: the name's addresses in order, as a net.Dialer
+			dial, tr.Proxy = t.backends.dialer(), nil
 		}
 		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			c, err := dial(ctx, network, addr)
@@ -88,6 +91,9 @@ func newClient(name string, t target, cfg *config) (*benchClient, error) {
 		}
 		if t.unix != "" {
 			opts = append(opts, keepalive.WithDialContext(unixDialer(t.unix)))
+		}
+		if t.backends != nil { // backends.go: the same addresses, balanced
+			opts = append(opts, keepalive.WithResolver(t.backends.resolve), keepalive.WithProxy(nil))
 		}
 		c, err := keepalive.NewClient(opts...)
 		if err != nil {

@@ -63,6 +63,7 @@ type config struct {
 	timeout     time.Duration
 	maxErrors   int
 	proxy       string
+	backends    int    // -backends: serve the embedded server on this many addresses (backends.go)
 	plot        string // -plot: the HTML page to write (plot.go)
 	plotSet     bool   // -plot given, even if empty
 	// targets.go
@@ -102,6 +103,8 @@ Examples:
   kabench -tls                               over HTTPS, HTTP/2 where both sides offer it
   kabench -tls -http1                        over HTTPS, HTTP/1.1 only
   kabench -proxy nginx                       nginx in front, upstream keep-alive off and on
+  kabench -backends 8                        the embedded server on 8 addresses of one name:
+                                             which of them each client sends its requests to
   kabench -proxy nginx -upstream unix:/run/app.sock -path /health
                                              your app behind nginx
   kabench -url http://127.0.0.1:8080/health -c 16 -z 30s
@@ -140,6 +143,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.unix, "unix", "", "measure an app listening on the unix socket `PATH` (requests go to http://unix + -path)")
 	fs.StringVar(&c.path, "path", "/", "path of the requests to the embedded server, nginx and -unix")
 	fs.StringVar(&c.upstream, "upstream", "", "with -proxy nginx: put nginx in front of this app, `ADDR` host:port or unix:PATH, instead of the embedded server")
+	fs.IntVar(&c.backends, "backends", 1, "serve the embedded server on `N` addresses, 127.0.0.2 on, of one name the clients resolve, and count the requests each gets")
 	fs.StringVar(&c.plot, "plot", "", "also write the charts to this self-contained HTML `file`")
 	fs.BoolVar(&c.tls, "tls", false, "serve the embedded server (and nginx) over TLS, with a certificate generated at start")
 	fs.StringVar(&c.cacert, "cacert", "", "trust the PEM certificates in `FILE` for an https -url")
@@ -220,6 +224,9 @@ func (c *config) validate() error {
 		return &usageError{"proxy", fmt.Sprintf("unknown proxy %q (want %q)", c.proxy, proxyNginx)}
 	case c.proxy != "" && (len(c.urls) > 0 || c.unix != ""):
 		return &usageError{"proxy", "puts nginx in front of the embedded server or -upstream, so it cannot be combined with -url or -unix"}
+	}
+	if err := c.validateBackends(); err != nil { // backends.go
+		return err
 	}
 	if c.plotSet {
 		if err := checkPlot(c.plot); err != nil {

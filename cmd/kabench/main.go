@@ -84,6 +84,9 @@ func measure(ctx context.Context, cfg *config, stdout, stderr io.Writer) (err er
 	}
 
 	rep := newReport(cfg, targets[0].address())
+	if b := targets[0].backends; b != nil {
+		rep.Backends = b.endpoints()
+	}
 	if len(targets) > 1 && !cfg.embedded() {
 		for _, t := range targets {
 			rep.Targets = append(rep.Targets, targetInfo{Label: t.setup, URL: t.address()})
@@ -115,6 +118,7 @@ func measure(ctx context.Context, cfg *config, stdout, stderr io.Writer) (err er
 	}
 	rep.Interrupted = ctx.Err() != nil
 	rep.compare()
+	rep.setBackendShares() // backends.go
 	rep.Notes = rep.notes()
 	rep.writeSummary(out)
 	if !cfg.quiet {
@@ -173,13 +177,13 @@ func setUp(ctx context.Context, cfg *config) ([]target, func() error, error) {
 	}
 	upstream, serverConns, stopServer := cfg.upstream, (func() int64)(nil), func() {}
 	if upstream == "" {
-		srv, err := startServer(tc)
+		srv, err := startServer(tc, cfg.backends)
 		if err != nil {
 			return nil, nil, fmt.Errorf("starting the embedded server: %w", err)
 		}
 		stopServer = func() { srv.close(cfg.timeout) }
 		if cfg.proxy == "" {
-			t := target{setup: "direct", url: srv.url + cfg.path[1:], serverConns: srv.conns.Load}
+			t := target{setup: "direct", url: srv.url + cfg.path[1:], serverConns: srv.conns.Load, backends: srv.backends}
 			return []target{t}, func() error { stopServer(); return nil }, nil
 		}
 		u, _ := url.Parse(srv.url)

@@ -24,6 +24,7 @@ type target struct {
 	unix        string        // the unix socket the requests go to; empty: TCP
 	serverConns func() int64  // connections the embedded server accepted; nil for -url
 	diagnose    func() string // what the proxy logged, for a failed probe; nil without a proxy
+	backends    *backendSet   // -backends: the addresses behind the URL's name (backends.go); nil without
 }
 
 // runResult is the outcome of one run of one client.
@@ -54,6 +55,9 @@ type runResult struct {
 	PauseWaits      int64   `json:"pause_waits,omitempty"`
 	MeanMs          float64 `json:"mean_ms"`   // mean latency
 	Phases          phaseMs `json:"phases_ms"` // mean time per request of each phase (phases.go)
+	// Backends are the requests each backend of -backends got, server
+	// side, in the order of report.Backends; nil without -backends.
+	Backends []int64 `json:"requests_per_backend,omitempty"`
 
 	latencies []time.Duration // of the requests without error
 }
@@ -75,6 +79,10 @@ type clientResult struct {
 	VsBaseline *float64 `json:"vs_baseline_percent,omitempty"`
 	// Histogram counts the latencies of all runs (chart.go).
 	Histogram []bucket `json:"latency_histogram,omitempty"`
+	// BackendShares are the shares of the requests of all runs each
+	// backend of -backends got, in percent, in the order of
+	// report.Backends; nil without -backends.
+	BackendShares []float64 `json:"backend_share_percent,omitempty"`
 
 	target target
 }
@@ -140,22 +148,35 @@ rounds:
 // that is down, or answers only errors, from running at all: such a run
 // measures timeouts and retries, not keep-alive. Through a proxy, the
 // error ends with what the proxy logged.
+// With -backends, every backend is probed.
 func probe(ctx context.Context, cfg *config, t target) error {
-	err := probeOnce(ctx, cfg, t)
+	n := 1
+	if t.backends != nil {
+		n = len(t.backends.addrs)
+	}
+	var err error
+	for i := 0; i < n && err == nil; i++ {
+		err = probeOnce(ctx, cfg, t, i)
+	}
 	if err != nil && t.diagnose != nil && ctx.Err() == nil {
 		err = fmt.Errorf("%w\n%s", err, t.diagnose())
 	}
 	return err
 }
 
-func probeOnce(ctx context.Context, cfg *config, t target) error {
+// probeOnce probes t, through its backend i with -backends.
+func probeOnce(ctx context.Context, cfg *config, t target, i int) error {
 	url := t.url
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.DisableKeepAlives = true
 	setTransportTLS(tr, cfg, nil) // tls.go
-	if t.unix != "" {
+	switch {
+	case t.unix != "":
 		tr.DialContext = unixDialer(t.unix)
 		url = "unix:" + t.unix + " (" + t.url + ")"
+	case t.backends != nil:
+		tr.DialContext, tr.Proxy = t.backends.pinned(i), nil
+		url = t.url + " (backend " + t.backends.endpoints()[i] + ")"
 	}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr, Timeout: cfg.timeout}
@@ -246,7 +267,7 @@ func measureRun(ctx context.Context, cfg *config, name string, t target, done *a
 			cancel(errTooManyErrors)
 		}
 	}
-	server0 := serverConns(t)
+	server0, backends0 := serverConns(t), backendRequests(t)
 	for i := range workers {
 		w := &workers[i]
 		if cfg.duration == 0 {
@@ -291,6 +312,7 @@ func measureRun(ctx context.Context, cfg *config, name string, t target, done *a
 		n := t.serverConns() - server0
 		r.ServerConns = &n
 	}
+	r.Backends = backendCounts(backends0, backendRequests(t)) // backends.go
 	if firstErr != nil {
 		r.FirstError = firstErr.Error()
 	}
@@ -329,6 +351,15 @@ type worker struct {
 	protos   protoCounts
 	errKinds map[string]int64 // failed requests by kind
 	clock    phaseClock       // phases.go
+}
+
+// backendRequests returns the requests each backend of t got so far; nil
+// without -backends.
+func backendRequests(t target) []int64 {
+	if t.backends == nil {
+		return nil
+	}
+	return t.backends.requests()
 }
 
 func serverConns(t target) int64 {
@@ -451,6 +482,7 @@ func average(runs []runResult) runResult {
 	a.NewConns, a.Retries = roundDiv(conns, n), roundDiv(retries, n)
 	a.RetryAfterWaits, a.HostPauses, a.PauseWaits = roundDiv(waits, n), roundDiv(pauses, n), roundDiv(held, n)
 	a.RetryAfterMs = waited / f
+	a.Backends = averageBackends(runs) // backends.go
 	if a.ServerConns != nil {
 		*a.ServerConns = roundDiv(server, n)
 	}

@@ -132,6 +132,7 @@ func (r *report) notes() []string {
 	out = append(out, r.errorNotes()...)
 	out = append(out, r.waitNotes()...)
 	out = append(out, r.closeNotes()...)
+	out = append(out, r.backendNotes()...) // backends.go
 	return append(out, r.http2Notes()...)
 }
 
@@ -263,8 +264,12 @@ func (r *report) http2Notes() []string {
 				where, commas(float64(d), 0), commas(float64(k), 0)))
 			continue
 		}
-		out = append(out, fmt.Sprintf("over HTTP/2%s the default client opened %s per run and keepalive %s: net/http dials for every request that waits while a host's first connection negotiates its protocol, and keepalive dials one at a time and shares the first. Both multiplex their requests over the connections they have; -http1 compares their HTTP/1.1 connection pools.",
-			where, plural(int(d), "connection"), commas(float64(k), 0)))
+		shares := "one at a time and shares the first"
+		if len(r.Backends) > 1 {
+			shares = "one at a time per address of the name and shares the first of each"
+		}
+		out = append(out, fmt.Sprintf("over HTTP/2%s the default client opened %s per run and keepalive %s: net/http dials for every request that waits while a host's first connection negotiates its protocol, and keepalive dials %s. Both multiplex their requests over the connections they have; -http1 compares their HTTP/1.1 connection pools.",
+			where, plural(int(d), "connection"), commas(float64(k), 0), shares))
 	}
 	return out
 }

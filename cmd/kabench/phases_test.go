@@ -82,7 +82,7 @@ func TestPhasesOfAreMeansPerRequest(t *testing.T) {
 //
 //	for i in 1 2 3 4 5 6 7 8; do go test -run '^$' -bench RequestTrace -benchtime 20000x ./cmd/kabench/; done
 func BenchmarkRequestTrace(b *testing.B) {
-	srv, err := startServer(nil)
+	srv, err := startServer(nil, 1)
 	require.NoError(b, err)
 	b.Cleanup(func() { srv.close(time.Second) })
 	cfg := &config{method: http.MethodGet, timeout: 10 * time.Second}

@@ -3,7 +3,9 @@
 // the summary table and the notes, the requests/s of every client beside
 // its connections and TLS handshakes (a log scale: 1 against 10,000), one
 // latency chart with every client's percentile curve on shared axes, and
-// where each client's time goes. Below: each client's runs. The charts
+// where each client's time goes; with -backends, between the pair and the
+// latencies, each client's share of the requests per backend. Below: each
+// client's runs. The charts
 // are inline SVG as wide as the page; the page references nothing
 // outside itself (no scripts, fonts, styles or images from anywhere).
 // Everything taken from the input (the URL, setup and client names,
@@ -139,6 +141,7 @@ type (
 		Summary                 []plotRow
 		Notes                   []string
 		RPS, Conns, Latency     plotChart
+		Backends                plotChart // -backends; no ID without
 		Phases                  plotChart
 		Legend                  []plotLegend
 		PhaseLegend             []plotLegend
@@ -177,6 +180,7 @@ func (r *report) plotData() plotData {
 	d.Conns = r.connsChart()
 	d.Latency, d.Legend = r.latencyChart()
 	d.Phases, d.PhaseLegend = r.phasesChart()
+	d.Backends = r.backendsChart()
 	return d
 }
 
@@ -315,6 +319,78 @@ func (r *report) connsChart() plotChart {
 		bar(res.Average.NewConns, ys[i]+2, 10, clientColors[res.Client], name)
 		bar(*res.Average.TLSHandshake, ys[i]+14, 10, "url(#hatch-"+res.Client+")", name+" TLS")
 	}
+	return c
+}
+
+// Geometry of the backends chart: a panel per result, side by side.
+const (
+	backendsH      = 270
+	backendsTop    = 44  // under the panel's heading and a full bar's share
+	backendsBot    = 224 // the bars stand on this line
+	backendsLeft   = 44  // a panel's y axis labels
+	backendsRight  = 12  // the gap to the next panel
+	backendsMinBar = 18  // the narrowest slot that gets a label of its backend
+	backendsMinVal = 36  // the narrowest slot that gets its share written
+)
+
+// backendsChart draws, with -backends, each result's share of the
+// requests per backend (over all its runs) as a panel of vertical bars on
+// one 0-100% axis, with a dashed line at an even share: Go's default
+// client's one full bar against keepalive's row at the line. It returns a
+// chart without ID without -backends.
+func (r *report) backendsChart() plotChart {
+	n := len(r.Backends)
+	if n < 2 || len(r.Results) == 0 {
+		return plotChart{}
+	}
+	_, port, _ := strings.Cut(r.Backends[0], ":")
+	even := 100 / float64(n)
+	c := plotChart{ID: "backends", W: fullW, H: backendsH,
+		Label: fmt.Sprintf("Requests per backend, each client's share, server side: %s resolves to %s on port %s, in that order; dashed, an even share of %s",
+			backendsName, r.backendRange(), port, pct(even))}
+	pw := float64(fullW) / float64(len(r.Results))
+	py := func(share float64) float64 { return backendsBot - share/100*(backendsBot-backendsTop) }
+	labelEvery := 1
+	for i := range r.Results {
+		res := &r.Results[i]
+		x0, x1 := float64(i)*pw+backendsLeft, float64(i+1)*pw-backendsRight
+		slot := (x1 - x0) / float64(n)
+		for slot*float64(labelEvery) < backendsMinBar {
+			labelEvery++
+		}
+		s := shares(sumBackends(res.Runs))
+		heading := res.Client + ": no request succeeded"
+		if len(s) == n {
+			lo, hi, _ := minMaxShare(s)
+			heading = fmt.Sprintf("%s: max %s, min %s", r.name(res), pct(hi), pct(lo))
+		}
+		c.Texts = append(c.Texts, plotText{X: x0, Y: 18, Text: heading, Anchor: "start", Class: "heading"})
+		for _, v := range []float64{0, 25, 50, 75, 100} {
+			y := py(v)
+			c.Lines = append(c.Lines, plotLine{X1: x0, Y1: y, X2: x1, Y2: y, Class: "grid ytick", Value: strconv.FormatFloat(v, 'f', -1, 64)})
+			c.Texts = append(c.Texts, plotText{X: x0 - 6, Y: y + 4, Text: strconv.FormatFloat(v, 'f', -1, 64) + "%", Anchor: "end", Class: "tick"})
+		}
+		for j, ep := range r.Backends {
+			x := x0 + float64(j)*slot
+			host, _, _ := strings.Cut(ep, ":")
+			if j%labelEvery == 0 {
+				c.Texts = append(c.Texts, plotText{X: x + slot/2, Y: backendsBot + 16, Text: host[strings.LastIndex(host, "."):], Anchor: "middle", Class: "tick"})
+			}
+			if len(s) != n {
+				continue
+			}
+			y := py(s[j])
+			v := strconv.FormatFloat(s[j], 'f', 1, 64)
+			c.Rects = append(c.Rects, plotRect{X: x + slot*0.15, Y: y, W: slot * 0.7, H: backendsBot - y, Fill: clientColors[res.Client], Series: res.Setup + ", " + res.Client + " " + ep, Value: v})
+			if slot >= backendsMinVal {
+				c.Texts = append(c.Texts, plotText{X: x + slot/2, Y: y - 4, Text: v + "%", Anchor: "middle", Class: "value small"})
+			}
+		}
+		c.Lines = append(c.Lines,
+			plotLine{X1: x0, Y1: backendsBot, X2: x1, Y2: backendsBot, Class: "axis x"},
+			plotLine{X1: x0, Y1: py(even), X2: x1, Y2: py(even), Class: "even", Value: strconv.FormatFloat(even, 'f', 1, 64)})
+	}
+	c.Texts = append(c.Texts, plotText{X: fullW / 2, Y: backendsBot + 36, Text: "backend: the last byte of its address", Anchor: "middle", Class: "tick"})
 	return c
 }
 
@@ -575,6 +651,7 @@ svg line.axis { stroke: #444; }
 svg line.grid, svg line.axis { shape-rendering: crispEdges; }
 svg polyline { fill: none; stroke-width: 2.5; }
 svg line.swatch { stroke-width: 3; }
+svg line.even { stroke: #444; stroke-dasharray: 5 3; }
 .legend span { display: inline-block; width: 14px; height: 10px; margin: 0 4px 0 12px; }
 details { margin: 8px 0; }
 </style>
@@ -610,6 +687,13 @@ details { margin: 8px 0; }
 {{template "chart" .Conns}}
 </figure>
 </div>
+{{- if .Backends.ID}}
+
+<figure>
+<figcaption>{{.Backends.Label}}</figcaption>
+{{template "chart" .Backends}}
+</figure>
+{{- end}}
 
 <figure>
 <figcaption>{{.Latency.Label}}</figcaption>

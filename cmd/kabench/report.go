@@ -38,7 +38,8 @@ type report struct {
 	Platform    string         `json:"platform"`
 	CPUs        int            `json:"cpus"`
 	Baseline    string         `json:"baseline,omitempty"`
-	Targets     []targetInfo   `json:"targets,omitempty"` // several -url, or nginx in front of -upstream
+	Targets     []targetInfo   `json:"targets,omitempty"`  // several -url, or nginx in front of -upstream
+	Backends    []string       `json:"backends,omitempty"` // -backends: the addresses behind the URL's name, in order (backends.go)
 	Results     []clientResult `json:"results"`
 	Errors      int64          `json:"errors"` // failed requests over all runs
 	MaxErrors   int            `json:"max_errors"`
@@ -106,6 +107,8 @@ func (r *report) server() string {
 	switch {
 	case r.Embedded && r.Proxy != "":
 		return r.URL + " (embedded server behind " + r.Proxy + ")"
+	case r.Embedded && len(r.Backends) > 1:
+		return r.URL + " (embedded server on " + plural(len(r.Backends), "backend") + ", " + r.backendRange() + ")"
 	case r.Embedded:
 		return r.URL + " (embedded server)"
 	case r.Upstream != "":
@@ -231,6 +234,7 @@ func (r *report) writeSummary(w io.Writer) {
 	}
 	tw.Flush()
 	r.writePhases(w)
+	r.writeBackends(w)     // backends.go
 	writeNotes(w, r.Notes) // notes.go
 }
 

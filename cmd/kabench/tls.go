@@ -68,7 +68,8 @@ func warnTLS(cfg *config, stderr io.Writer) {
 }
 
 // generatedCert is the certificate of -tls: self-signed, ECDSA P-256, for
-// 127.0.0.1 and localhost, valid for a day, in memory only.
+// 127.0.0.1, localhost and backendsName (-backends), valid for a day, in
+// memory only.
 type generatedCert struct {
 	cert            tls.Certificate
 	roots           *x509.CertPool // holds the certificate, for the clients
@@ -95,7 +96,7 @@ func generateCert() (*generatedCert, error) {
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-		DNSNames:              []string{"localhost"},
+		DNSNames:              []string{"localhost", backendsName},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
