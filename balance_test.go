@@ -477,3 +477,33 @@ func TestWithoutBalancing(t *testing.T) {
 		t.Errorf("the first address got %d of 200 requests; AddrStats %+v", f.hits[0].Load(), tr.AddrStats())
 	}
 }
+
+// BenchmarkBalancerPick measures what balancing adds to an attempt: the
+// pick of a host whose name has one address (sent unbalanced: a name with
+// one address behaves as without balancing) and of one with eight.
+//
+//	go test -run '^$' -bench BenchmarkBalancerPick -benchmem .
+func BenchmarkBalancerPick(b *testing.B) {
+	for _, n := range []int{1, 8} {
+		b.Run(fmt.Sprintf("addrs=%d", n), func(b *testing.B) {
+			addrs := make([]netip.Addr, n)
+			for i := range addrs {
+				addrs[i] = netip.AddrFrom4([4]byte{127, 0, 0, byte(2 + i)})
+			}
+			bal := newBalancer("example.com:80", func(context.Context, string) ([]netip.Addr, error) { return addrs, nil },
+				false, time.Hour, func(*backend) *http.Transport { return &http.Transport{} }, &telemetry{})
+			req, _ := http.NewRequest(http.MethodGet, "http://example.com/", nil)
+			if c, _ := bal.pick(req, nil, nil); (c != nil) != (n > 1) {
+				b.Fatalf("%d addresses: picked %v", n, c)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				if c, _ := bal.pick(req, nil, nil); c != nil {
+					c.begin()
+					c.end()
+				}
+			}
+		})
+	}
+}
