@@ -64,6 +64,7 @@ type balancer struct {
 	key        string // the host's HostStats key, for events
 	resolve    resolveFunc
 	every      time.Duration // how often the name is resolved again
+	ejectFor   time.Duration // ejectBase; tests shorten it
 	own        bool          // the resolver is the caller's: a name with one address is dialed at it too
 	newRT      func(*backend) *http.Transport
 	tel        *telemetry
@@ -117,7 +118,7 @@ func newBalancer(key string, resolve resolveFunc, own bool, every time.Duration,
 			return nil
 		}
 	}
-	return &balancer{name: name, port: port, key: key, resolve: resolve, own: own, every: every, newRT: newRT, tel: tel}
+	return &balancer{name: name, port: port, key: key, resolve: resolve, own: own, every: every, ejectFor: ejectBase, newRT: newRT, tel: tel}
 }
 
 // defaultResolve resolves host with the default resolver.
@@ -460,7 +461,7 @@ func (c *backend) ejectLocked(again bool) bool {
 		c.ejections.Store(0)
 	}
 	n := c.ejections.Add(1)
-	d := min(ejectBase*time.Duration(n), ejectMax)
+	d := min(b.ejectFor*time.Duration(n), ejectMax)
 	c.ejectedAt.Store(now)
 	c.ejectedUntil.Store(now + int64(d))
 	c.streak.Store(0)

@@ -16,6 +16,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // fleet is n servers behind one name: each listens on its own loopback
@@ -219,7 +222,8 @@ func hostIsName(h string) bool {
 
 // One of 8 backends dies under load (its listener and connections
 // closed): no GET fails, it is ejected and gets no attempt from then on,
-// and no unkeyed POST is sent twice.
+// no unkeyed POST is sent twice, and the host's circuit breaker (two
+// failures in a row open it) stays closed.
 func TestBalanceRoutesAroundADeadBackend(t *testing.T) {
 	var posts sync.Map // X-Id -> arrivals
 	var dup atomic.Int64
@@ -231,12 +235,15 @@ func TestBalanceRoutesAroundADeadBackend(t *testing.T) {
 		}
 		io.WriteString(w, "ok")
 	})
-	var ejected atomic.Int64
-	c, tr := f.client(t, WithObserver(Observer{OnAddrChange: func(e AddrEvent) {
-		if e.Change == AddrEjected {
-			ejected.Add(1)
-		}
-	}}))
+	var ejected, breakerChanges atomic.Int64
+	c, tr := f.client(t, WithCircuitBreaker(CircuitBreaker{ConsecutiveFailures: 2}), WithObserver(Observer{
+		OnAddrChange: func(e AddrEvent) {
+			if e.Change == AddrEjected {
+				ejected.Add(1)
+			}
+		},
+		OnBreakerChange: func(BreakerChangeEvent) { breakerChanges.Add(1) },
+	}))
 	url := f.url("http")
 	if failed, err := load(c, url, 32, 2000); failed > 0 {
 		t.Fatalf("warm-up: %d GETs failed; first: %v", failed, err)
@@ -329,6 +336,9 @@ func TestBalanceRoutesAroundADeadBackend(t *testing.T) {
 	}
 	if got := attemptsAt(); got != atEjection {
 		t.Errorf("the dead backend got %d attempts after its ejection", got-atEjection)
+	}
+	if n := breakerChanges.Load(); n > 0 {
+		t.Errorf("the host's breaker changed state %d times: one address's failures fed it", n)
 	}
 	if ejected.Load() != 1 {
 		t.Errorf("%d ejections reported; want 1 (only the dead backend)", ejected.Load())
@@ -505,5 +515,102 @@ func BenchmarkBalancerPick(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// An ejected address is probed by one request when its ejection is over:
+// a probe that fails ejects it again, for twice as long; one that gets a
+// response restores it, and it carries its share again. Ejections here
+// last 300 ms (30 s by default).
+func TestBalanceProbesAnEjectedAddress(t *testing.T) {
+	f := newFleet(t, 4, false, ok)
+	var mu sync.Mutex
+	var changes []AddrChange
+	c, tr := f.client(t, WithObserver(Observer{OnAddrChange: func(e AddrEvent) {
+		if e.Addr == f.servers[1].Listener.Addr().String() {
+			mu.Lock()
+			changes = append(changes, e.Change)
+			mu.Unlock()
+		}
+	}}))
+	url := f.url("http")
+	h := tr.hosts.forURL(mustParseURL(t, url))
+	require.NotNil(t, h.bal)
+	h.bal.ejectFor = 300 * time.Millisecond
+	key, dead := net.JoinHostPort(f.name, f.port), f.servers[1].Listener.Addr().String()
+	stats := func() AddrStats {
+		for _, a := range tr.AddrStats()[key] {
+			if a.Addr == dead {
+				return a
+			}
+		}
+		return AddrStats{}
+	}
+	get := func() {
+		t.Helper()
+		if code := mustGet(t, c, url); code != http.StatusOK {
+			t.Fatalf("status %d", code)
+		}
+	}
+	for range 40 {
+		get()
+	}
+	f.servers[1].Listener.Close()
+	f.servers[1].CloseClientConnections()
+
+	// Connects to it fail (and move to another address): five eject it.
+	for i := 0; !stats().Ejected; i++ {
+		require.Less(t, i, 2000, "not ejected: %+v", stats())
+		get()
+	}
+	// Its ejection ends; the probe's connect fails: ejected again.
+	for i := 0; stats().Ejections < 2; i++ {
+		require.Less(t, i, 100000, "not probed: %+v", stats())
+		get()
+	}
+	require.True(t, stats().Ejected)
+
+	// It comes back; the next probe gets a response and restores it.
+	ln, err := net.Listen("tcp", dead)
+	require.NoError(t, err)
+	back := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f.hits[1].Add(1)
+		io.WriteString(w, "ok")
+	})}
+	go back.Serve(ln)
+	t.Cleanup(func() { back.Close() })
+	for i := 0; stats().Ejected; i++ {
+		require.Less(t, i, 100000, "not restored: %+v", stats())
+		get()
+	}
+	before := f.hits[1].Load()
+	for range 200 {
+		get()
+	}
+	got := f.hits[1].Load() - before
+	assert.Greater(t, got, int64(200/4/2), "a restored address carries its share again")
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, []AddrChange{AddrEjected, AddrEjected, AddrRestored}, changes)
+	t.Logf("after its restoration it got %d of 200 requests; %+v", got, stats())
+}
+
+// A retry goes to another address than the attempt that failed, while
+// one is usable.
+func TestBalanceChooseAvoids(t *testing.T) {
+	set := make([]*backend, 3)
+	for i := range set {
+		set[i] = &backend{}
+	}
+	now := monotonic()
+	for range 1000 {
+		if c, _ := choose(set, set[0], now); c == set[0] || c == nil {
+			t.Fatalf("chose %v, the address to avoid or none", c)
+		}
+	}
+	set[1].ejectedUntil.Store(now + int64(time.Hour))
+	set[2].ejectedUntil.Store(now + int64(time.Hour))
+	if c, _ := choose(set, set[0], now); c != set[0] {
+		t.Fatalf("with the others ejected, chose %v, not the one left", c)
 	}
 }

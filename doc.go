@@ -267,12 +267,13 @@
 // level (slog.Default logs Info and above) shows them: a request that gave
 // up although its outcome was worth a retry ("keepalive: giving up"; at
 // Debug when its caller cancelled it), a circuit breaker that opened, a
-// host that asked for a pause. At Info, a circuit breaker's steps back to
-// closed. At Debug, each retry ("keepalive: retrying") and each retry the
+// host that asked for a pause, an address ejected ("keepalive: address
+// ejected"). At Info, a circuit breaker's steps back to closed, and the
+// addresses that join, leave or are restored to a balanced name. At Debug, each retry ("keepalive: retrying") and each retry the
 // budget refused. Each record carries the fields of the matching Observer
 // event as attributes: method, url, host, attempt, status, error, reason,
 // wait (of a give-up, only the wait it refused), and retry_after for
-// retries; a breaker's from and to; a pause's source. Durations are text,
+// retries; a breaker's from and to; a pause's source; an address's addr. Durations are text,
 // such as "1.5s".
 //
 // Observer hooks (WithObserver) see the same events as values, and
