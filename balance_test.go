@@ -348,12 +348,17 @@ func TestBalanceRoutesAroundADeadBackend(t *testing.T) {
 
 // One of 8 backends answers in 100 ms, the others at once: it gets at
 // most 3% of the requests (a fair share is 12.5%), nothing fails, and the
-// circuit breaker stays closed.
+// circuit breaker stays closed. The bound holds while the others answer
+// in about 0.5 ms, as the issue measured them; on a machine so starved
+// that their requests take more than 5 ms (the race detector with
+// a core busy), the slow one is fewer times slower, and only half a fair
+// share is asked of it.
 func TestBalanceAvoidsASlowBackend(t *testing.T) {
+	const slowDelay = 100 * time.Millisecond
 	f := newFleet(t, 8, false, func(i int, w http.ResponseWriter, r *http.Request) {
 		if i == 5 {
 			select {
-			case <-time.After(100 * time.Millisecond):
+			case <-time.After(slowDelay):
 			case <-r.Context().Done():
 			}
 		}
@@ -361,14 +366,24 @@ func TestBalanceAvoidsASlowBackend(t *testing.T) {
 	})
 	var changes atomic.Int64
 	c, tr := f.client(t, WithCircuitBreaker(CircuitBreaker{}), WithObserver(Observer{OnBreakerChange: func(BreakerChangeEvent) { changes.Add(1) }}))
-	const n = 8000
-	if failed, err := load(c, f.url("http"), 32, n); failed > 0 {
+	const n, workers = 8000, 32
+	start := time.Now()
+	if failed, err := load(c, f.url("http"), workers, n); failed > 0 {
 		t.Fatalf("%d of %d GETs failed; first: %v", failed, n, err)
 	}
-	share := float64(f.hits[5].Load()) / n
-	t.Logf("the slow backend got %d of %d requests (%.2f%%)", f.hits[5].Load(), n, 100*share)
-	if share > 0.03 {
-		t.Errorf("the slow backend got %.1f%% of the requests; at most 3%% asked", 100*share)
+	elapsed := time.Since(start)
+	slow := f.hits[5].Load()
+	share := float64(slow) / n
+	// The workers' time not spent on the slow backend, over the requests
+	// to the others: their mean latency.
+	fast := (time.Duration(workers)*elapsed - time.Duration(slow)*slowDelay) / time.Duration(n-slow)
+	t.Logf("the slow backend got %d of %d requests (%.2f%%); the others' requests took %v on average", slow, n, 100*share, fast)
+	bound := 0.03
+	if fast > 5*time.Millisecond {
+		bound = 0.0625
+	}
+	if share > bound {
+		t.Errorf("the slow backend got %.1f%% of the requests; at most %.1f%% asked (the others answering in %v)", 100*share, 100*bound, fast)
 	}
 	if changes.Load() > 0 || tr.Stats().CircuitOpen > 0 {
 		t.Errorf("the breaker changed state %d times, refused %d attempts", changes.Load(), tr.Stats().CircuitOpen)
