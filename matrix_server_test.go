@@ -60,14 +60,11 @@ func newMxServer(t *testing.T, h2 bool, f *mxFault) *mxServer {
 	if f.hang {
 		s.srv.Listener = &mxHoldListener{Listener: s.srv.Listener, hold: func() bool { return !s.healthy.Load() }}
 	}
-	if !h2 {
-		// HTTP/1 only: idle learning retires HTTP/1 connections. Over
-		// HTTP/2 a streamed unkeyed POST can meet the server's idle
-		// GOAWAY once its body was read, which net/http cannot resend
-		// (seen once in four runs of these cells): a gap left open, see
-		// CONTRIBUTING.md "Known gap".
-		s.srv.Config.IdleTimeout = f.idle
-	}
+	// Idle learning retires HTTP/1 connections before the server's idle
+	// timeout; over HTTP/2 the server's GOAWAY says which streams it left
+	// unprocessed, and those are sent again, a body that cannot be
+	// rewound included (resendRefused keeps its first 64 KiB).
+	s.srv.Config.IdleTimeout = f.idle
 	s.srv.Config.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		return context.WithValue(ctx, mxConnKey{}, c)
 	}
