@@ -55,7 +55,8 @@ type mxCell struct {
 	}
 	art struct{ wraps, calls atomic.Int64 } // WithAttemptTransport
 
-	ejectedAt int64 // the outlier's attempts when it was ejected; -1: never
+	ejectedAt int64          // the outlier's attempts when it was ejected; -1: never
+	dialed    map[string]int // the dialer option's dials, by address; under mu
 }
 
 // proxyFor is the proxy option's proxy: https requests go through the

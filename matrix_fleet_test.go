@@ -229,6 +229,13 @@ func mxResetTCP(c net.Conn) {
 	c.Close()
 }
 
+// mxNamesFleet reports whether a Host header names the fleet, in any
+// spelling, with its port.
+func mxNamesFleet(host string) bool {
+	name, _, err := net.SplitHostPort(host)
+	return err == nil && strings.EqualFold(name, mxFleetName)
+}
+
 // balanced reports whether the cell's requests are balanced: the fleet
 // option, unless the proxy carries them (over HTTP/2; the proxy option
 // tunnels https requests only), as the proxy balances then.
@@ -307,12 +314,18 @@ func (c *mxCell) ejectOutlier() {
 		c.srv.outlierAddr(), mxEjectTries, listed, a, c.tr.AddrStats())
 }
 
-// checkFleet checks AddrStats and the observer's address events against
-// what the cell's balancing did. Once every request is done, every
+// checkFleet checks the Host header of the fleet's requests, and AddrStats
+// and the observer's address events against what the cell's balancing
+// did. Once every request is done, every
 // address has no attempt outstanding; a balanced cell's attempts went to
 // more than one address; only a failing address is ejected, and the
 // outlier, once ejected, gets no attempt.
 func (c *mxCell) checkFleet() {
+	c.srv.mu.Lock()
+	for _, b := range c.srv.badHosts {
+		c.fail(invHostName, "%s", b)
+	}
+	c.srv.mu.Unlock()
 	as := c.tr.AddrStats()
 	if !c.balanced() {
 		// No name with more than one address is balanced: the matrix's
@@ -365,6 +378,9 @@ func (c *mxCell) checkFleet() {
 		if c.spec.fault.outlier && a.Addr == c.srv.outlierAddr() && c.ejectedAt >= 0 && a.Attempts != c.ejectedAt {
 			c.fail(invEjected, "the outlier %s got %d attempts after its ejection: %+v", a.Addr, a.Attempts-c.ejectedAt, a)
 		}
+	}
+	if c.has("dialer") {
+		c.checkDialer()
 	}
 	if used < 2 {
 		c.fail(invAddrStats, "the attempts went to %d of %d addresses: %+v", used, mxFleetSize, addrs)
@@ -428,4 +444,40 @@ func (c *mxCell) clientTLS() *tls.Config {
 	cfg = cfg.Clone()
 	cfg.ClientSessionCache = nil
 	return cfg
+}
+
+// dial is the dialer option's dialer: net.Dialer's, which records the
+// addresses it is called with.
+func (c *mxCell) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	c.mu.Lock()
+	if c.dialed == nil {
+		c.dialed = map[string]int{}
+	}
+	c.dialed[addr]++
+	c.mu.Unlock()
+	return (&net.Dialer{}).DialContext(ctx, network, addr)
+}
+
+// checkDialer checks, in a balanced cell, that the dialer option's dialer
+// was called with the fleet's addresses, "ip:port", never the name (with
+// WithResolver, balancing stays on and the dialer dials the address
+// chosen), and with more than one of them.
+func (c *mxCell) checkDialer() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	fleet := map[string]bool{}
+	for _, ap := range c.srv.fleetAddrs {
+		fleet[ap.String()] = true
+	}
+	used := 0
+	for addr, n := range c.dialed {
+		if !fleet[addr] {
+			c.fail(invAddrStats, "the dialer was called %d times with %s, not an address of the fleet %v", n, addr, c.srv.fleetAddrs)
+			continue
+		}
+		used++
+	}
+	if used < 2 {
+		c.fail(invAddrStats, "the dialer dialed %d of the fleet's addresses: %v", used, c.dialed)
+	}
 }

@@ -53,10 +53,11 @@ type mxServer struct {
 	fleet      *mxFleetListener
 	fleetAddrs []netip.AddrPort
 
-	mu      sync.Mutex
-	seen    map[string]int
-	bad     []string
-	streams map[string]chan struct{}
+	mu       sync.Mutex
+	seen     map[string]int
+	bad      []string
+	badHosts []string // requests to the fleet whose Host header is not its name
+	streams  map[string]chan struct{}
 }
 
 type mxConnKey struct{}
@@ -156,6 +157,9 @@ func (s *mxServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id := r.Header.Get(mxHeaderID)
 	s.mu.Lock()
 	s.seen[id]++
+	if s.fleet != nil && !mxNamesFleet(r.Host) {
+		s.badHosts = append(s.badHosts, fmt.Sprintf("%s %s: Host %q", r.Method, id, r.Host))
+	}
 	s.mu.Unlock()
 	if !s.readBody(r, id) {
 		return // the client went away

@@ -45,7 +45,6 @@ package keepalive
 import (
 	"fmt"
 	"maps"
-	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -136,6 +135,7 @@ const (
 	invObserver      = "observer events are consistent"
 	invAttemptRT     = "attempt transport sees numbered, well-formed attempts"
 	invAddrStats     = "AddrStats agree with the balancing"
+	invHostName      = "a balanced request carries its host's name in its Host header"
 	invSurvives      = "requests survive an outlier while healthy addresses remain"
 	invEjected       = "the outlier, and only it, is ejected, and then gets no attempt"
 	invBreakerOpens  = "breaker opens when every address fails (MATRIX_STRICT)"
@@ -159,7 +159,7 @@ var mxOptions = []mxOption{
 	{"nobudget", func(*mxCell) []Option { return []Option{WithoutRetryBudget()} }},
 	{"observer", func(c *mxCell) []Option { return []Option{WithObserver(c.observer())} }},
 	{"attemptrt", func(c *mxCell) []Option { return []Option{WithAttemptTransport(c.wrapAttempts)} }},
-	{"dialer", func(*mxCell) []Option { return []Option{WithDialContext((&net.Dialer{}).DialContext)} }},
+	{"dialer", func(c *mxCell) []Option { return []Option{WithDialContext(c.dial)} }},
 	// Over HTTP/1 a no-op; in the HTTP/2 cells, HTTP/1.1 over TLS, whose
 	// faults the server then commits as HTTP/1 ones.
 	{"http1only", func(*mxCell) []Option { return []Option{WithoutHTTP2()} }},
