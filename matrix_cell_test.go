@@ -47,10 +47,16 @@ type mxCell struct {
 	obs struct {
 		starts, ends, retries, giveUps, refusals, dials atomic.Int64
 
-		mu      sync.Mutex
-		breaker map[string]BreakerState // host -> state, from OnBreakerChange
+		addrEvents atomic.Int64 // OnAddrChange
+
+		mu          sync.Mutex
+		breaker     map[string]BreakerState // host -> state, from OnBreakerChange
+		addrChanges map[AddrChange]int      // from OnAddrChange
 	}
 	art struct{ wraps, calls atomic.Int64 } // WithAttemptTransport
+
+	ejectedAt int64          // the outlier's attempts when it was ejected; -1: never
+	dialed    map[string]int // the dialer option's dials, by address; under mu
 }
 
 // proxyFor is the proxy option's proxy: https requests go through the
@@ -116,10 +122,12 @@ func (c *mxCell) run() {
 	c.kinds = map[string]mxKind{}
 	c.fails = map[string][]string{}
 	c.obs.breaker = map[string]BreakerState{}
+	c.obs.addrChanges = map[AddrChange]int{}
 	defer mxLabel("", "")
 
 	c.start()
 	c.faultPhase()
+	c.ejectOutlier()
 	c.outage()
 	c.srv.healthy.Store(true)
 	c.healthy()
@@ -129,6 +137,7 @@ func (c *mxCell) run() {
 	c.settle()
 	c.checkServer()
 	c.checkStats()
+	c.checkFleet()
 	c.report()
 }
 
@@ -136,7 +145,7 @@ func (c *mxCell) run() {
 // matrix's settings, then the cell's options.
 func (c *mxCell) start() {
 	mxLabel(c.label, "server")
-	c.srv = newMxServer(c.t, c.spec.h2, c.spec.fault)
+	c.srv = newMxServer(c.t, c.spec.h2, c.spec.fault, c.has("fleet"))
 	if c.has("proxy") {
 		proxy, _ := connectProxy(c.t)
 		c.proxy, _ = url.Parse(proxy.URL)
@@ -147,7 +156,7 @@ func (c *mxCell) start() {
 		WithBackoff(time.Millisecond, 5*time.Millisecond),
 		WithReadTimeout(mxReadTimeout),
 		WithMaxRetries(mxMaxRetries),
-		WithTLSConfig(c.srv.tlsConfig),
+		WithTLSConfig(c.clientTLS()),
 	}
 	if c.spec.fault.hang {
 		opts = append(opts, WithTLSHandshakeTimeout(mxHangTimeout))
@@ -169,7 +178,7 @@ func (c *mxCell) faultPhase() {
 	for range rounds {
 		var wg sync.WaitGroup
 		for _, k := range mxKinds {
-			wg.Go(func() { c.do(mxFaultPhase, k, false) })
+			wg.Go(func() { c.survives(c.do(mxFaultPhase, k, false)) })
 		}
 		wg.Wait()
 		if d := c.spec.fault.idle; d > 0 {
@@ -194,6 +203,9 @@ func (c *mxCell) outage() {
 		if res := c.do(mxFaultPhase, mxGet, false); errors.Is(res.err, ErrCircuitOpen) {
 			return
 		}
+	}
+	if mxStrict && c.balanced() && c.spec.fault.status == 0 {
+		c.fail(invBreakerOpens, "the circuit stayed closed through %d requests while every address failed each", mxOutageRequests)
 	}
 }
 
@@ -355,7 +367,7 @@ func (c *mxCell) do(ph mxPhase, k mxKind, slow bool) (res mxResult) {
 func (c *mxCell) newRequest(ctx context.Context, ph mxPhase, k mxKind, id string, slow bool) *http.Request {
 	target := c.srv.url
 	if k == mxGetSpelled {
-		target = strings.Replace(target, "127.0.0.1", mxSpellings[int(c.seq.Load())%len(mxSpellings)], 1)
+		target = strings.Replace(target, c.srv.host, c.fleetSpelling(int(c.seq.Load())), 1)
 	}
 	req, err := http.NewRequestWithContext(ctx, k.method(), target+"/"+id, nil)
 	if err != nil {

@@ -331,6 +331,7 @@ func (c *mxCell) observer() Observer {
 			}
 			c.obs.breaker[e.Host] = e.To
 		},
+		OnAddrChange: c.addrEvent,
 		OnDial: func(e DialEvent) {
 			c.obs.dials.Add(1)
 			if e.Host == "" {

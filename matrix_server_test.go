@@ -22,8 +22,10 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -35,7 +37,8 @@ import (
 // not hash to what its client sent.
 type mxServer struct {
 	srv       *httptest.Server
-	url       string
+	url       string      // the requests' base URL
+	host      string      // the host url names: 127.0.0.1, or the fleet's name
 	tlsConfig *tls.Config // nil for HTTP/1
 	h2        bool
 	fault     *mxFault
@@ -45,18 +48,35 @@ type mxServer struct {
 	conns     atomic.Int64 // connections open, hijacked ones not counted
 	done      chan struct{}
 
-	mu      sync.Mutex
-	seen    map[string]int
-	bad     []string
-	streams map[string]chan struct{}
+	// With the fleet option, the server listens on the fleet's
+	// addresses (matrix_fleet_test.go).
+	fleet      *mxFleetListener
+	fleetAddrs []netip.AddrPort
+
+	mu       sync.Mutex
+	seen     map[string]int
+	bad      []string
+	badHosts []string // requests to the fleet whose Host header is not its name
+	streams  map[string]chan struct{}
 }
 
 type mxConnKey struct{}
 
-func newMxServer(t *testing.T, h2 bool, f *mxFault) *mxServer {
+// newMxServer starts the server of fault f over HTTP/2 (TLS) or HTTP/1;
+// with fleet, on the fleet's addresses, named by mxFleetName.
+func newMxServer(t *testing.T, h2 bool, f *mxFault, fleet bool) *mxServer {
 	s := &mxServer{h2: h2, fault: f, done: make(chan struct{}), seen: map[string]int{}, streams: map[string]chan struct{}{}}
 	s.srv = httptest.NewUnstartedServer(s)
 	s.srv.Config.ErrorLog = log.New(io.Discard, "", 0) // handshakes cut short, aborted handlers
+	if fleet {
+		s.srv.Listener.Close()
+		s.fleet = mxListenFleet(t)
+		s.fleetAddrs = s.fleet.addrs()
+		s.srv.Listener = s.fleet
+		if f.down {
+			s.fleet.lns[len(s.fleet.lns)-1].Close() // its connects are refused
+		}
+	}
 	if f.hang {
 		s.srv.Listener = &mxHoldListener{Listener: s.srv.Listener, hold: func() bool { return !s.healthy.Load() }}
 	}
@@ -90,7 +110,10 @@ func newMxServer(t *testing.T, h2 bool, f *mxFault) *mxServer {
 	} else {
 		s.srv.Start()
 	}
-	s.url = s.srv.URL
+	s.url, s.host = s.srv.URL, "127.0.0.1"
+	if fleet {
+		s.url, s.host = strings.Replace(s.url, "127.0.0.1", mxFleetName, 1), mxFleetName
+	}
 	t.Cleanup(s.shutdown)
 	return s
 }
@@ -131,11 +154,15 @@ func (s *mxServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id := r.Header.Get(mxHeaderID)
 	s.mu.Lock()
 	s.seen[id]++
+	if s.fleet != nil && !mxNamesFleet(r.Host) {
+		s.badHosts = append(s.badHosts, fmt.Sprintf("%s %s: Host %q", r.Method, id, r.Host))
+	}
 	s.mu.Unlock()
 	if !s.readBody(r, id) {
 		return // the client went away
 	}
-	if s.healthy.Load() || !s.outage.Load() && !s.fault.hit(n) {
+	faulted := s.outage.Load() || s.fault.hit(n) || s.fault.outlier && s.atOutlier(r)
+	if s.healthy.Load() || !faulted {
 		if r.Header.Get("Upgrade") == "websocket" {
 			s.upgrade(w)
 			return

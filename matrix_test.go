@@ -16,14 +16,24 @@
 // healthy phase (the server behaves; requests are sent one at a time).
 // Only the exported API of the package is used.
 //
+// The fleet option serves the cell's server on three loopback addresses
+// on one port, under a name its client resolves to them (WithResolver):
+// every fault then meets the balanced path, a pool per address. Its own
+// faults, outlier and outlierdown, fail one address while the others are
+// healthy, and run only in its cells. MATRIX_STRICT=1 turns on the checks
+// of the known gaps of balancing that the fleet cells otherwise step
+// around (matrix_fleet_test.go, mxStrict).
+//
 // Run one cell, or a slice of the matrix, by name:
 //
 //	go test -race -run 'TestMatrix/HTTP2/reset/hedge\+breaker$' .
 //	go test -race -run 'TestMatrix/.*/.*/lifetime' .
+//	go test -race -run 'TestMatrix/.*/.*/(fleet|.*\+fleet)$' .
 //
 // This file holds the matrix's model (options, faults, kinds of request)
 // and TestMatrix; a cell runs in matrix_cell_test.go, is checked in
-// matrix_check_test.go, and meets the server of matrix_server_test.go.
+// matrix_check_test.go, and meets the server of matrix_server_test.go
+// (on the addresses of matrix_fleet_test.go with the fleet option).
 //
 // Each failing cell reports each invariant it broke, with up to three
 // examples; TestMatrix then logs, per invariant, the cells that broke it,
@@ -35,7 +45,6 @@ package keepalive
 import (
 	"fmt"
 	"maps"
-	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -125,6 +134,11 @@ const (
 	invStats         = "Stats agree with the options and the calls"
 	invObserver      = "observer events are consistent"
 	invAttemptRT     = "attempt transport sees numbered, well-formed attempts"
+	invAddrStats     = "AddrStats agree with the balancing"
+	invHostName      = "a balanced request carries its host's name in its Host header"
+	invSurvives      = "requests survive an outlier while healthy addresses remain"
+	invEjected       = "the outlier, and only it, is ejected, and then gets no attempt"
+	invBreakerOpens  = "breaker opens when every address fails (MATRIX_STRICT)"
 )
 
 // mxOption is an opt-in option of the matrix.
@@ -145,13 +159,20 @@ var mxOptions = []mxOption{
 	{"nobudget", func(*mxCell) []Option { return []Option{WithoutRetryBudget()} }},
 	{"observer", func(c *mxCell) []Option { return []Option{WithObserver(c.observer())} }},
 	{"attemptrt", func(c *mxCell) []Option { return []Option{WithAttemptTransport(c.wrapAttempts)} }},
-	{"dialer", func(*mxCell) []Option { return []Option{WithDialContext((&net.Dialer{}).DialContext)} }},
+	{"dialer", func(c *mxCell) []Option { return []Option{WithDialContext(c.dial)} }},
 	// Over HTTP/1 a no-op; in the HTTP/2 cells, HTTP/1.1 over TLS, whose
 	// faults the server then commits as HTTP/1 ones.
 	{"http1only", func(*mxCell) []Option { return []Option{WithoutHTTP2()} }},
 	// In the HTTP/2 cells, every connection goes through a CONNECT proxy's
 	// tunnel; over HTTP/1 a no-op (a plain HTTP request is not tunnelled).
 	{"proxy", func(c *mxCell) []Option { return []Option{WithProxy(c.proxyFor)} }},
+	// The server listens on mxFleetSize loopback addresses on one port,
+	// the requests name it mxFleetName, and the resolver maps the name to
+	// those addresses: balancing is on (matrix_fleet_test.go). With the
+	// dialer option too, balancing stays on and the dialer gets "ip:port";
+	// in the HTTP/2 cells of the proxy option, the proxy carries the
+	// requests, unbalanced.
+	{"fleet", func(c *mxCell) []Option { return []Option{WithResolver(c.srv.resolve)} }},
 }
 
 // mxFault is a fault class: what the server does to the requests whose
@@ -176,6 +197,11 @@ type mxFault struct {
 	// hang: in the fault phase the server accepts connections and never
 	// serves them: a TLS handshake with it hangs.
 	hang bool
+	// outlier: one address of the fleet fails while the others are
+	// healthy; only in the cells of the fleet option (a server of one
+	// address has no other to take its requests). down: it refuses
+	// connects.
+	outlier, down bool
 	// waits: a cell spends most of its time waiting out the server's
 	// timers, and takes half a place in the pool of cells that run at once.
 	// Not idleclose: its requests race the server's idle timer by design,
@@ -226,6 +252,19 @@ var mxFaults = []mxFault{
 	// handshake timeout (mxHangTimeout in these cells), over HTTP/1 every
 	// request until the read timeout.
 	{name: "hangdial", hit: func(int64) bool { return false }, fails: true, hang: true, waits: true},
+	// In the fault phase one address of the fleet (its last, 127.0.0.3)
+	// reads each request whole, then resets its connection, while the
+	// others are healthy: its failures are its own, not the host's. They
+	// eject it, and the circuit breaker does not count them; a request
+	// that may be sent again survives it. It fails no attempt of the
+	// host's (fails), and no response is ever read from a connection it
+	// breaks.
+	{name: "outlier", hit: func(int64) bool { return false }, outlier: true, http1: mxResetConn, http2: mxResetConn},
+	// One address of the fleet (its last) is down from the start: nothing
+	// listens on it, its connects are refused, and every request
+	// survives it, as a connect that fails sent nothing and the attempt
+	// goes to another address.
+	{name: "outlierdown", hit: func(int64) bool { return false }, outlier: true, down: true},
 }
 
 // mxKind is a kind of request of the mix each cell sends.
@@ -306,6 +345,9 @@ func mxSpecs(short bool) []mxSpec {
 	var specs []mxSpec
 	for _, set := range sets {
 		for fi := range mxFaults {
+			if mxFaults[fi].outlier && !slices.ContainsFunc(set, func(o mxOption) bool { return o.name == "fleet" }) {
+				continue
+			}
 			for _, proto := range []string{"HTTP1", "HTTP2"} {
 				names := make([]string, 0, 2)
 				for _, o := range set {
