@@ -131,6 +131,9 @@ func defaultResolve(ctx context.Context, host string) ([]netip.Addr, error) {
 // which failed: another one is picked while one is usable. It reports
 // whether the attempt probes an ejected backend.
 func (b *balancer) pick(r *http.Request, proxy func(*http.Request) (*url.URL, error), avoid *backend) (*backend, bool) {
+	if proxy != nil && b.viaProxy(r, proxy) {
+		return nil, false // not resolved: AddrStats does not list it
+	}
 	set := b.set.Load()
 	now := monotonic()
 	switch {
@@ -139,7 +142,7 @@ func (b *balancer) pick(r *http.Request, proxy func(*http.Request) (*url.URL, er
 	case now >= b.next.Load():
 		b.refresh(now)
 	}
-	if set == nil || len(*set) < 2 && !(b.own && len(*set) == 1) || proxy != nil && b.viaProxy(r, proxy) {
+	if set == nil || len(*set) < 2 && !(b.own && len(*set) == 1) {
 		return nil, false
 	}
 	if len(*set) == 1 {
@@ -469,16 +472,17 @@ func (c *backend) ejectLocked(again bool) bool {
 	return true
 }
 
-// healthyOthers reports whether the host has a usable backend other than
-// c: then c's failures are its own, not the host's.
+// healthyOthers reports whether the host has a backend other than c that
+// is not ejected and whose last outcome was not a failure: then c's
+// failures are its own, not the host's. When every address fails, the
+// host's breaker counts them.
 func (b *balancer) healthyOthers(c *backend) bool {
 	set := b.set.Load()
 	if set == nil {
 		return false
 	}
-	now := monotonic()
 	for _, o := range *set {
-		if o != c && o.ejectedUntil.Load() == 0 && o.usable(now) {
+		if o != c && o.ejectedUntil.Load() == 0 && o.streak.Load() == 0 {
 			return true
 		}
 	}

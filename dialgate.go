@@ -195,6 +195,7 @@ type gatedConn struct {
 	serial      atomic.Bool // its dial is the host's serial dial to addr, not yet ended
 	handshaking atomic.Bool // its TLS handshake is running: its outcome ends the serial dial
 	uncounted   atomic.Bool // counted in Stats.Dials once it carries a request
+	madeH2      atomic.Bool // its serial dial made an HTTP/2 connection: the gate waits for it a moment
 }
 
 // carried counts a connection of a serial dial in Stats.Dials the first
@@ -206,12 +207,16 @@ func (c *gatedConn) carried() {
 }
 
 // closed leaves the gate's count once; a connection of a serial dial that
-// never carried a request is counted as discarded.
+// never carried a request is counted as discarded. An HTTP/2 connection
+// that a serial dial made is no longer waited for.
 func (c *gatedConn) closed() {
 	if !c.closedOnce.CompareAndSwap(false, true) {
 		return
 	}
 	c.gate.conns.Add(-1)
+	if c.madeH2.Load() {
+		c.gate.forgetH2(c.addr)
+	}
 	if !c.handshaking.Load() {
 		c.endSerial(errSerialClosed)
 	}
@@ -224,8 +229,17 @@ func (c *gatedConn) closed() {
 // outcome of c's TLS handshake.
 func (c *gatedConn) endSerial(err error) {
 	if c.serial.CompareAndSwap(true, false) {
+		c.madeH2.Store(err == nil && c.gate.proto.Load() == protoHTTP2)
 		c.gate.endSerial(c.addr, err)
 	}
+}
+
+// forgetH2 forgets that a serial dial to addr made an HTTP/2 connection:
+// it closed, and no request will be handed it.
+func (h *gateHost) forgetH2(addr string) {
+	h.mu.Lock()
+	delete(h.madeH2, addr)
+	h.mu.Unlock()
 }
 
 // enter counts the attempt a, of r, as busy on its host (h, nil if

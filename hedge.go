@@ -27,17 +27,28 @@ type hedgeResult struct {
 // refused by the circuit breaker, the host's pause or the retry budget is
 // not an outcome: it ends the hedging and nothing else. Every
 // other attempt is cancelled, and its response closed, before
-// hedged returns, so no goroutine outlives the call.
-func (t *Transport) hedged(req, first *http.Request, rp *replay, n int, h *hostState) (*http.Response, error) {
+// hedged returns, so no goroutine outlives the call. On a balanced host,
+// every attempt avoids *addr, the address of the outcome before, and
+// *addr gets the address of the outcome returned.
+func (t *Transport) hedged(req, first *http.Request, rp *replay, n int, h *hostState, addr **backend) (*http.Response, error) {
 	ctx := req.Context()
 	results := make(chan hedgeResult, 1+t.opts.maxHedges)
 	cancels := make([]context.CancelCauseFunc, 0, 1+t.opts.maxHedges)
+	var backends []*backend // each attempt's address, written by its goroutine before its result
+	if h.bal != nil {
+		backends = make([]*backend, 1+t.opts.maxHedges)
+	}
 	launch := func(r *http.Request) {
 		actx, cancel := context.WithCancelCause(ctx)
 		i := len(cancels)
 		cancels = append(cancels, cancel)
+		var slot **backend
+		if backends != nil {
+			backends[i] = *addr // avoided, then overwritten with the attempt's own
+			slot = &backends[i]
+		}
 		go func() {
-			resp, err := t.attempt(r.WithContext(actx), n, h, i > 0, cancel, nil) // hedges share their attempt's number
+			resp, err := t.attempt(r.WithContext(actx), n, h, i > 0, cancel, slot) // hedges share their attempt's number
 			results <- hedgeResult{resp: resp, err: err, i: i}
 		}()
 	}
@@ -104,6 +115,9 @@ func (t *Transport) hedged(req, first *http.Request, rp *replay, n int, h *hostS
 	for ; running > 0; running-- {
 		res := <-results
 		t.discard(&res, cancels)
+	}
+	if backends != nil {
+		*addr = backends[win.i]
 	}
 	return win.resp, win.err // the winner's context ends with its body
 }

@@ -37,46 +37,22 @@ const (
 	mxEjectTries = 100
 )
 
-// mxStrict (MATRIX_STRICT=1 in the environment) turns on the checks of
-// the known gaps of balancing that the matrix found, which the matrix
-// otherwise steps around or tolerates:
+// mxStrict holds the fleet cells to the checks of the gaps of balancing
+// that the matrix found, all fixed since (each fix's commit names its
+// cell); MATRIX_LENIENT=1 steps around them again, to tell a regression
+// of one from a new failure:
 //
-//   - Spellings of a balanced HTTPS host wait for each other: the dial
-//     gate keeps serial dials apart by the address dialed, which is the
-//     backend's "ip:port" for every spelling, while net/http keeps a
-//     pool per spelling; the first request of a spelling waits
-//     serialGrace (1 s) for an HTTP/2 connection that net/http keeps in
-//     another spelling's pool. Stalled so, a retryable request that
-//     meets the outlier gives up ("deadline too close") although healthy
-//     addresses remain. The HTTPS fleet cells send the spelled GET in
-//     mxFleetName's spelling.
-//   - AddrStats lists a host whose requests the proxy carries (with no
-//     attempt at any address), which its documentation says it does
-//     not: the balancer resolves the name before it asks the proxy.
-//   - The circuit breaker of a balanced host of three or more addresses
-//     never opens when every address fails with errors: a failure is
-//     not counted while another address is not ejected, and at most
-//     half of them are.
-//   - With hedging, no attempt avoids an address: hedged() sends each
-//     attempt, a retry's too, without the address of the attempt
-//     before, so a retry of a request that met the outlier meets it
-//     again one time in mxFleetSize, and a request can fail on it
-//     alone. The outlier cells of the hedge option tolerate it.
-//   - After an HTTP/2 connection that a serial dial made dies at once
-//     (the outlier resets it), the dial gate holds the next dial to the
-//     address (50 ms, or up to serialGrace, 1 s, after the connection
-//     was made) for a connection that net/http will never hand out. A
-//     hedge 20 ms later wins meanwhile, the held attempt is cancelled,
-//     which says nothing of the address, and the outlier fails about one
-//     counted attempt a second: the HTTP/2 outlier cells of the hedge
-//     option do not wait for its ejection.
-//   - A TLS config that brings a session cache of its own is shared by
-//     the http.Transport of every address, whose HTTP/2 set-up
-//     (http2configureTransports) writes its NextProtos: a data race. The
-//     fleet cells give their client the matrix's TLS config without its
-//     session cache (the Transport then gives each pool a copy with a
-//     cache of its own).
-var mxStrict = os.Getenv("MATRIX_STRICT") != ""
+//   - spellings of a balanced HTTPS host waited for each other's serial
+//     dial (the dial gate keyed it by the backend's address alone), and
+//     a retryable request that met the outlier gave up;
+//   - AddrStats listed a host whose requests the proxy carries;
+//   - the circuit breaker of a host of three or more addresses never
+//     opened while every address failed;
+//   - with hedging, a retry did not avoid the address that failed;
+//   - the dial gate held a dial for an HTTP/2 connection that had died;
+//   - a TLS config with a session cache of its own was shared by the
+//     pools of every address, which net/http writes to (a data race).
+var mxStrict = os.Getenv("MATRIX_LENIENT") == ""
 
 // mxFleetListener accepts the connections of one listener per address of
 // the fleet, all on one port.

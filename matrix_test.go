@@ -20,9 +20,9 @@
 // on one port, under a name its client resolves to them (WithResolver):
 // every fault then meets the balanced path, a pool per address. Its own
 // faults, outlier and outlierdown, fail one address while the others are
-// healthy, and run only in its cells. MATRIX_STRICT=1 turns on the checks
-// of the known gaps of balancing that the fleet cells otherwise step
-// around (matrix_fleet_test.go, mxStrict).
+// healthy, and run only in its cells. The fleet cells check the gaps of
+// balancing the matrix found and that were fixed (matrix_fleet_test.go,
+// mxStrict; MATRIX_LENIENT=1 steps around them).
 //
 // Run one cell, or a slice of the matrix, by name:
 //
@@ -138,7 +138,7 @@ const (
 	invHostName      = "a balanced request carries its host's name in its Host header"
 	invSurvives      = "requests survive an outlier while healthy addresses remain"
 	invEjected       = "the outlier, and only it, is ejected, and then gets no attempt"
-	invBreakerOpens  = "breaker opens when every address fails (MATRIX_STRICT)"
+	invBreakerOpens  = "breaker opens when every address fails"
 )
 
 // mxOption is an opt-in option of the matrix.

@@ -58,7 +58,7 @@ func (t *Transport) retryLoop(req *http.Request, h *hostState) (*http.Response, 
 			err  error
 		)
 		if hedge {
-			resp, err = t.hedged(req, r, &rp, n, h)
+			resp, err = t.hedged(req, r, &rp, n, h, &last)
 		} else {
 			resp, err = t.attempt(r, n, h, false, nil, &last)
 		}

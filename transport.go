@@ -177,13 +177,16 @@ func (t *Transport) dial(ctx context.Context, network, addr string, b *backend) 
 	if a != nil {
 		w = &a.gateWatch
 	}
-	gate := h.gateHost()
+	// The gate keeps serial dials apart by the address as net/http dials
+	// it (a spelling of the host has a pool of its own), the backend's
+	// address, and the pool's generation.
+	gate, key := h.gateHost(), addr
 	if b != nil {
+		key = addr + "@" + b.dial
 		addr, gate = b.dial, &b.gate
 	}
-	key := addr
 	if a != nil {
-		key = a.pool.gateKey(addr)
+		key = a.pool.gateKey(key)
 	}
 	c, g, err := gate.dial(ctx, w, key, &h.counters, dialHoldMax, func() (net.Conn, error) {
 		if o.dial == nil {
