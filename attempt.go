@@ -89,7 +89,7 @@ func (t *Transport) attempt(r *http.Request, n int, h *hostState, hedge bool, ca
 	if t.inner != nil {
 		resp, err = t.inner.RoundTrip(r)
 	} else {
-		resp, err = t.roundTripBase(r)
+		resp, err = t.roundTripBase(r, a)
 	}
 	resp, err = t.settle(h, ctl, outer, resp, err)
 	if a.backend != nil {
@@ -542,18 +542,13 @@ func (a *attemptConn) gotConnHTTP2Lifetime(c *conn) {
 // still unread when the write is refused (net/http flushes the headers of
 // such a body before reading it), so it is sent again from here.
 //
-// A balanced attempt is sent on its backend's pool. A connect to its
-// address that fails sent nothing: the request goes to another address
-// at once, as net/http's dialer tries a name's next address.
-func (t *Transport) roundTripBase(r *http.Request) (*http.Response, error) {
-	var a *attemptConn
-	if t.pooled {
-		if a, _ = r.Context().(*attemptConn); a == nil {
-			a, _ = r.Context().Value(connKey{}).(*attemptConn)
-		}
-		if a != nil && a.pool == nil {
-			a = nil // the Transport's pool
-		}
+// An attempt (a) with a pool of its own (balancing, WithConnMaxLifetime)
+// is sent on it. A connect to a balanced address that fails sent nothing:
+// the request goes to another address at once, as net/http's dialer tries
+// a name's next address.
+func (t *Transport) roundTripBase(r *http.Request, a *attemptConn) (*http.Response, error) {
+	if a != nil && a.pool == nil {
+		a = nil // the Transport's pool
 	}
 	if r.Body != nil && r.Body != http.NoBody && r.GetBody == nil {
 		return t.resendRefused(r, a)
@@ -573,6 +568,16 @@ func (t *Transport) roundTripBase(r *http.Request) (*http.Response, error) {
 			r = &r2
 		}
 	}
+}
+
+// roundTripInner is roundTripBase under WithAttemptTransport's wraps, which
+// pass the attempt's request on, its context derived from the attempt's.
+func (t *Transport) roundTripInner(r *http.Request) (*http.Response, error) {
+	a, ok := r.Context().(*attemptConn)
+	if !ok {
+		a, _ = r.Context().Value(connKey{}).(*attemptConn)
+	}
+	return t.roundTripBase(r, a)
 }
 
 // pool returns the pool of the attempt a: its backend's, or the

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,14 +61,15 @@ type resolveFunc = func(ctx context.Context, host string) ([]netip.Addr, error)
 // than two addresses leaves the host unbalanced: its attempts go to the
 // Transport's own pool, as if balancing were off.
 type balancer struct {
-	name, port string // the name resolved, and the port dialed
-	key        string // the host's HostStats key, for events
-	resolve    resolveFunc
-	every      time.Duration // how often the name is resolved again
-	ejectFor   time.Duration // ejectBase; tests shorten it
-	own        bool          // the resolver is the caller's: a name with one address is dialed at it too
-	newRT      func(*backend) *http.Transport
-	tel        *telemetry
+	name     string // the name resolved
+	port     uint16 // the port dialed
+	key      string // the host's HostStats key, for events
+	resolve  resolveFunc
+	every    time.Duration // how often the name is resolved again
+	ejectFor time.Duration // ejectBase; tests shorten it
+	own      bool          // the resolver is the caller's: a name with one address is dialed at it too
+	newRT    func(*backend) *http.Transport
+	tel      *telemetry
 
 	set  atomic.Pointer[[]*backend] // the addresses in use
 	next atomic.Int64               // monotonic: when the next resolution is due
@@ -106,8 +108,12 @@ type backend struct {
 // when the host is not a name (an IP address) or cannot be resolved as
 // one (not ASCII: net/http dials it in punycode).
 func newBalancer(key string, resolve resolveFunc, own bool, every time.Duration, newRT func(*backend) *http.Transport, tel *telemetry) *balancer {
-	name, port, err := net.SplitHostPort(key)
+	name, portStr, err := net.SplitHostPort(key)
 	if err != nil || name == "" {
+		return nil
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil {
 		return nil
 	}
 	if _, err := netip.ParseAddr(name); err == nil {
@@ -118,7 +124,7 @@ func newBalancer(key string, resolve resolveFunc, own bool, every time.Duration,
 			return nil
 		}
 	}
-	return &balancer{name: name, port: port, key: key, resolve: resolve, own: own, every: every, ejectFor: ejectBase, newRT: newRT, tel: tel}
+	return &balancer{name: name, port: uint16(port), key: key, resolve: resolve, own: own, every: every, ejectFor: ejectBase, newRT: newRT, tel: tel}
 }
 
 // defaultResolve resolves host with the default resolver.
@@ -325,10 +331,6 @@ func (b *balancer) run(done chan struct{}) {
 // its idle connections are closed. It returns the changes to report;
 // b.mu is held.
 func (b *balancer) update(addrs []netip.Addr) []AddrEvent {
-	port, err := parsePort(b.port)
-	if err != nil {
-		port = 0
-	}
 	var set []*backend
 	var changes []AddrEvent
 	in := make(map[netip.AddrPort]bool, len(addrs))
@@ -337,7 +339,7 @@ func (b *balancer) update(addrs []netip.Addr) []AddrEvent {
 		if !ip.IsValid() || len(set) > 0 && ip.Is4() != set[0].addr.Addr().Is4() || len(set) >= maxBackends {
 			continue
 		}
-		ap := netip.AddrPortFrom(ip.WithZone(""), port)
+		ap := netip.AddrPortFrom(ip.WithZone(""), b.port)
 		if in[ap] {
 			continue
 		}
@@ -372,21 +374,6 @@ func (b *balancer) update(addrs []netip.Addr) []AddrEvent {
 	}
 	b.set.Store(&set)
 	return changes
-}
-
-// parsePort parses a port of a host key.
-func parsePort(s string) (uint16, error) {
-	var p uint16
-	if s == "" || len(s) > 5 {
-		return 0, net.InvalidAddrError(s)
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' || p > 6553 || p == 6553 && s[i] > '5' {
-			return 0, net.InvalidAddrError(s)
-		}
-		p = p*10 + uint16(s[i]-'0')
-	}
-	return p, nil
 }
 
 // begin counts an attempt sent to the backend.

@@ -41,60 +41,30 @@ type fleet struct {
 func newFleet(t testing.TB, n int, tlsOn bool, h func(i int, w http.ResponseWriter, r *http.Request)) *fleet {
 	t.Helper()
 	f := &fleet{name: "example.com", hits: make([]atomic.Int64, n)}
-	for try := 0; ; try++ {
-		lns, err := listenFleet(n)
-		if err == nil {
-			for i, ln := range lns {
-				s := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-					f.hits[i].Add(1)
-					h(i, w, r)
-				}))
-				s.Listener.Close()
-				s.Listener = ln
-				if tlsOn {
-					s.EnableHTTP2 = true
-					s.StartTLS()
-				} else {
-					s.Start()
-				}
-				t.Cleanup(s.Close)
-				f.servers = append(f.servers, s)
-				f.addrs = append(f.addrs, netip.MustParseAddrPort(ln.Addr().String()).Addr())
-			}
-			_, f.port, _ = net.SplitHostPort(lns[0].Addr().String())
-			break
+	lns := listenLoopbacks(t, 2, n)
+	for i, ln := range lns {
+		s := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			f.hits[i].Add(1)
+			h(i, w, r)
+		}))
+		s.Listener.Close()
+		s.Listener = ln
+		if tlsOn {
+			s.EnableHTTP2 = true
+			s.StartTLS()
+		} else {
+			s.Start()
 		}
-		if try == 20 {
-			t.Fatalf("listening on %d loopback addresses on one port: %v", n, err)
-		}
+		t.Cleanup(s.Close)
+		f.servers = append(f.servers, s)
+		f.addrs = append(f.addrs, netip.MustParseAddrPort(ln.Addr().String()).Addr())
 	}
+	_, f.port, _ = net.SplitHostPort(lns[0].Addr().String())
 	if tlsOn {
 		f.pool = x509.NewCertPool()
 		f.pool.AddCert(f.servers[0].Certificate())
 	}
 	return f
-}
-
-// listenFleet listens on n loopback addresses on one port, the first
-// one's.
-func listenFleet(n int) ([]net.Listener, error) {
-	first, err := net.Listen("tcp", "127.0.0.2:0")
-	if err != nil {
-		return nil, err
-	}
-	_, port, _ := net.SplitHostPort(first.Addr().String())
-	lns := []net.Listener{first}
-	for i := 1; i < n; i++ {
-		ln, err := net.Listen("tcp", net.JoinHostPort(fmt.Sprintf("127.0.0.%d", 2+i), port))
-		if err != nil {
-			for _, l := range lns {
-				l.Close()
-			}
-			return nil, err
-		}
-		lns = append(lns, ln)
-	}
-	return lns, nil
 }
 
 // resolver is the option that resolves the fleet's name to its addresses

@@ -563,3 +563,40 @@ func (b *closeNotifier) Close() error {
 	defer b.close()
 	return b.ReadCloser.Close()
 }
+
+// listenLoopbacks listens on n loopback addresses, 127.0.0.from onwards,
+// all on one port, chosen at random (Linux answers on all of
+// 127.0.0.0/8): the first address's, which another address may hold, so
+// it tries again, at most 20 times.
+func listenLoopbacks(t testing.TB, from, n int) []net.Listener {
+	t.Helper()
+	for try := 0; ; try++ {
+		lns, err := listenOnOnePort(from, n)
+		if err == nil {
+			return lns
+		}
+		if try == 20 {
+			t.Fatalf("listening on %d loopback addresses on one port: %v", n, err)
+		}
+	}
+}
+
+func listenOnOnePort(from, n int) ([]net.Listener, error) {
+	first, err := net.Listen("tcp", fmt.Sprintf("127.0.0.%d:0", from))
+	if err != nil {
+		return nil, err
+	}
+	_, port, _ := net.SplitHostPort(first.Addr().String())
+	lns := []net.Listener{first}
+	for i := 1; i < n; i++ {
+		ln, err := net.Listen("tcp", net.JoinHostPort(fmt.Sprintf("127.0.0.%d", from+i), port))
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return nil, err
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
+}

@@ -70,42 +70,14 @@ type mxAccepted struct {
 }
 
 // mxListenFleet listens on mxFleetSize loopback addresses on one port,
-// chosen at random (Linux answers on all of 127.0.0.0/8), 127.0.0.1
-// first.
+// 127.0.0.1 first.
 func mxListenFleet(t *testing.T) *mxFleetListener {
-	for try := 0; ; try++ {
-		lns, err := mxListenAddrs(mxFleetSize)
-		if err == nil {
-			l := &mxFleetListener{lns: lns, accepted: make(chan mxAccepted), done: make(chan struct{})}
-			for _, ln := range lns {
-				l.wg.Go(func() { l.acceptFrom(ln) })
-			}
-			return l
-		}
-		if try == 20 { // the port was taken on another address 20 times
-			t.Fatalf("listening on %d loopback addresses on one port: %v", mxFleetSize, err)
-		}
+	lns := listenLoopbacks(t, 1, mxFleetSize)
+	l := &mxFleetListener{lns: lns, accepted: make(chan mxAccepted), done: make(chan struct{})}
+	for _, ln := range lns {
+		l.wg.Go(func() { l.acceptFrom(ln) })
 	}
-}
-
-func mxListenAddrs(n int) ([]net.Listener, error) {
-	first, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	_, port, _ := net.SplitHostPort(first.Addr().String())
-	lns := []net.Listener{first}
-	for i := 1; i < n; i++ {
-		ln, err := net.Listen("tcp", net.JoinHostPort(fmt.Sprintf("127.0.0.%d", 1+i), port))
-		if err != nil {
-			for _, l := range lns {
-				l.Close()
-			}
-			return nil, err
-		}
-		lns = append(lns, ln)
-	}
-	return lns, nil
+	return l
 }
 
 // acceptFrom hands the connections ln accepts to Accept, until ln or the

@@ -33,11 +33,10 @@ type Transport struct {
 	reads  *readWatch   // the read timeout of response bodies; nil: none
 	dialer *net.Dialer  // the tuned dialer, unless WithDialContext
 
-	pooled       bool          // some attempts go to pools of their own (balancing, WithConnMaxLifetime)
 	resolve      resolveFunc   // resolves the names of balanced hosts; nil: balancing is off
 	resolveEvery time.Duration // how often a balanced name is resolved again; tests shorten it
 
-	inner http.RoundTripper // what attempts are sent through when WithAttemptTransport wraps roundTripBase; nil: roundTripBase
+	inner http.RoundTripper // what attempts are sent through when WithAttemptTransport wraps roundTripInner; nil: roundTripBase
 }
 
 var _ http.RoundTripper = (*Transport)(nil)
@@ -72,11 +71,10 @@ func NewTransport(opts ...Option) (*Transport, error) {
 			Count:    tcpKeepAliveCount,
 		},
 	}
-	t.pooled = t.resolve != nil || o.connMaxLifetime > 0
 	t.hosts = newHostTable(t.newHostState)
 	t.base = t.newBase(nil)
 	if len(o.attemptWraps) > 0 {
-		var rt http.RoundTripper = roundTripperFunc(t.roundTripBase)
+		var rt http.RoundTripper = roundTripperFunc(t.roundTripInner)
 		for _, wrap := range o.attemptWraps {
 			if rt = wrap(rt); rt == nil {
 				return nil, &OptionError{Option: "WithAttemptTransport", Reason: "wrap returned a nil RoundTripper"}
